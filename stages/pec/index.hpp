@@ -1,0 +1,74 @@
+// The providers index (IGPEC, pec-rules.md §7, DECISIONS #14): who is a PEC provider, with which
+// certificates, service mailbox and domains. Lookups are served from an in-memory snapshot; the
+// sources (an LDIF file, or an LDAP server through libldap with a local cache file) only load it.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "stages/common/result.hpp"
+
+namespace pecd::pec {
+
+struct ProviderRecord {
+    std::string dn;
+    std::string name;                          // providerName
+    std::string unit;                          // providerUnit (secondary environments), may be empty
+    std::vector<std::string> cert_hashes;      // providerCertificateHash, lower-case hex SHA-1
+    std::vector<std::string> certificates;     // providerCertificate;binary, DER bytes
+    std::string mail_receipt;                  // mailReceipt (service mailbox)
+    std::vector<std::string> managed_domains;  // managedDomains, lower-case
+};
+
+struct IndexSnapshot {
+    std::vector<ProviderRecord> providers;
+    std::chrono::system_clock::time_point loaded_at{};
+    std::string source;  // "ldif:/path" or "ldap://host/..." for messages and `pecq`
+
+    // Case-insensitive (DECISIONS #4 / pec-rules.md §10.6).
+    const ProviderRecord* find_by_cert_hash(std::string_view sha1_hex) const;
+    const ProviderRecord* find_by_domain(std::string_view domain) const;
+    bool is_certified_address(std::string_view address) const;  // domain in some managedDomains
+};
+
+// Parses RFC 2849 LDIF (base64 `::` values, continuation lines, `;binary` options) holding
+// objectClass=provider entries.
+Result<IndexSnapshot> load_ldif(const std::filesystem::path& path);
+Result<IndexSnapshot> parse_ldif(std::string_view text, std::string source = "ldif:<string>");
+
+struct LdapIndexOptions {
+    std::string uri;                       // ldap://127.0.0.1:3890
+    std::string base_dn = "o=postacert";
+    std::string bind_dn;                   // empty = anonymous
+    std::string bind_password;
+    std::chrono::milliseconds timeout{5000};
+    std::filesystem::path cache_file;      // LDIF copy of the last good load; used when LDAP is down
+};
+Result<IndexSnapshot> load_ldap(const LdapIndexOptions& options);
+
+// Thread-safe holder: stages read the current snapshot while a refresh swaps in a new one.
+class ProvidersIndex {
+public:
+    explicit ProvidersIndex(IndexSnapshot initial)
+        : current_(std::make_shared<const IndexSnapshot>(std::move(initial))) {}
+    std::shared_ptr<const IndexSnapshot> snapshot() const {
+        std::lock_guard lock(mutex_);
+        return current_;
+    }
+    void replace(IndexSnapshot next) {
+        auto fresh = std::make_shared<const IndexSnapshot>(std::move(next));
+        std::lock_guard lock(mutex_);
+        current_ = std::move(fresh);
+    }
+
+private:
+    mutable std::mutex mutex_;
+    std::shared_ptr<const IndexSnapshot> current_;
+};
+
+}  // namespace pecd::pec
