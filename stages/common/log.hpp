@@ -33,7 +33,8 @@ private:
 
 }  // namespace pecd::log
 
-#define PECD_LOG(lvl)                                                   \
-    if (::pecd::log::Level::lvl < ::pecd::log::level()) {               \
-    } else                                                              \
-        ::pecd::log::Line(::pecd::log::Level::lvl)
+// Streams one log line when `lvl` is enabled; the for-statement form is safe under if/else.
+#define PECD_LOG(lvl)                                                                   \
+    for (bool pecd_log_once_ = ::pecd::log::Level::lvl >= ::pecd::log::level(); pecd_log_once_; \
+         pecd_log_once_ = false)                                                        \
+    ::pecd::log::Line(::pecd::log::Level::lvl)

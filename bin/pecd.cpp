@@ -1,0 +1,173 @@
+// pecd: runs one stage (`pecd wrap`), every stage in one process (`pecd all`), creates the spool
+// (`pecd init`) or checks the configuration (`pecd check-config`).
+#include <signal.h>
+
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <cstdio>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "spool-layout/queue_admin.hpp"
+#include "spool-layout/spool.hpp"
+#include "stages/common/config.hpp"
+#include "stages/common/log.hpp"
+#include "stages/registry.hpp"
+#include "stages/runner/runner.hpp"
+#include "stages/runner/settings.hpp"
+
+using namespace pecd;
+
+namespace {
+
+int check_config(const Config& config) {
+    int problems = 0;
+    for (const auto& p : config.problems()) {
+        std::fprintf(stderr, "%s:%d: %s\n", config.source().c_str(), p.line, p.message.c_str());
+        ++problems;
+    }
+    auto report = [&](const Error& e) {
+        std::fprintf(stderr, "%s\n", e.message.c_str());
+        ++problems;
+    };
+    if (auto s = runner::spool_settings(config); !s) report(s.error());
+    if (auto r = runner::runner_options(config); !r) report(r.error());
+    for (auto stage : spool::kStages)
+        if (auto f = make_stage_function(stage, config); !f) report(f.error());
+    if (problems == 0) std::printf("%s: OK\n", config.source().c_str());
+    return problems == 0 ? 0 : 1;
+}
+
+// Drains every stage, in order, until a whole round moves nothing (for cron and path units).
+int run_once(const spool::Spool& spool, std::vector<std::unique_ptr<runner::StageRunner>>& runners) {
+    std::atomic<bool> stop{false};
+    (void)spool;
+    while (true) {
+        size_t moved = 0;
+        for (auto& r : runners) {
+            auto released = r->release_due_deferred();
+            if (!released) PECD_LOG(error) << r->stage() << ": " << released.error().message;
+            auto n = r->drain(stop);
+            if (!n) {
+                PECD_LOG(error) << r->stage() << ": " << n.error().message;
+                return 75;
+            }
+            moved += *n;
+        }
+        if (moved == 0) return 0;
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"pecd: PEC provider engine stage daemons"};
+    std::string config_file, what;
+    bool once = false, debug = false;
+    app.add_option("-c,--config", config_file, "configuration file (default $PECD_CONFIG or /etc/pecd/pecd.conf)");
+    app.add_flag("--once", once, "drain the queues and exit (cron, systemd path units)");
+    app.add_flag("--debug", debug, "debug logging on stderr");
+    app.add_option("what", what, "a stage (classify wrap verify deliver receipt outbound), all, init or check-config")
+        ->required();
+    CLI11_PARSE(app, argc, argv);
+
+    log::set_program("pecd " + what);
+    if (debug) log::set_level(log::Level::debug);
+    if (auto f = durable::faults_from_env(); !f) {
+        std::fprintf(stderr, "pecd: PECD_FAULTS: %s\n", f.error().message.c_str());
+        return 2;
+    }
+    auto config = Config::load(runner::config_path(config_file));
+    if (!config) {
+        std::fprintf(stderr, "pecd: %s\n", config.error().message.c_str());
+        return 78;  // EX_CONFIG
+    }
+    if (what == "check-config") return check_config(*config);
+    for (const auto& p : config->problems())
+        PECD_LOG(warn) << config->source() << ":" << p.line << ": " << p.message;
+
+    auto settings = runner::spool_settings(*config);
+    auto options = runner::runner_options(*config);
+    if (!settings || !options) {
+        std::fprintf(stderr, "pecd: %s\n", (!settings ? settings.error() : options.error()).message.c_str());
+        return 78;
+    }
+    auto spool = spool::Spool::open(settings->root, /*create=*/true);
+    if (!spool) {
+        std::fprintf(stderr, "pecd: %s\n", spool.error().message.c_str());
+        return 75;
+    }
+    if (what == "init") {
+        std::printf("spool ready at %s\n", spool->root().c_str());
+        return 0;
+    }
+
+    std::vector<std::string> stages;
+    if (what == "all") stages.assign(spool::kStages.begin(), spool::kStages.end());
+    else if (spool::is_stage(what)) stages.push_back(what);
+    else {
+        std::fprintf(stderr, "pecd: unknown stage '%s'\n", what.c_str());
+        return 64;
+    }
+
+    // Block the signals before any thread starts so that only sigwait below receives them.
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+    std::vector<spool::StageLock> locks;
+    std::vector<std::unique_ptr<runner::StageRunner>> runners;
+    for (const auto& stage : stages) {
+        auto lock = spool::StageLock::acquire(*spool, stage, /*wait=*/false);
+        if (!lock) {
+            if (once && lock.error().kind == ErrorKind::conflict) {
+                PECD_LOG(info) << lock.error().message << "; nothing to do";
+                continue;
+            }
+            std::fprintf(stderr, "pecd: %s\n", lock.error().message.c_str());
+            return 75;
+        }
+        locks.push_back(std::move(*lock));
+        auto fn = make_stage_function(stage, *config);
+        if (!fn) {
+            std::fprintf(stderr, "pecd: %s\n", fn.error().message.c_str());
+            return 78;
+        }
+        auto r = std::make_unique<runner::StageRunner>(*spool, stage, std::move(*fn), *options);
+        if (stage == spool::kStages.front())
+            if (auto cleaned = spool::clean_stale_tmp(*spool); cleaned && *cleaned > 0)
+                PECD_LOG(info) << "removed " << *cleaned << " temporary files of dead pec-enqueue runs";
+        if (auto st = r->recover(); !st) {
+            std::fprintf(stderr, "pecd: %s: recovery failed: %s\n", stage.c_str(), st.error().message.c_str());
+            return 75;
+        }
+        runners.push_back(std::move(r));
+    }
+    if (once) return run_once(*spool, runners);
+
+    std::atomic<bool> stop{false};
+    std::vector<std::thread> threads;
+    for (auto& r : runners)
+        threads.emplace_back([&r, &stop] {
+            if (auto st = r->run(stop); !st) PECD_LOG(error) << r->stage() << ": " << st.error().message;
+        });
+    PECD_LOG(info) << "running " << runners.size() << " stage(s) on " << spool->root().string();
+    while (true) {
+        int sig = 0;
+        sigwait(&signals, &sig);
+        if (sig == SIGHUP) {
+            PECD_LOG(info) << "SIGHUP: configuration reload is not implemented for the pass-through stages";
+            continue;
+        }
+        PECD_LOG(info) << "signal " << sig << ": finishing the batch in hand";
+        break;
+    }
+    stop = true;
+    for (auto& r : runners) r->wake();
+    for (auto& t : threads) t.join();
+    return 0;
+}

@@ -1,0 +1,258 @@
+// pecq: inspect and administer the pecd spool (think postqueue -p, qshape, postcat, postsuper).
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
+#include "spool-layout/queue_admin.hpp"
+#include "spool-layout/queue_id.hpp"
+#include "stages/common/config.hpp"
+#include "stages/common/json.hpp"
+#include "stages/runner/settings.hpp"
+
+using namespace pecd;
+
+namespace {
+
+std::string age_text(int64_t arrival_us, int64_t now) {
+    int64_t s = (now - arrival_us) / 1'000'000;
+    if (s < 0) s = 0;
+    char buf[32];
+    if (s < 120) std::snprintf(buf, sizeof buf, "%llds", static_cast<long long>(s));
+    else if (s < 7200) std::snprintf(buf, sizeof buf, "%lldm", static_cast<long long>(s / 60));
+    else if (s < 172800) std::snprintf(buf, sizeof buf, "%lldh", static_cast<long long>(s / 3600));
+    else std::snprintf(buf, sizeof buf, "%lldd", static_cast<long long>(s / 86400));
+    return buf;
+}
+
+void write_envelope(json::Writer& w, const spool::Envelope& env) {
+    w.key("id").value(env.id).key("arrival_us").value(env.arrival_us);
+    w.key("sender").value(env.sender);
+    w.key("recipients").begin_array();
+    for (const auto& r : env.recipients) w.value(r);
+    w.end_array();
+    w.key("user").value(env.user).key("client").value(env.client);
+    w.key("attempts").value(env.attempts).key("next_attempt_us").value(env.next_attempt_us);
+    w.key("last_error").value(env.last_error);
+    w.key("history").begin_array();
+    for (const auto& h : env.history)
+        w.begin_object().key("stage").value(h.stage).key("at_us").value(h.at_us).key("note").value(h.note).end_object();
+    w.end_array();
+    w.key("attrs").begin_object();
+    for (const auto& [k, v] : env.attrs) w.key(k).value(v);
+    w.end_object();
+}
+
+int fail_with(const Error& e) {
+    std::fprintf(stderr, "pecq: %s\n", e.message.c_str());
+    return e.kind == ErrorKind::not_found ? 3 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"pecq: inspect and administer the pecd spool"};
+    app.require_subcommand(1);
+    std::string config_file;
+    app.add_option("-c,--config", config_file, "configuration file");
+
+    bool as_json = false;
+    std::string area_name, stage_name;
+    auto* list = app.add_subcommand("list", "list queued messages (id, age, size, sender, recipients, stage, last error)");
+    list->add_option("--area", area_name, "queue, active, deferred, hold or quarantine");
+    list->add_option("--stage", stage_name, "only this stage");
+    list->add_flag("--json", as_json, "JSON output");
+
+    auto* summary = app.add_subcommand("summary", "counts by queue and age, like qshape");
+    summary->add_flag("--json", as_json, "JSON output");
+
+    std::string id;
+    auto* show = app.add_subcommand("show", "show one message's envelope and history");
+    show->add_option("id", id)->required();
+    show->add_flag("--json", as_json, "JSON output");
+    auto* cat = app.add_subcommand("cat", "print a message's raw bytes");
+    cat->add_option("id", id)->required();
+
+    std::vector<std::string> ids;
+    bool force = false;
+    auto* hold = app.add_subcommand("hold", "put messages on hold");
+    hold->add_option("ids", ids)->required();
+    auto* release = app.add_subcommand("release", "release held messages");
+    release->add_option("ids", ids)->required();
+    auto* requeue = app.add_subcommand("requeue", "retry deferred, held or quarantined messages now");
+    requeue->add_option("ids", ids)->required();
+    auto* del = app.add_subcommand("delete", "delete messages (needs --force)");
+    del->add_option("ids", ids)->required();
+    del->add_flag("--force", force, "really delete");
+
+    double timeout_s = 0;
+    auto* wait = app.add_subcommand("wait", "return when the spool is idle (nothing queued or in processing)");
+    wait->add_option("--timeout", timeout_s, "give up after this many seconds (exit 1)");
+
+    CLI11_PARSE(app, argc, argv);
+
+    auto config = Config::load(runner::config_path(config_file));
+    if (!config) return fail_with(config.error());
+    auto settings = runner::spool_settings(*config);
+    if (!settings) return fail_with(settings.error());
+    auto spool = spool::Spool::open(settings->root, /*create=*/false);
+    if (!spool) return fail_with(spool.error());
+    int64_t now = spool::now_us();
+
+    if (*list) {
+        spool::ListOptions opts;
+        if (!area_name.empty()) {
+            opts.area = spool::area_from_string(area_name);
+            if (!opts.area) return fail_with({ErrorKind::permanent, "unknown area " + area_name, 0});
+        }
+        if (!stage_name.empty()) opts.stage = stage_name;
+        auto entries = spool::list_entries(*spool, opts);
+        if (!entries) return fail_with(entries.error());
+        if (as_json) {
+            json::Writer w;
+            w.begin_array();
+            for (const auto& e : *entries) {
+                w.begin_object().key("area").value(spool::to_string(e.area)).key("stage").value(e.stage);
+                w.key("size").value(e.size).key("age_s").value((now - e.arrival_us) / 1'000'000);
+                if (e.env) write_envelope(w, *e.env);
+                else w.key("id").value(e.id).key("problem").value(e.problem);
+                if (!e.quarantine_reason.empty()) w.key("quarantine_reason").value(e.quarantine_reason);
+                w.end_object();
+            }
+            w.end_array();
+            std::printf("%s\n", w.str().c_str());
+            return 0;
+        }
+        std::printf("%-34s %-20s %6s %9s  %s\n", "ID", "QUEUE", "AGE", "SIZE", "SENDER -> RECIPIENTS");
+        for (const auto& e : *entries) {
+            std::string where = std::string(spool::to_string(e.area)) + "/" + e.stage;
+            std::string who;
+            if (e.env) {
+                who = (e.env->sender.empty() ? "<>" : e.env->sender) + " ->";
+                for (const auto& r : e.env->recipients) who += " " + r;
+            } else {
+                who = "(unreadable: " + e.problem + ")";
+            }
+            std::printf("%-34s %-20s %6s %9llu  %s\n", e.id.c_str(), where.c_str(),
+                        age_text(e.arrival_us, now).c_str(), static_cast<unsigned long long>(e.size), who.c_str());
+            if (e.env && !e.env->last_error.empty())
+                std::printf("%34s   last error: %s\n", "", e.env->last_error.c_str());
+            if (!e.quarantine_reason.empty())
+                std::printf("%34s   quarantined: %s\n", "", e.quarantine_reason.c_str());
+        }
+        std::printf("-- %zu message(s)\n", entries->size());
+        return 0;
+    }
+    if (*summary) {
+        auto rows = spool::summarize(*spool, now);
+        if (!rows) return fail_with(rows.error());
+        auto labels = spool::summary_bucket_labels();
+        if (as_json) {
+            json::Writer w;
+            w.begin_object().key("buckets_minutes").begin_array();
+            for (const auto& l : labels) w.value(l);
+            w.end_array().key("rows").begin_array();
+            for (const auto& r : *rows) {
+                w.begin_object().key("queue").value(r.name).key("total").value(r.total).key("counts").begin_array();
+                for (auto c : r.buckets) w.value(c);
+                w.end_array().end_object();
+            }
+            w.end_array().end_object();
+            std::printf("%s\n", w.str().c_str());
+            return 0;
+        }
+        std::printf("%-22s %7s", "", "T");
+        for (const auto& l : labels) std::printf(" %6s", l.c_str());
+        std::printf("\n");
+        uint64_t grand = 0;
+        for (const auto& r : *rows) {
+            grand += r.total;
+            std::printf("%-22s %7llu", r.name.c_str(), static_cast<unsigned long long>(r.total));
+            for (auto c : r.buckets) std::printf(" %6llu", static_cast<unsigned long long>(c));
+            std::printf("\n");
+        }
+        std::printf("%-22s %7llu\n", "TOTAL", static_cast<unsigned long long>(grand));
+        return 0;
+    }
+    if (*show || *cat) {
+        if (!spool::is_valid_queue_id(id)) return fail_with({ErrorKind::permanent, "'" + id + "' is not a queue id", 0});
+        auto where = spool->find(id);
+        if (!where) return fail_with({ErrorKind::not_found, id + ": no such message in the spool", 0});
+        auto fd = durable::open_file(where->path, O_RDONLY);
+        if (!fd) return fail_with(fd.error());
+        auto info = spool::read_header(fd->get(), where->path.string());
+        if (*cat) {
+            if (!info) return fail_with(info.error());
+            auto copied = durable::copy_range(fd->get(), info->body_offset(), info->body_size, STDOUT_FILENO);
+            if (!copied) return fail_with(copied.error());
+            return 0;
+        }
+        auto reason = spool::quarantine_reason(*spool, *where);
+        if (as_json) {
+            json::Writer w;
+            w.begin_object().key("area").value(spool::to_string(where->area)).key("stage").value(where->stage);
+            if (info) {
+                w.key("size").value(info->body_size);
+                write_envelope(w, info->env);
+            } else {
+                w.key("id").value(id).key("problem").value(info.error().message);
+            }
+            if (reason) w.key("quarantine_reason").value(*reason);
+            w.end_object();
+            std::printf("%s\n", w.str().c_str());
+            return 0;
+        }
+        std::printf("id:          %s\nqueue:       %s/%s\nfile:        %s\n", id.c_str(),
+                    std::string(spool::to_string(where->area)).c_str(), where->stage.c_str(), where->path.c_str());
+        if (reason) std::printf("quarantined: %s\n", reason->c_str());
+        if (!info) {
+            std::printf("unreadable:  %s\n", info.error().message.c_str());
+            return 1;
+        }
+        const auto& env = info->env;
+        std::printf("arrival:     %s ago\nsize:        %llu\nsender:      %s\n", age_text(env.arrival_us, now).c_str(),
+                    static_cast<unsigned long long>(info->body_size), env.sender.empty() ? "<>" : env.sender.c_str());
+        for (const auto& r : env.recipients) std::printf("recipient:   %s\n", r.c_str());
+        std::printf("user:        %s\nclient:      %s\nattempts:    %d\n", env.user.c_str(), env.client.c_str(), env.attempts);
+        if (env.next_attempt_us > now)
+            std::printf("next try:    in %llds\n", static_cast<long long>((env.next_attempt_us - now) / 1'000'000));
+        if (!env.last_error.empty()) std::printf("last error:  %s\n", env.last_error.c_str());
+        for (const auto& [k, v] : env.attrs) std::printf("attr:        %s = %s\n", k.c_str(), v.c_str());
+        std::printf("history:\n");
+        for (const auto& h : env.history)
+            std::printf("  %-10s %s ago  %s\n", h.stage.c_str(), age_text(h.at_us, now).c_str(), h.note.c_str());
+        return 0;
+    }
+    if (*hold || *release || *requeue || *del) {
+        if (*del && !force) {
+            std::fprintf(stderr, "pecq: delete removes messages for good; repeat with --force\n");
+            return 2;
+        }
+        int rc = 0;
+        for (const auto& one : ids) {
+            Status st = *hold ? spool::hold(*spool, one)
+                      : *release ? spool::release(*spool, one)
+                      : *requeue ? spool::requeue(*spool, one)
+                                 : spool::remove(*spool, one);
+            if (!st) rc = fail_with(st.error());
+            else std::printf("%s: %s\n", one.c_str(), *hold ? "held" : *release ? "released" : *requeue ? "requeued" : "deleted");
+        }
+        return rc;
+    }
+    if (*wait) {
+        auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+        while (true) {
+            auto idle = spool::is_idle(*spool);
+            if (!idle) return fail_with(idle.error());
+            if (*idle) return 0;
+            if (timeout_s > 0 && std::chrono::steady_clock::now() > deadline) {
+                std::fprintf(stderr, "pecq: spool still busy after %.0fs\n", timeout_s);
+                return 1;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,111 @@
+// One message = one queue file: a text envelope, then the raw message bytes.
+//
+//   PECQ1\n
+//   id <queue id>\n
+//   arrival <microseconds since epoch>\n
+//   sender <MAIL FROM>\n             ("<>" for the null sender)
+//   rcpt <RCPT TO>\n                 (repeated, in order)
+//   user <authenticated user>\n      (empty when not authenticated)
+//   client <client address>\n
+//   attempts <n>\n
+//   next-attempt <microseconds>\n
+//   last-error <text>\n
+//   hist <stage> <microseconds> <note>\n   (repeated: the stages passed)
+//   attr <key> <value>\n                   (repeated: stage annotations, e.g. the PEC route)
+//   body <20-digit size>\n
+//   <exactly `size` bytes of message>
+//
+// Values are percent-encoded (bytes outside 0x21-0x7e, and '%'), so every field is one token and
+// no user input can break the framing. The fixed-width body size lets pec-enqueue stream stdin
+// and patch the size in place. A file whose length disagrees with its header is corrupt.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "spool-layout/durable.hpp"
+#include "stages/common/result.hpp"
+
+namespace pecd::spool {
+
+struct HistoryEntry {
+    std::string stage;
+    int64_t at_us = 0;
+    std::string note;
+    bool operator==(const HistoryEntry&) const = default;
+};
+
+struct Envelope {
+    std::string id;
+    int64_t arrival_us = 0;
+    std::string sender;
+    std::vector<std::string> recipients;
+    std::string user;
+    std::string client;
+    int attempts = 0;
+    int64_t next_attempt_us = 0;
+    std::string last_error;
+    std::vector<HistoryEntry> history;
+    std::vector<std::pair<std::string, std::string>> attrs;
+
+    std::optional<std::string> attr(std::string_view key) const;
+    void set_attr(std::string key, std::string value);
+    bool operator==(const Envelope&) const = default;
+};
+
+std::string percent_encode(std::string_view raw);
+Result<std::string> percent_decode(std::string_view encoded);
+
+constexpr std::string_view kQueueMagic = "PECQ1\n";
+constexpr size_t kMaxHeaderSize = 4 * 1024 * 1024;
+
+// The envelope serialised, ending with the "body <size>\n" line.
+std::string encode_header(const Envelope& env, uint64_t body_size);
+// Offset of the size digits inside an encoded header (for patching after streaming the body).
+size_t body_size_field_offset(std::string_view header);
+std::string format_body_size(uint64_t size);
+
+struct QueueFileInfo {
+    Envelope env;
+    uint64_t header_size = 0;
+    uint64_t body_size = 0;
+    uint64_t body_offset() const { return header_size; }
+};
+
+// Parses the envelope from an open file and checks the file length against it.
+Result<QueueFileInfo> read_header(int fd, const std::string& name_for_errors);
+Result<QueueFileInfo> read_header(const std::filesystem::path& path);
+Result<std::string> read_body(int fd, const QueueFileInfo& info);
+
+// Where an output's message bytes come from: owned bytes, or a range of another open file
+// (a pass-through copies the input body with copy_file_range, never through memory).
+struct BodySource {
+    std::string bytes;
+    int fd = -1;
+    uint64_t offset = 0;
+    uint64_t size = 0;
+    static BodySource from_bytes(std::string b) {
+        BodySource s;
+        s.size = b.size();
+        s.bytes = std::move(b);
+        return s;
+    }
+    static BodySource from_file(int fd, uint64_t offset, uint64_t size) {
+        BodySource s;
+        s.fd = fd;
+        s.offset = offset;
+        s.size = size;
+        return s;
+    }
+};
+
+// Creates `path` (must not exist) and writes the queue file; the caller syncs and renames it.
+Result<durable::Fd> write_queue_file(const std::filesystem::path& path, const Envelope& env,
+                                     const BodySource& body);
+
+}  // namespace pecd::spool

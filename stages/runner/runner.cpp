@@ -1,0 +1,464 @@
+#include "stages/runner/runner.hpp"
+
+#include <dirent.h>
+#include <uv.h>
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "spool-layout/queue_id.hpp"
+#include "stages/common/log.hpp"
+
+namespace pecd::runner {
+namespace {
+
+constexpr std::string_view kOutTmpSuffix = ".out.tmp";
+constexpr std::string_view kOutSuffix = ".out";
+constexpr std::string_view kDeferTmpSuffix = ".defer.tmp";
+constexpr char kDestSeparator = '~';
+
+bool ends_with(std::string_view s, std::string_view suffix) { return s.ends_with(suffix); }
+
+}  // namespace
+
+StageFunction pass_through(std::string destination) {
+    return [destination](const StageInput& in) -> Result<std::vector<StageOutput>> {
+        std::vector<StageOutput> out;
+        out.push_back(StageOutput{destination, in.env, in.body_source()});
+        return out;
+    };
+}
+
+StageRunner::StageRunner(spool::Spool spool, std::string stage, StageFunction fn,
+                         RunnerOptions options)
+    : spool_(std::move(spool)),
+      stage_(std::move(stage)),
+      fn_(std::move(fn)),
+      options_(options),
+      queue_dir_(spool_.queue_dir(stage_)),
+      active_dir_(spool_.active_dir(stage_)) {}
+
+// Makes everything written so far durable. In batch mode one syncfs covers files, renames and
+// directories of the whole spool filesystem: the group commit.
+Status StageRunner::sync_point(const std::vector<int>& fds, const std::vector<fs::path>& dirs) {
+    if (options_.sync == SyncMode::batch) {
+        auto dir = durable::open_dir(active_dir_);
+        if (!dir) return std::unexpected(dir.error());
+        return durable::sync_filesystem(dir->get());
+    }
+    for (int fd : fds)
+        if (auto st = durable::sync_data(fd); !st) return st;
+    std::set<fs::path> unique(dirs.begin(), dirs.end());
+    for (const auto& d : unique)
+        if (auto st = durable::sync_dir(d); !st) return st;
+    return {};
+}
+
+Status StageRunner::quarantine_file(const fs::path& file, const std::string& id,
+                                    const std::string& reason) {
+    fs::path qdir = spool_.area_dir(spool::Area::quarantine, stage_);
+    std::string name = spool::is_valid_queue_id(id) ? id : "bad." + spool::new_queue_id(spool::now_us());
+    std::string text = "stage: " + stage_ + "\ntime: " + std::to_string(spool::now_us()) +
+                       "\noriginal-name: " + spool::percent_encode(file.filename().string()) +
+                       "\nreason: " + reason + "\n";
+    if (auto st = durable::write_file_atomic(qdir / (name + ".reason"), text); !st) return st;
+    if (auto st = durable::rename_noreplace(file, qdir / name); !st) return st;
+    stats_.quarantined++;
+    PECD_LOG(warn) << stage_ << ": " << name << ": quarantined: " << reason;
+    return durable::sync_dir(qdir);
+}
+
+// Moves every file of a committed output set to its destination queue. Each rename is atomic
+// and removes the entry from the set, so a crash in the middle never moves anything twice.
+Status StageRunner::deliver_output_set(const fs::path& out_dir, std::vector<fs::path>* touched) {
+    auto names = durable::list_dir(out_dir);
+    if (!names) return names.error().kind == ErrorKind::not_found ? Status{} : Status(std::unexpected(names.error()));
+    for (const auto& name : *names) {
+        size_t sep = name.find(kDestSeparator);
+        if (sep == std::string::npos) {
+            PECD_LOG(error) << stage_ << ": unexpected file " << (out_dir / name).string();
+            continue;
+        }
+        std::string dest = name.substr(0, sep);
+        std::string id = name.substr(sep + 1);
+        auto dest_dir = spool_.destination_dir(dest);
+        if (!dest_dir) return std::unexpected(dest_dir.error());
+        auto moved = durable::rename_noreplace(out_dir / name, *dest_dir / id);
+        if (!moved && moved.error().kind == ErrorKind::conflict) {
+            // Never overwrite a queue file: two messages with one id is a bug to look at.
+            auto q = quarantine_file(out_dir / name, id,
+                                     "an output with the same queue id already exists in " + dest);
+            if (!q) return q;
+            continue;
+        }
+        if (!moved) return moved;
+        touched->push_back(*dest_dir);
+    }
+    return {};
+}
+
+Status StageRunner::recover() {
+    auto names = durable::list_dir(active_dir_);
+    if (!names) return std::unexpected(names.error());
+    std::set<std::string> committed;
+    size_t discarded = 0, returned = 0;
+    for (const auto& name : *names) {
+        if (ends_with(name, kOutTmpSuffix)) {
+            if (auto st = durable::remove_tree(active_dir_ / name); !st) return st;
+            ++discarded;
+        } else if (ends_with(name, kDeferTmpSuffix)) {
+            if (auto st = durable::unlink_file(active_dir_ / name); !st) return st;
+        } else if (ends_with(name, kOutSuffix)) {
+            committed.insert(name.substr(0, name.size() - kOutSuffix.size()));
+        }
+    }
+    // A committed output set means its input is done: remove the input first (durably), then
+    // finish delivering the set, then drop the set.
+    for (const auto& id : committed)
+        if (auto st = durable::unlink_file(active_dir_ / id); !st) return st;
+    if (!committed.empty())
+        if (auto st = sync_point({}, {active_dir_}); !st) return st;
+    std::vector<fs::path> touched{active_dir_};
+    for (const auto& id : committed)
+        if (auto st = deliver_output_set(active_dir_ / (id + std::string(kOutSuffix)), &touched); !st)
+            return st;
+    if (auto st = sync_point({}, touched); !st) return st;
+    for (const auto& id : committed)
+        if (auto st = durable::remove_dir(active_dir_ / (id + std::string(kOutSuffix))); !st) return st;
+    // Inputs claimed by the dead process go back to the queue untouched.
+    for (const auto& name : *names) {
+        if (name.find('.', 14) != std::string::npos || committed.contains(name)) continue;
+        if (name.size() > 13 && name[13] == '.' && !spool::is_valid_queue_id(name)) continue;
+        auto st = durable::rename_noreplace(active_dir_ / name, queue_dir_ / name);
+        if (!st && st.error().kind != ErrorKind::not_found) return st;
+        if (st) ++returned;
+    }
+    if (returned > 0)
+        if (auto st = sync_point({}, {queue_dir_, active_dir_}); !st) return st;
+    if (discarded + returned + committed.size() > 0)
+        PECD_LOG(info) << stage_ << ": recovered: " << committed.size() << " committed, "
+                       << discarded << " discarded, " << returned << " returned to queue";
+    return {};
+}
+
+Result<size_t> StageRunner::release_due_deferred() {
+    fs::path dir = spool_.area_dir(spool::Area::deferred, stage_);
+    auto names = durable::list_dir(dir);
+    if (!names) return std::unexpected(names.error());
+    int64_t now = spool::now_us();
+    size_t moved = 0;
+    for (const auto& name : *names) {
+        if (!spool::is_valid_queue_id(name)) continue;
+        auto info = spool::read_header(dir / name);
+        if (!info) {
+            if (info.error().kind == ErrorKind::corrupt)
+                (void)quarantine_file(dir / name, name, info.error().message);
+            continue;
+        }
+        if (info->env.next_attempt_us > now) continue;
+        auto st = durable::rename_noreplace(dir / name, queue_dir_ / name);
+        if (st) ++moved;
+    }
+    if (moved > 0)
+        if (auto st = sync_point({}, {queue_dir_, dir}); !st) return std::unexpected(st.error());
+    return moved;
+}
+
+struct StageRunner::Claimed {
+    enum class Outcome { ok, defer, quarantine, put_back };
+    std::string id;
+    fs::path input;
+    durable::Fd fd;
+    spool::QueueFileInfo info;
+    Outcome outcome = Outcome::ok;
+    std::string reason;
+    std::vector<durable::Fd> out_fds;
+    durable::Fd defer_fd;
+};
+
+Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
+    std::vector<Claimed> items(names.size());
+    std::vector<int> fds_to_sync;
+    int64_t now = spool::now_us();
+
+    for (size_t i = 0; i < names.size(); ++i) {
+        Claimed& c = items[i];
+        c.id = names[i];
+        c.input = active_dir_ / c.id;
+        auto fd = durable::open_file(c.input, O_RDONLY);
+        if (!fd) {
+            c.outcome = Claimed::Outcome::put_back;
+            c.reason = fd.error().message;
+            continue;
+        }
+        c.fd = std::move(*fd);
+        auto info = spool::read_header(c.fd.get(), c.input.string());
+        if (!info) {
+            c.outcome = info.error().kind == ErrorKind::corrupt ? Claimed::Outcome::quarantine
+                                                                : Claimed::Outcome::put_back;
+            c.reason = info.error().message;
+            continue;
+        }
+        c.info = std::move(*info);
+        if (c.info.env.id != c.id) {
+            c.outcome = Claimed::Outcome::quarantine;
+            c.reason = "file name does not match envelope id " + c.info.env.id;
+            continue;
+        }
+        StageInput in{c.info.env, c.fd.get(), c.info.body_offset(), c.info.body_size, c.input};
+        auto outputs = fn_(in);
+        if (!outputs) {
+            c.outcome = outputs.error().kind == ErrorKind::transient ? Claimed::Outcome::defer
+                                                                       : Claimed::Outcome::quarantine;
+            c.reason = outputs.error().message;
+        } else {
+            // Write the output set under <id>.out.tmp; it becomes real only when renamed.
+            fs::path tmp = active_dir_ / (c.id + std::string(kOutTmpSuffix));
+            (void)durable::remove_tree(tmp);
+            Status st = durable::make_dir(tmp);
+            for (auto& out : *outputs) {
+                if (!st) break;
+                if (!spool::is_valid_queue_id(out.env.id) || !out.env.id.starts_with(c.id) ||
+                    !spool_.destination_dir(out.destination)) {
+                    st = fail(ErrorKind::permanent, "stage produced an invalid output (" +
+                                                        out.destination + ", " + out.env.id + ")");
+                    break;
+                }
+                out.env.attempts = 0;
+                out.env.next_attempt_us = 0;
+                out.env.last_error.clear();
+                out.env.history.push_back({stage_, now, "-> " + out.destination});
+                auto written = spool::write_queue_file(
+                    tmp / (out.destination + kDestSeparator + out.env.id), out.env, out.body);
+                if (!written) st = std::unexpected(written.error());
+                else c.out_fds.push_back(std::move(*written));
+            }
+            if (!st) {
+                (void)durable::remove_tree(tmp);
+                c.out_fds.clear();
+                c.outcome = st.error().kind == ErrorKind::transient ? Claimed::Outcome::defer
+                                                                     : Claimed::Outcome::quarantine;
+                c.reason = st.error().message;
+            } else {
+                for (auto& f : c.out_fds) fds_to_sync.push_back(f.get());
+            }
+        }
+        if (c.outcome == Claimed::Outcome::defer) {
+            spool::Envelope env = c.info.env;
+            env.attempts += 1;
+            if (env.attempts >= options_.max_attempts) {
+                c.outcome = Claimed::Outcome::quarantine;
+                c.reason = "gave up after " + std::to_string(env.attempts) + " attempts: " + c.reason;
+                continue;
+            }
+            double factor = std::pow(2.0, std::min(env.attempts - 1, 30));
+            auto delay = std::min<double>(options_.backoff_base.count() * factor,
+                                          options_.backoff_max.count());
+            env.next_attempt_us = now + static_cast<int64_t>(delay) * 1000;
+            env.last_error = c.reason;
+            env.history.push_back({stage_, now, "deferred: " + c.reason});
+            fs::path tmp = active_dir_ / (c.id + std::string(kDeferTmpSuffix));
+            (void)durable::unlink_file(tmp);
+            auto written = spool::write_queue_file(
+                tmp, env, spool::BodySource::from_file(c.fd.get(), c.info.body_offset(), c.info.body_size));
+            // If even the rewrite fails (disk full), the file is deferred as it is: it comes back
+            // at the next deferred scan, and the fault has been logged.
+            if (written) {
+                c.defer_fd = std::move(*written);
+                fds_to_sync.push_back(c.defer_fd.get());
+            }
+        }
+    }
+
+    auto abandon = [&](const Error& e) -> Result<size_t> {
+        // The batch could not be made durable: discard uncommitted output sets and rewrites;
+        // claimed inputs stay in active/ and the next recover() puts them back.
+        for (auto& c : items) {
+            (void)durable::remove_tree(active_dir_ / (c.id + std::string(kOutTmpSuffix)));
+            (void)durable::unlink_file(active_dir_ / (c.id + std::string(kDeferTmpSuffix)));
+        }
+        return std::unexpected(e);
+    };
+
+    // Ordering point 1: output sets and rewrites are on disk.
+    if (auto st = sync_point(fds_to_sync, {}); !st) return abandon(st.error());
+    for (auto& c : items) {
+        if (c.outcome == Claimed::Outcome::ok) {
+            auto st = durable::rename_file(active_dir_ / (c.id + std::string(kOutTmpSuffix)),
+                                           active_dir_ / (c.id + std::string(kOutSuffix)));
+            if (!st) return abandon(st.error());
+        } else if (c.outcome == Claimed::Outcome::defer && c.defer_fd) {
+            auto st = durable::rename_file(active_dir_ / (c.id + std::string(kDeferTmpSuffix)), c.input);
+            if (!st) return abandon(st.error());
+        }
+    }
+    // Ordering point 2: the commits (renames) are durable before any input disappears.
+    if (auto st = sync_point({}, {active_dir_}); !st) return std::unexpected(st.error());
+
+    std::vector<fs::path> touched{active_dir_};
+    fs::path deferred_dir = spool_.area_dir(spool::Area::deferred, stage_);
+    size_t done = 0;
+    Status failure;
+    for (auto& c : items) {
+        c.fd.reset();
+        Status st;
+        switch (c.outcome) {
+            case Claimed::Outcome::ok:
+                st = durable::unlink_file(c.input);
+                if (st) st = deliver_output_set(active_dir_ / (c.id + std::string(kOutSuffix)), &touched);
+                if (st) ++done;
+                break;
+            case Claimed::Outcome::defer:
+                st = durable::rename_noreplace(c.input, deferred_dir / c.id);
+                touched.push_back(deferred_dir);
+                stats_.deferred++;
+                PECD_LOG(info) << stage_ << ": " << c.id << ": deferred: " << c.reason;
+                break;
+            case Claimed::Outcome::quarantine:
+                st = quarantine_file(c.input, c.id, c.reason);
+                break;
+            case Claimed::Outcome::put_back:
+                PECD_LOG(warn) << stage_ << ": " << c.id << ": put back: " << c.reason;
+                st = durable::rename_noreplace(c.input, queue_dir_ / c.id);
+                break;
+        }
+        if (!st && failure) failure = st;
+    }
+    // Ordering point 3: deliveries and input removals are durable; the sets can go.
+    if (auto st = sync_point({}, touched); !st) return std::unexpected(st.error());
+    for (auto& c : items)
+        if (c.outcome == Claimed::Outcome::ok)
+            (void)durable::remove_dir(active_dir_ / (c.id + std::string(kOutSuffix)));
+    stats_.processed += done;
+    stats_.batches++;
+    if (!failure) return std::unexpected(failure.error());
+    return done;
+}
+
+Result<size_t> StageRunner::drain(const std::atomic<bool>& stop) {
+    size_t total = 0;
+    while (!stop.load()) {
+        DIR* dir = ::opendir(queue_dir_.c_str());
+        if (!dir) return fail_errno("list " + queue_dir_.string());
+        size_t pass = 0;
+        std::vector<std::string> batch;
+        Status failure;
+        auto flush = [&]() {
+            if (batch.empty()) return;
+            auto n = process_batch(batch);
+            if (!n) failure = std::unexpected(n.error());
+            else pass += *n;
+            batch.clear();
+        };
+        while (struct dirent* entry = ::readdir(dir)) {
+            std::string_view name = entry->d_name;
+            if (name.empty() || name.front() == '.') continue;
+            if (!spool::is_valid_queue_id(name)) {
+                auto st = quarantine_file(queue_dir_ / std::string(name), std::string(name),
+                                          "unexpected file name in queue");
+                if (!st) PECD_LOG(error) << stage_ << ": " << st.error().message;
+                continue;
+            }
+            auto claimed = durable::rename_noreplace(queue_dir_ / std::string(name),
+                                                     active_dir_ / std::string(name));
+            if (!claimed) {
+                if (claimed.error().kind == ErrorKind::not_found) continue;  // taken by another
+                failure = claimed;
+                break;
+            }
+            batch.emplace_back(name);
+            if (batch.size() >= options_.batch_size) flush();
+            if (!failure || stop.load()) break;
+        }
+        ::closedir(dir);
+        if (failure) flush();
+        // Claimed but unprocessed files (after a failure) stay in active/ for recover().
+        if (!failure) {
+            if (auto st = recover(); !st) PECD_LOG(error) << stage_ << ": recovery: " << st.error().message;
+            return std::unexpected(failure.error());
+        }
+        total += pass;
+        if (pass == 0 && batch.empty()) break;
+    }
+    return total;
+}
+
+void StageRunner::wake() {
+    if (auto* async = static_cast<uv_async_t*>(loop_async_.load())) uv_async_send(async);
+}
+
+namespace {
+struct LoopContext {
+    StageRunner* runner;
+    const std::atomic<bool>* stop;
+    uv_timer_t kick;
+    uv_timer_t rescan;
+    uv_timer_t deferred;
+    uv_fs_event_t watch;
+    uv_async_t async;
+    bool watching = false;
+};
+
+void close_all(LoopContext* ctx) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&ctx->kick), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&ctx->rescan), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&ctx->deferred), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&ctx->async), nullptr);
+    if (ctx->watching) uv_close(reinterpret_cast<uv_handle_t*>(&ctx->watch), nullptr);
+}
+
+void schedule_drain(LoopContext* ctx) {
+    // Coalesces a burst of inotify events into one drain on the next loop turn.
+    if (!uv_is_active(reinterpret_cast<uv_handle_t*>(&ctx->kick)))
+        uv_timer_start(&ctx->kick, [](uv_timer_t* t) {
+            auto* c = static_cast<LoopContext*>(t->data);
+            auto n = c->runner->drain(*c->stop);
+            if (!n) PECD_LOG(error) << c->runner->stage() << ": " << n.error().message;
+            if (c->stop->load()) close_all(c);
+        }, 0, 0);
+}
+}  // namespace
+
+Status StageRunner::run(const std::atomic<bool>& stop) {
+    uv_loop_t loop;
+    if (uv_loop_init(&loop) != 0) return fail(ErrorKind::transient, "uv_loop_init failed");
+    LoopContext ctx{this, &stop, {}, {}, {}, {}, {}};
+    uv_timer_init(&loop, &ctx.kick);
+    uv_timer_init(&loop, &ctx.rescan);
+    uv_timer_init(&loop, &ctx.deferred);
+    ctx.kick.data = ctx.rescan.data = ctx.deferred.data = ctx.async.data = ctx.watch.data = &ctx;
+    uv_async_init(&loop, &ctx.async, [](uv_async_t* a) {
+        auto* c = static_cast<LoopContext*>(a->data);
+        if (c->stop->load()) close_all(c);
+    });
+    loop_async_ = &ctx.async;
+    // inotify is a hint: the periodic rescan below is what guarantees nothing is missed (queue
+    // overflow, events lost across a restart, NFS).
+    uv_fs_event_init(&loop, &ctx.watch);
+    int rc = uv_fs_event_start(&ctx.watch, [](uv_fs_event_t* w, const char*, int, int) {
+        schedule_drain(static_cast<LoopContext*>(w->data));
+    }, queue_dir_.c_str(), 0);
+    ctx.watching = true;
+    if (rc != 0)
+        PECD_LOG(warn) << stage_ << ": cannot watch " << queue_dir_.string() << ": " << uv_strerror(rc)
+                       << "; relying on periodic rescans";
+    uv_timer_start(&ctx.rescan, [](uv_timer_t* t) { schedule_drain(static_cast<LoopContext*>(t->data)); },
+                   static_cast<uint64_t>(options_.rescan_interval.count()),
+                   static_cast<uint64_t>(options_.rescan_interval.count()));
+    uv_timer_start(&ctx.deferred, [](uv_timer_t* t) {
+        auto* c = static_cast<LoopContext*>(t->data);
+        auto n = c->runner->release_due_deferred();
+        if (!n) PECD_LOG(error) << c->runner->stage() << ": deferred scan: " << n.error().message;
+        else if (*n > 0) schedule_drain(c);
+    }, static_cast<uint64_t>(options_.deferred_scan_interval.count()),
+                   static_cast<uint64_t>(options_.deferred_scan_interval.count()));
+    schedule_drain(&ctx);  // the start-up scan
+    if (stop.load()) close_all(&ctx);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    loop_async_ = nullptr;
+    uv_loop_close(&loop);
+    return {};
+}
+
+}  // namespace pecd::runner

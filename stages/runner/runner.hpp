@@ -1,0 +1,105 @@
+// The stage runner: a stage is one function from one queue file to its outputs. The runner
+// claims files by atomic rename, commits outputs with a group commit, and recovers after a crash
+// from the directories alone (docs/spool-layout.md, "Commit protocol").
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "spool-layout/queue_file.hpp"
+#include "spool-layout/spool.hpp"
+#include "stages/common/result.hpp"
+
+namespace pecd::runner {
+
+namespace fs = std::filesystem;
+
+struct StageInput {
+    const spool::Envelope& env;
+    int fd;
+    uint64_t body_offset;
+    uint64_t body_size;
+    fs::path path;
+
+    Result<std::string> body() const { return durable::pread_exact(fd, body_offset, body_size); }
+    spool::BodySource body_source() const {
+        return spool::BodySource::from_file(fd, body_offset, body_size);
+    }
+};
+
+struct StageOutput {
+    std::string destination;  // a stage name (its queue) or "outbox"
+    spool::Envelope env;      // env.id must be the input id or derived from it (deterministic)
+    spool::BodySource body;
+};
+
+// Returning an error: ErrorKind::transient -> deferred with backoff; anything else -> quarantine.
+using StageFunction = std::function<Result<std::vector<StageOutput>>(const StageInput&)>;
+
+// The pass-through stage used until a stage has real logic: same envelope, same bytes, next queue.
+StageFunction pass_through(std::string destination);
+
+enum class SyncMode {
+    each,   // fdatasync every file and fsync every directory touched (portable, slower)
+    batch,  // one syncfs() per ordering point for the whole batch (group commit)
+};
+
+struct RunnerOptions {
+    size_t batch_size = 64;
+    SyncMode sync = SyncMode::batch;
+    std::chrono::milliseconds rescan_interval{5000};
+    std::chrono::milliseconds deferred_scan_interval{1000};
+    std::chrono::milliseconds backoff_base{30'000};
+    std::chrono::milliseconds backoff_max{3'600'000};
+    int max_attempts = 30;  // then quarantine: "gave up"
+};
+
+struct RunnerStats {
+    std::atomic<uint64_t> processed{0};
+    std::atomic<uint64_t> deferred{0};
+    std::atomic<uint64_t> quarantined{0};
+    std::atomic<uint64_t> batches{0};
+};
+
+class StageRunner {
+public:
+    StageRunner(spool::Spool spool, std::string stage, StageFunction fn, RunnerOptions options);
+
+    const std::string& stage() const { return stage_; }
+    RunnerStats& stats() { return stats_; }
+
+    // Finishes what a dead predecessor left in active/<stage>: committed output sets are
+    // delivered, half-written ones discarded, claimed inputs put back in the queue.
+    Status recover();
+    // Claims and processes everything in the queue until a pass finds nothing (or `stop`).
+    Result<size_t> drain(const std::atomic<bool>& stop);
+    // Moves deferred files whose next attempt is due back into the queue.
+    Result<size_t> release_due_deferred();
+    // Event loop (libuv): inotify on the queue dir as a hint, plus periodic rescans. Returns when
+    // `stop` is set and `wake()` is called; the batch in hand is finished first.
+    Status run(const std::atomic<bool>& stop);
+    void wake();
+
+private:
+    struct Claimed;
+    Result<size_t> process_batch(std::vector<std::string>& names);
+    Status sync_point(const std::vector<int>& fds, const std::vector<fs::path>& dirs);
+    Status deliver_output_set(const fs::path& out_dir, std::vector<fs::path>* touched_dirs);
+    Status quarantine_file(const fs::path& file, const std::string& id, const std::string& reason);
+
+    spool::Spool spool_;
+    std::string stage_;
+    StageFunction fn_;
+    RunnerOptions options_;
+    RunnerStats stats_;
+    fs::path queue_dir_;
+    fs::path active_dir_;
+    std::atomic<void*> loop_async_{nullptr};
+};
+
+}  // namespace pecd::runner
