@@ -293,8 +293,10 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
             if (!st) return abandon(st.error());
         }
     }
-    // Ordering point 2: the commits (renames) are durable before any input disappears.
-    if (auto st = sync_point({}, {active_dir_}); !st) return std::unexpected(st.error());
+    // Ordering point 2: the commits (renames) are durable before any input disappears. A
+    // journaling filesystem already orders the rename before the unlink.
+    if (options_.sync == SyncMode::strict)
+        if (auto st = sync_point({}, {active_dir_}); !st) return std::unexpected(st.error());
 
     std::vector<fs::path> touched{active_dir_};
     fs::path deferred_dir = spool_.area_dir(spool::Area::deferred, stage_);

@@ -45,8 +45,13 @@ using StageFunction = std::function<Result<std::vector<StageOutput>>(const Stage
 StageFunction pass_through(std::string destination);
 
 enum class SyncMode {
-    each,   // fdatasync every file and fsync every directory touched (portable, slower)
-    batch,  // one syncfs() per ordering point for the whole batch (group commit)
+    // fdatasync every file and fsync every directory at each of the three ordering points:
+    // makes no assumption about the filesystem.
+    strict,
+    // Group commit: one syncfs() before the commit renames (output data durable) and one after
+    // the batch. Relies on the spool filesystem persisting directory operations in the order they
+    // were made, as journaling filesystems (ext4, XFS) do.
+    batch,
 };
 
 struct RunnerOptions {

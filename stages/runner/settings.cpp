@@ -34,8 +34,8 @@ Result<RunnerOptions> runner_options(const Config& config) {
     o.batch_size = static_cast<size_t>(*batch);
     std::string sync = config.get("runner", "sync", "batch");
     if (sync == "batch") o.sync = SyncMode::batch;
-    else if (sync == "each") o.sync = SyncMode::each;
-    else return fail(ErrorKind::config, config.source() + ": [runner] sync must be batch or each");
+    else if (sync == "strict") o.sync = SyncMode::strict;
+    else return fail(ErrorKind::config, config.source() + ": [runner] sync must be batch or strict");
     auto get = [&](const char* key, std::chrono::milliseconds& into) -> Status {
         auto d = config.get_duration("runner", key, into);
         if (!d) return std::unexpected(d.error());
