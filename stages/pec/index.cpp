@@ -760,7 +760,7 @@ Result<IndexSnapshot> load_ldap(const LdapIndexOptions& options) {
                         err.message + "; the cache is unusable too: " + cached.error().message);
         // err.message already starts with the URI.
         cached->source = "ldap-cache:" + options.cache_file.string() + " (written " +
-                         utc_mtime(options.cache_file) + "; " + err.message + ")";
+                         utc_mtime(options.cache_file) + "; LDAP unreachable: " + err.message + ")";
         PECD_LOG(warn) << "providers index: LDAP unreachable, using the cache: " << cached->source;
         return cached;
     }
