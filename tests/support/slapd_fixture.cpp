@@ -220,7 +220,7 @@ Status SlapdFixture::launch() {
         if (::getppid() != parent) ::_exit(1);
         int devnull = ::open("/dev/null", O_RDONLY);
         if (devnull >= 0) ::dup2(devnull, 0);
-        int log = ::open(log_str.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+        int log = ::open(log_str.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
         if (log >= 0) {
             ::dup2(log, 1);
             ::dup2(log, 2);
