@@ -68,18 +68,21 @@ Result<int> free_loopback_port() {
 
 // True once slapd accepts a bind as the rootdn: the listener is open and the database loaded.
 Result<bool> answers(const std::string& uri, const SlapdOptions& o) {
-    LDAP* ld = nullptr;
-    if (ldap_initialize(&ld, uri.c_str()) != LDAP_SUCCESS || ld == nullptr)
-        return fail(ErrorKind::config, "ldap_initialize(" + uri + ") failed");
+    LDAP* raw = nullptr;
+    int rc = ldap_initialize(&raw, uri.c_str());
+    std::unique_ptr<LDAP, decltype([](LDAP* ld) { ldap_unbind_ext_s(ld, nullptr, nullptr); })> ld(
+        raw);
+    if (rc != LDAP_SUCCESS || !ld)
+        return fail(ErrorKind::config, "ldap_initialize(" + uri + "): " + ldap_err2string(rc));
     int version = LDAP_VERSION3;
     timeval tv{0, 300000};
-    ldap_set_option(ld, LDAP_OPT_PROTOCOL_VERSION, &version);
-    ldap_set_option(ld, LDAP_OPT_NETWORK_TIMEOUT, &tv);
-    ldap_set_option(ld, LDAP_OPT_TIMEOUT, &tv);
+    if (ldap_set_option(ld.get(), LDAP_OPT_PROTOCOL_VERSION, &version) != LDAP_OPT_SUCCESS ||
+        ldap_set_option(ld.get(), LDAP_OPT_NETWORK_TIMEOUT, &tv) != LDAP_OPT_SUCCESS ||
+        ldap_set_option(ld.get(), LDAP_OPT_TIMEOUT, &tv) != LDAP_OPT_SUCCESS)
+        return fail(ErrorKind::config, "cannot set LDAP options for " + uri);
     berval cred{o.root_password.size(), const_cast<char*>(o.root_password.c_str())};
-    int rc =
-        ldap_sasl_bind_s(ld, o.root_dn.c_str(), LDAP_SASL_SIMPLE, &cred, nullptr, nullptr, nullptr);
-    ldap_unbind_ext_s(ld, nullptr, nullptr);
+    rc = ldap_sasl_bind_s(ld.get(), o.root_dn.c_str(), LDAP_SASL_SIMPLE, &cred, nullptr, nullptr,
+                          nullptr);
     if (rc == LDAP_SUCCESS) return true;
     if (rc == LDAP_SERVER_DOWN || rc == LDAP_CONNECT_ERROR || rc == LDAP_TIMEOUT) return false;
     return fail(ErrorKind::config,
