@@ -117,9 +117,17 @@ struct ProviderSpec {
     std::vector<std::string> domains;
 };
 
+// Non-ASCII values must be base64 in RFC 2849 ("attr:: ..."), as ldapsearch writes them.
+std::string attr_line(const std::string& name, const std::string& value) {
+    bool ascii = std::all_of(value.begin(), value.end(),
+                             [](char c) { return static_cast<unsigned char>(c) < 0x80; });
+    return ascii ? name + ": " + value + "\n" : fold(name + ":: " + b64(value));
+}
+
 std::string entry_ldif(const ProviderSpec& p) {
-    std::string out = "dn: " + p.dn + "\nobjectClass: provider\nproviderName: " + p.name + "\n";
-    if (!p.unit.empty()) out += "providerUnit: " + p.unit + "\n";
+    std::string out =
+        attr_line("dn", p.dn) + "objectClass: provider\n" + attr_line("providerName", p.name);
+    if (!p.unit.empty()) out += attr_line("providerUnit", p.unit);
     for (const auto& h : p.hashes) out += "providerCertificateHash: " + h + "\n";
     for (const Cert* c : p.certs) out += fold("providerCertificate;binary:: " + b64(c->der));
     out += "mailReceipt: " + p.receipt + "\n";
@@ -195,8 +203,9 @@ class IndexTest : public ::testing::Test {
     static const Cert& beta() { return certs_[2]; }
     static const Cert& alfa_b() { return certs_[3]; }
 
-    // Two providers, one of them with a renewed certificate and a secondary environment. Hashes
-    // are written in the three spellings the world uses: upper, lower, mixed case.
+    // Two providers, one of them with a renewed certificate and a secondary environment, one
+    // with a UTF-8 name (base64 in LDIF, raw UTF-8 over LDAP). Hashes are written in the three
+    // spellings the world uses: upper, lower, mixed case.
     static std::string two_providers_ldif() {
         std::string text = kBaseEntry;
         text += entry_ldif({"providerName=Gestore Alfa,o=postacert",
@@ -214,8 +223,8 @@ class IndexTest : public ::testing::Test {
                             "posta-certificata@amb-b.alfa.example",
                             {"amb-b.alfa.example"}});
         std::string mixed = beta().hex_upper.substr(0, 20) + beta().hex_lower.substr(20);
-        text += entry_ldif({"providerName=Gestore Beta,o=postacert",
-                            "Gestore Beta",
+        text += entry_ldif({"providerName=Gestore Beta Società,o=postacert",
+                            "Gestore Beta Società",
                             "",
                             {mixed},
                             {&beta()},
@@ -250,7 +259,7 @@ TEST_F(IndexTest, ParsesTwoProvidersWithRenewalAndSecondaryEnvironment) {
     EXPECT_EQ(a.mail_receipt, "posta-certificata@pec.alfa.example");
     EXPECT_EQ(a.managed_domains,
               (std::vector<std::string>{"pec.alfa.example", "legalmail.alfa.example"}));
-    EXPECT_EQ(snap->providers[1].dn, "providerName=Gestore Beta,o=postacert");
+    EXPECT_EQ(snap->providers[1].dn, "providerName=Gestore Beta Società,o=postacert");
     EXPECT_EQ(snap->providers[1].cert_hashes, std::vector<std::string>{beta().hex_lower});
     EXPECT_EQ(snap->providers[2].unit, "Ambiente B");
     EXPECT_EQ(snap->providers[2].certificates, std::vector<std::string>{alfa_b().der});
@@ -268,7 +277,7 @@ TEST_F(IndexTest, LookupsAreCaseInsensitive) {
     EXPECT_EQ(snap->find_by_cert_hash(alfa_renewed().hex_lower), alfa_rec);
     const ProviderRecord* beta_rec = snap->find_by_cert_hash(beta().hex_upper);
     ASSERT_NE(beta_rec, nullptr);
-    EXPECT_EQ(beta_rec->name, "Gestore Beta");
+    EXPECT_EQ(beta_rec->name, "Gestore Beta Società");
     const ProviderRecord* unit = snap->find_by_cert_hash(alfa_b().hex_upper);
     ASSERT_NE(unit, nullptr);
     EXPECT_EQ(unit->unit, "Ambiente B");
@@ -292,7 +301,7 @@ TEST_F(IndexTest, LookupsAreCaseInsensitive) {
 }
 
 TEST_F(IndexTest, Rfc2849SyntaxBase64CommentsFoldingAndCrlf) {
-    // providerName and managedDomains as base64 (UTF-8 name), a folded comment, a folded plain
+    // dn, providerName and managedDomains as base64 (UTF-8 name), a folded comment, a folded plain
     // value, a "version: 1" line, CRLF line endings and a changetype: add record.
     std::string name_utf8 = "Gestore Àlfa Società";
     std::string text =
@@ -300,7 +309,9 @@ TEST_F(IndexTest, Rfc2849SyntaxBase64CommentsFoldingAndCrlf) {
         "# a comment that is folded\r\n"
         " onto a second line: providerName: ignored\r\n"
         "\r\n"
-        "dn: providerName=Gestore Alfa,o=postacert\r\n"
+        "dn:: " +
+        b64("providerName=" + name_utf8 + ",o=postacert") +
+        "\r\n"
         "changetype: add\r\n"
         "objectClass: top\r\n"
         "objectclass: PROVIDER\r\n"
@@ -321,6 +332,7 @@ TEST_F(IndexTest, Rfc2849SyntaxBase64CommentsFoldingAndCrlf) {
     ASSERT_TRUE(snap) << describe(snap.error());
     ASSERT_EQ(snap->providers.size(), 1u);
     const auto& p = snap->providers[0];
+    EXPECT_EQ(p.dn, "providerName=" + name_utf8 + ",o=postacert");
     EXPECT_EQ(p.name, name_utf8);
     EXPECT_EQ(p.cert_hashes, std::vector<std::string>{alfa().hex_lower});
     EXPECT_EQ(p.certificates, std::vector<std::string>{alfa().der});
