@@ -270,7 +270,7 @@ class ProviderBuilder {
         rec.dn = e.dn;
         std::vector<std::pair<std::string, int>> hashes;  // value, line
         std::vector<int> cert_lines;
-        int name_count = 0, unit_count = 0, receipt_count = 0;
+        int name_count = 0, unit_count = 0, receipt_count = 0, domain_count = 0;
         for (const RawAttr& a : e.attrs) {
             bool binary =
                 std::find(a.options.begin(), a.options.end(), "binary") != a.options.end();
@@ -292,6 +292,7 @@ class ProviderBuilder {
                 rec.mail_receipt = std::string(trim(a.value));
                 ++receipt_count;
             } else if (a.type == "manageddomains") {
+                ++domain_count;
                 std::string d = lower(trim(a.value));
                 if (!d.empty() && d.back() == '.') d.pop_back();
                 if (d.empty() || d.find_first_of("@<> \t") != std::string::npos)
@@ -308,15 +309,13 @@ class ProviderBuilder {
         }
 
         // MUST attributes of the RFC 6109 `provider` object class.
-        if (name_count == 0 || rec.name.empty()) problem("missing MUST attribute providerName");
+        if (name_count == 0) problem("missing MUST attribute providerName");
+        if (name_count > 0 && rec.name.empty()) problem("providerName is empty");
         if (hashes.empty()) problem("missing MUST attribute providerCertificateHash");
         if (rec.certificates.empty()) problem("missing MUST attribute providerCertificate;binary");
-        if (receipt_count == 0 || rec.mail_receipt.empty())
-            problem("missing MUST attribute mailReceipt");
-        if (rec.managed_domains.empty() &&
-            !std::any_of(e.attrs.begin(), e.attrs.end(),
-                         [](const RawAttr& a) { return a.type == "manageddomains"; }))
-            problem("missing MUST attribute managedDomains");
+        if (receipt_count == 0) problem("missing MUST attribute mailReceipt");
+        if (receipt_count > 0 && rec.mail_receipt.empty()) problem("mailReceipt is empty");
+        if (domain_count == 0) problem("missing MUST attribute managedDomains");
         // SINGLE-VALUE attributes.
         if (name_count > 1)
             problem("providerName is single-valued but has " + std::to_string(name_count) +
