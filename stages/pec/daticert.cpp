@@ -1,12 +1,12 @@
 #include "stages/pec/daticert.hpp"
 
+#include <glib.h>
 #include <libxml/SAX2.h>
 #include <libxml/parser.h>
 #include <libxml/tree.h>
 #include <libxml/xmlerror.h>
 #include <libxml/xmlwriter.h>
 
-#include <cstdint>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -14,6 +14,10 @@
 
 namespace pecd::pec {
 namespace {
+
+struct GFree {
+    void operator()(void* p) const noexcept { g_free(p); }
+};
 
 void ensure_libxml() {
     static std::once_flag once;
@@ -24,39 +28,18 @@ void ensure_libxml() {
 // Writing
 
 // XML 1.0 allows only some code points, and libxml2's writer does not check its input: replace
-// malformed UTF-8 with U+FFFD and drop control characters, so a hostile subject cannot make the
-// document ill-formed.
+// malformed UTF-8 with U+FFFD (GLib) and drop control characters, so a hostile subject cannot
+// make the document ill-formed.
 std::string xml_safe(std::string_view in) {
+    std::unique_ptr<gchar, GFree> valid(
+        g_utf8_make_valid(in.data(), static_cast<gssize>(in.size())));
     std::string out;
     out.reserve(in.size());
-    size_t i = 0;
-    while (i < in.size()) {
-        auto c = static_cast<unsigned char>(in[i]);
-        size_t len = c < 0x80           ? 1
-                     : (c >> 5) == 0x6  ? 2
-                     : (c >> 4) == 0xE  ? 3
-                     : (c >> 3) == 0x1E ? 4
-                                        : 0;
-        uint32_t cp = len == 1 ? c : len == 2 ? (c & 0x1F) : len == 3 ? (c & 0x0F) : (c & 0x07);
-        bool valid = len != 0 && i + len <= in.size();
-        for (size_t k = 1; valid && k < len; ++k) {
-            auto cc = static_cast<unsigned char>(in[i + k]);
-            if ((cc & 0xC0) != 0x80) valid = false;
-            cp = (cp << 6) | (cc & 0x3F);
-        }
-        if (valid) {
-            static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
-            valid = cp >= kMin[len] && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF);
-        }
-        if (!valid) {
-            out += "\xEF\xBF\xBD";
-            ++i;
-            continue;
-        }
-        bool allowed = cp >= 0x20 || cp == 0x09 || cp == 0x0A || cp == 0x0D;
-        if (cp == 0xFFFE || cp == 0xFFFF) allowed = false;
-        if (allowed) out.append(in.substr(i, len));
-        i += len;
+    for (const gchar* p = valid.get(); *p != '\0'; p = g_utf8_next_char(p)) {
+        gunichar cp = g_utf8_get_char(p);
+        bool allowed =
+            (cp >= 0x20 || cp == 0x09 || cp == 0x0A || cp == 0x0D) && cp != 0xFFFE && cp != 0xFFFF;
+        if (allowed) out.append(p, static_cast<size_t>(g_utf8_next_char(p) - p));
     }
     return out;
 }
@@ -474,8 +457,10 @@ std::string write_daticert(const Daticert& d) {
 
 Result<Daticert> parse_daticert(std::string_view xml) {
     ensure_libxml();
-    if (xml.size() > static_cast<size_t>(std::numeric_limits<int>::max()))
-        return corrupt("document too large");
+    // Real files are under 4 KiB; a cap keeps a hostile part from costing more than a glance.
+    constexpr size_t kMaxDaticert = 1 << 20;
+    static_assert(kMaxDaticert < static_cast<size_t>(std::numeric_limits<int>::max()));
+    if (xml.size() > kMaxDaticert) return corrupt("document larger than 1 MiB");
 
     std::unique_ptr<xmlParserCtxt, ParserCtxtFree> ctxt(xmlNewParserCtxt());
     if (!ctxt) return fail(ErrorKind::transient, "daticert: cannot allocate an XML parser");

@@ -483,9 +483,11 @@ Result<PecMessageInfo> read_pec_message(std::string_view raw) {
 namespace {
 
 void json_string(std::string& out, std::string_view s) {
+    // RFC 8259 wants UTF-8: malformed bytes become U+FFFD (GLib) rather than invalid JSON.
+    std::unique_ptr<gchar, GFree> valid(g_utf8_make_valid(s.data(), static_cast<gssize>(s.size())));
     out += '"';
-    for (char ch : s) {
-        auto c = static_cast<unsigned char>(ch);
+    for (const char* p = valid.get(); *p != '\0'; ++p) {
+        auto c = static_cast<unsigned char>(*p);
         switch (c) {
             case '"':
                 out += "\\\"";
@@ -508,7 +510,7 @@ void json_string(std::string& out, std::string_view s) {
                     std::snprintf(buf, sizeof buf, "\\u%04x", c);
                     out += buf;
                 } else {
-                    out += ch;  // UTF-8 passes through; GMime hands out UTF-8
+                    out += *p;
                 }
         }
     }
@@ -650,6 +652,11 @@ std::string to_json(const PecMessageInfo& info) {
     j.key("cc_addresses").open('[');
     for (const auto& a : info.cc_addresses) j.str(a);
     j.close(']');
+    j.key("tipo_ricevuta");
+    if (info.tipo_ricevuta)
+        j.str(to_string(*info.tipo_ricevuta));
+    else
+        j.null();
     j.key("date_unix");
     if (info.date)
         j.number(std::chrono::duration_cast<std::chrono::seconds>(info.date->time_since_epoch())

@@ -397,4 +397,6 @@ TEST(DaticertParse, PreciseErrors) {
     expect_corrupt("<?xml version=\"1.0\"?><postacerts tipo=\"accettazione\"/>", "root element");
     expect_corrupt(minimal_with("</postacert>", ""), "malformed XML");
     expect_corrupt("", "malformed XML");
+    expect_corrupt(minimal_with("<identificativo>", "<identificativo>" + std::string(2 << 20, 'x')),
+                   "larger than 1 MiB");
 }

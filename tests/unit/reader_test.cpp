@@ -628,4 +628,7 @@ TEST(ReaderJson, EscapesHostileStrings) {
     EXPECT_EQ(status, 0);
     EXPECT_NE(json.find("\\u0001"), std::string::npos);
     EXPECT_EQ(jq(json, ".problems[0]", &status), "x\ry\n");
+    m.headers.subject = std::string("bad \xFF\xC3 utf8");
+    EXPECT_EQ(jq(to_json(m), ".headers.subject", &status), "bad \xEF\xBF\xBD\xEF\xBF\xBD utf8\n");
+    EXPECT_EQ(status, 0);
 }
