@@ -67,10 +67,19 @@ std::string decoded_content(GMimePart* part) {
     return std::string(reinterpret_cast<const char*>(bytes->data), bytes->len);
 }
 
+// Sizes are counted through a null stream: a 30 MB attachment is never copied just to be measured.
+size_t decoded_size(GMimePart* part) {
+    GMimeDataWrapper* content = g_mime_part_get_content(part);
+    if (content == nullptr) return 0;
+    GPtr<GMimeStream> out(g_mime_stream_null_new());
+    if (g_mime_data_wrapper_write_to_stream(content, out.get()) < 0) return 0;
+    return GMIME_STREAM_NULL(out.get())->written;
+}
+
 size_t serialized_size(GMimeObject* object) {
-    GPtr<GMimeStream> out(g_mime_stream_mem_new());
+    GPtr<GMimeStream> out(g_mime_stream_null_new());
     if (g_mime_object_write_to_stream(object, nullptr, out.get()) < 0) return 0;
-    return g_mime_stream_mem_get_byte_array(GMIME_STREAM_MEM(out.get()))->len;
+    return GMIME_STREAM_NULL(out.get())->written;
 }
 
 bool is_signature_type(std::string_view type) {
@@ -120,12 +129,19 @@ struct Walker {
                 if (first_message == nullptr) first_message = message_part;
             }
         } else if (GMIME_IS_PART(object)) {
-            std::string content = decoded_content(GMIME_PART(object));
-            info.size = content.size();
-            if (search && iequals(info.filename, "daticert.xml")) daticerts.push_back(content);
-            if (info.content_type == "text/plain" && iends_with(info.filename, ".hash")) {
+            auto* part = GMIME_PART(object);
+            bool is_daticert = search && iequals(info.filename, "daticert.xml");
+            bool is_hash = info.content_type == "text/plain" && iends_with(info.filename, ".hash");
+            if (is_daticert || is_hash) {
+                std::string content = decoded_content(part);
+                info.size = content.size();
+                if (is_hash && !is_sha1_hex(content)) bad_hash_parts.push_back(info.filename);
+                if (is_daticert) daticerts.push_back(std::move(content));
+            } else {
+                info.size = decoded_size(part);
+            }
+            if (is_hash) {
                 ++hash_parts;
-                if (!is_sha1_hex(content)) bad_hash_parts.push_back(info.filename);
             } else if (!info.filename.empty() && !is_signature_type(info.content_type)) {
                 unhashed_named.push_back(info.filename);
             }
@@ -440,7 +456,8 @@ Result<PecMessageInfo> read_pec_message(std::string_view raw) {
     if (!walker.daticerts.empty()) {
         info.has_daticert = true;
         if (walker.daticerts.size() > 1) info.problems.push_back("more than one daticert.xml part");
-        auto parsed = parse_daticert(walker.daticerts.front());
+        info.daticert_xml = walker.daticerts.front();
+        auto parsed = parse_daticert(*info.daticert_xml);
         if (parsed)
             info.daticert = std::move(*parsed);
         else
@@ -674,6 +691,7 @@ std::string to_json(const PecMessageInfo& info) {
     else
         j.null();
     j.key("daticert_error").opt(info.daticert_error);
+    j.key("daticert_xml").opt(info.daticert_xml);
     j.key("original");
     if (info.original) {
         const OriginalInfo& o = *info.original;

@@ -72,10 +72,14 @@ struct PecMessageInfo {
     std::string micalg;               // "sha1", "sha-256", ... as declared, lower case
     bool has_signature_part = false;  // false for the anon-* fixtures (p7s part removed)
 
-    // daticert.xml: present and parsed, or present and refused (daticert_error set).
+    // daticert.xml: present and parsed, or present and refused. parse_daticert is strict about
+    // the DTD content model, so a defective file (anon-errore-consegna.eml: stray text after
+    // </risposte>) leaves `daticert` empty, sets `daticert_error` and adds a problem; the type
+    // still comes from the headers, and the decoded bytes stay in `daticert_xml` for display.
     bool has_daticert = false;
     std::optional<Daticert> daticert;
     std::optional<std::string> daticert_error;
+    std::optional<std::string> daticert_xml;
 
     std::optional<OriginalInfo> original;
 

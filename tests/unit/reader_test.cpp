@@ -230,6 +230,13 @@ TEST(ReaderReal, AnonErroreConsegnaWithInvalidDaticert) {
     ASSERT_TRUE(m.daticert_error);
     EXPECT_EQ(*m.daticert_error, "daticert: unexpected text \"a\" in <intestazione>");
     EXPECT_TRUE(has_problem(m, "daticert.xml is invalid")) << problems_of(m);
+    // The raw document is kept for display; its values are not trusted.
+    ASSERT_TRUE(m.daticert_xml);
+    EXPECT_NE(m.daticert_xml->find("<postacert tipo=\"errore-consegna\" errore=\"no-dest\">"),
+              std::string::npos);
+    EXPECT_NE(m.daticert_xml->find(
+                  "<errore-esteso>5.1.1 - FAKE Pec S.p.A. - indirizzo non valido</errore-esteso>"),
+              std::string::npos);
     EXPECT_TRUE(has_problem(m, "no signature part")) << problems_of(m);
     EXPECT_FALSE(m.original);
 }
