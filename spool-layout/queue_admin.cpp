@@ -11,6 +11,7 @@ namespace {
 
 // Age buckets in minutes, like qshape's default: 5 10 20 40 80 160 320 640 1280 1280+.
 constexpr int64_t kBucketMinutes[] = {5, 10, 20, 40, 80, 160, 320, 640, 1280};
+constexpr time_t kTmpGraceSeconds = 60;
 
 }  // namespace
 
@@ -205,7 +206,10 @@ Result<size_t> clean_stale_tmp(const Spool& spool) {
         fs::path p = spool.tmp_dir() / name;
         auto fd = durable::open_file(p, O_RDONLY);
         if (!fd) continue;
-        // A live pec-enqueue holds the lock until its rename; a free lock means it died.
+        // A live pec-enqueue holds the lock until its rename; a free lock means it died, unless
+        // the file is so new that its writer is between open() and flock().
+        struct stat st {};
+        if (::fstat(fd->get(), &st) != 0 || st.st_mtime > ::time(nullptr) - kTmpGraceSeconds) continue;
         if (::flock(fd->get(), LOCK_EX | LOCK_NB) != 0) continue;
         if (durable::unlink_file(p)) ++removed;
     }

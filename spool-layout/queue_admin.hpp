@@ -50,7 +50,7 @@ Status remove(const Spool& spool, const std::string& id);
 // True when no queue or active directory holds anything (deferred/hold/quarantine excluded).
 Result<bool> is_idle(const Spool& spool);
 
-// Removes pec-enqueue temporaries whose writer died (their flock is free).
+// Removes pec-enqueue temporaries whose writer died (flock free, older than a minute).
 Result<size_t> clean_stale_tmp(const Spool& spool);
 
 }  // namespace pecd::spool

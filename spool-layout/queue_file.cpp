@@ -33,6 +33,29 @@ std::pair<std::string_view, std::string_view> split_key(std::string_view line) {
     return {line.substr(0, sp), line.substr(sp + 1)};
 }
 
+// A history or attribute record, from the envelope or from the trailer.
+Status apply_record(Envelope& env, std::string_view key, std::string_view value) {
+    if (key == "hist") {
+        auto [stage, more] = split_key(value);
+        auto [at, note] = split_key(more);
+        auto s = percent_decode(stage);
+        auto t = parse_int(at, "hist");
+        auto n = percent_decode(note);
+        if (!s || !t || !n) return fail(ErrorKind::corrupt, "bad history line");
+        env.history.push_back({std::move(*s), *t, std::move(*n)});
+        return {};
+    }
+    if (key == "attr") {
+        auto [k, v] = split_key(value);
+        auto dk = percent_decode(k);
+        auto dv = percent_decode(v);
+        if (!dk || !dv) return fail(ErrorKind::corrupt, "bad attr line");
+        env.set_attr(std::move(*dk), std::move(*dv));
+        return {};
+    }
+    return fail(ErrorKind::corrupt, "unknown record '" + std::string(key) + "'");
+}
+
 }  // namespace
 
 std::optional<std::string> Envelope::attr(std::string_view key) const {
@@ -118,6 +141,15 @@ std::string encode_header(const Envelope& env, uint64_t body_size) {
 
 size_t body_size_field_offset(std::string_view header) { return header.size() - 21; }
 
+std::string encode_trailer_hist(const HistoryEntry& e) {
+    return "hist " + percent_encode(e.stage) + ' ' + std::to_string(e.at_us) + ' ' +
+           percent_encode(e.note) + '\n';
+}
+
+std::string encode_trailer_attr(std::string_view key, std::string_view value) {
+    return "attr " + percent_encode(key) + ' ' + percent_encode(value) + '\n';
+}
+
 Result<QueueFileInfo> read_header(int fd, const std::string& name) {
     struct stat st {};
     if (::fstat(fd, &st) != 0) return fail_errno("stat " + name);
@@ -174,20 +206,8 @@ Result<QueueFileInfo> read_header(int fd, const std::string& name) {
             auto n = parse_int(value, "next-attempt");
             if (!n) return context(n.error(), name);
             env.next_attempt_us = *n;
-        } else if (key == "hist") {
-            auto [stage, more] = split_key(value);
-            auto [at, note] = split_key(more);
-            auto s = decode(stage);
-            auto t = parse_int(at, "hist");
-            auto n = decode(note);
-            if (!s || !t || !n) return fail(ErrorKind::corrupt, name + ": bad history line");
-            env.history.push_back({std::move(*s), *t, std::move(*n)});
-        } else if (key == "attr") {
-            auto [k, v] = split_key(value);
-            auto dk = decode(k);
-            auto dv = decode(v);
-            if (!dk || !dv) return fail(ErrorKind::corrupt, name + ": bad attr line");
-            env.attrs.emplace_back(std::move(*dk), std::move(*dv));
+        } else if (key == "hist" || key == "attr") {
+            if (auto st = apply_record(env, key, value); !st) return context(st.error(), name);
         } else if (key == "body") {
             auto n = parse_int(value, "body");
             if (!n || *n < 0) return fail(ErrorKind::corrupt, name + ": bad body size");
@@ -198,10 +218,28 @@ Result<QueueFileInfo> read_header(int fd, const std::string& name) {
         }
     }
     if (!have_body || env.id.empty()) return fail(ErrorKind::corrupt, name + ": incomplete envelope");
-    if (info.header_size + info.body_size != file_size)
+    uint64_t end_of_body = info.header_size + info.body_size;
+    if (end_of_body > file_size)
         return fail(ErrorKind::corrupt, name + ": length " + std::to_string(file_size) +
-                                            " disagrees with envelope (" +
-                                            std::to_string(info.header_size + info.body_size) + ")");
+                                            " is shorter than its envelope says (" +
+                                            std::to_string(end_of_body) + ")");
+    if (end_of_body < file_size) {
+        auto trailer = durable::pread_exact(fd, end_of_body, file_size - end_of_body);
+        if (!trailer) return context(trailer.error(), name);
+        std::string_view records = *trailer;
+        size_t complete = records.rfind('\n');
+        complete = complete == std::string_view::npos ? 0 : complete + 1;
+        info.trailer_size = complete;
+        info.torn_size = records.size() - complete;
+        records = records.substr(0, complete);
+        while (!records.empty()) {
+            size_t nl = records.find('\n');
+            auto [key, value] = split_key(records.substr(0, nl));
+            if (auto st = apply_record(env, key, value); !st)
+                return fail(ErrorKind::corrupt, name + ": trailer: " + st.error().message);
+            records.remove_prefix(nl + 1);
+        }
+    }
     return info;
 }
 

@@ -14,10 +14,14 @@
 //   attr <key> <value>\n                   (repeated: stage annotations, e.g. the PEC route)
 //   body <20-digit size>\n
 //   <exactly `size` bytes of message>
+//   hist ... / attr ...\n                  (trailer: records appended by in-place hops)
 //
 // Values are percent-encoded (bytes outside 0x21-0x7e, and '%'), so every field is one token and
 // no user input can break the framing. The fixed-width body size lets pec-enqueue stream stdin
-// and patch the size in place. A file whose length disagrees with its header is corrupt.
+// and patch the size in place. A stage that routes a message unchanged appends its records after
+// the body instead of rewriting the file (see StageRunner); readers merge them into the envelope.
+// A file shorter than its header says is corrupt; a torn last trailer line (a crash during an
+// append) is ignored and reported in `torn_size`.
 #pragma once
 
 #include <cstdint>
@@ -74,8 +78,15 @@ struct QueueFileInfo {
     Envelope env;
     uint64_t header_size = 0;
     uint64_t body_size = 0;
+    uint64_t trailer_size = 0;  // complete trailer records after the body
+    uint64_t torn_size = 0;     // bytes of an incomplete last trailer line
     uint64_t body_offset() const { return header_size; }
+    uint64_t complete_size() const { return header_size + body_size + trailer_size; }
 };
+
+// One trailer record line ("hist <stage> <us> <note>\n" or "attr <key> <value>\n").
+std::string encode_trailer_hist(const HistoryEntry& entry);
+std::string encode_trailer_attr(std::string_view key, std::string_view value);
 
 // Parses the envelope from an open file and checks the file length against it.
 Result<QueueFileInfo> read_header(int fd, const std::string& name_for_errors);

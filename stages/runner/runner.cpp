@@ -25,7 +25,7 @@ bool ends_with(std::string_view s, std::string_view suffix) { return s.ends_with
 StageFunction pass_through(std::string destination) {
     return [destination](const StageInput& in) -> Result<std::vector<StageOutput>> {
         std::vector<StageOutput> out;
-        out.push_back(StageOutput{destination, in.env, in.body_source()});
+        out.push_back(StageOutput{destination, in.env, in.body_source(), /*in_place=*/true});
         return out;
     };
 }
@@ -126,18 +126,38 @@ Status StageRunner::recover() {
     if (auto st = sync_point({}, touched); !st) return st;
     for (const auto& id : committed)
         if (auto st = durable::remove_dir(active_dir_ / (id + std::string(kOutSuffix))); !st) return st;
-    // Inputs claimed by the dead process go back to the queue untouched.
+    // Claimed inputs: one whose last record is this stage's routing was committed in place and
+    // moves on; any other goes back to the queue (a torn append is cut off first).
+    size_t routed = 0;
+    std::vector<fs::path> route_dirs{queue_dir_, active_dir_};
     for (const auto& name : *names) {
-        if (name.find('.', 14) != std::string::npos || committed.contains(name)) continue;
-        if (name.size() > 13 && name[13] == '.' && !spool::is_valid_queue_id(name)) continue;
-        auto st = durable::rename_noreplace(active_dir_ / name, queue_dir_ / name);
+        if (!spool::is_valid_queue_id(name) || committed.contains(name)) continue;
+        fs::path claimed = active_dir_ / name;
+        fs::path target = queue_dir_ / name;
+        if (auto fd = durable::open_file(claimed, O_RDWR); fd) {
+            auto info = spool::read_header(fd->get(), claimed.string());
+            if (info && info->torn_size > 0 &&
+                ::ftruncate(fd->get(), static_cast<off_t>(info->complete_size())) != 0)
+                return fail_errno("truncate " + claimed.string());
+            if (info && !info->env.history.empty()) {
+                const auto& last = info->env.history.back();
+                if (last.stage == stage_ && last.note.starts_with("-> ")) {
+                    auto dest = spool_.destination_dir(last.note.substr(3));
+                    if (dest) {
+                        target = *dest / name;
+                        route_dirs.push_back(*dest);
+                    }
+                }
+            }
+        }
+        auto st = durable::rename_noreplace(claimed, target);
         if (!st && st.error().kind != ErrorKind::not_found) return st;
-        if (st) ++returned;
+        if (st) ++(target.parent_path() == queue_dir_ ? returned : routed);
     }
-    if (returned > 0)
-        if (auto st = sync_point({}, {queue_dir_, active_dir_}); !st) return st;
-    if (discarded + returned + committed.size() > 0)
-        PECD_LOG(info) << stage_ << ": recovered: " << committed.size() << " committed, "
+    if (returned + routed > 0)
+        if (auto st = sync_point({}, route_dirs); !st) return st;
+    if (discarded + returned + routed + committed.size() > 0)
+        PECD_LOG(info) << stage_ << ": recovered: " << committed.size() + routed << " committed, "
                        << discarded << " discarded, " << returned << " returned to queue";
     return {};
 }
@@ -166,7 +186,7 @@ Result<size_t> StageRunner::release_due_deferred() {
 }
 
 struct StageRunner::Claimed {
-    enum class Outcome { ok, defer, quarantine, put_back };
+    enum class Outcome { ok, route, defer, quarantine, put_back };
     std::string id;
     fs::path input;
     durable::Fd fd;
@@ -175,7 +195,42 @@ struct StageRunner::Claimed {
     std::string reason;
     std::vector<durable::Fd> out_fds;
     durable::Fd defer_fd;
+    fs::path route_dir;  // Outcome::route: where the input itself goes
 };
+
+// The in-place hop: append this stage's records to the claimed file. The appended routing record,
+// once durable, is the commit (recover() moves such a file on instead of re-running it).
+bool StageRunner::try_route_in_place(Claimed& c, std::vector<StageOutput>& outputs, int64_t now) {
+    if (outputs.size() != 1 || !outputs[0].in_place) return false;
+    StageOutput& out = outputs[0];
+    const spool::Envelope& in = c.info.env;
+    auto dest = spool_.destination_dir(out.destination);
+    if (!dest || out.env.id != c.id || out.env.sender != in.sender ||
+        out.env.recipients != in.recipients || out.env.user != in.user || out.env.client != in.client ||
+        out.body.fd != c.fd.get() || out.body.offset != c.info.body_offset() ||
+        out.body.size != c.info.body_size || out.env.attempts != in.attempts ||
+        out.env.history.size() < in.history.size())
+        return false;
+    std::string records;
+    for (size_t i = in.history.size(); i < out.env.history.size(); ++i)
+        records += spool::encode_trailer_hist(out.env.history[i]);
+    for (const auto& [key, value] : out.env.attrs)
+        if (in.attr(key) != value) records += spool::encode_trailer_attr(key, value);
+    records += spool::encode_trailer_hist({stage_, now, "-> " + out.destination});
+    if (c.info.torn_size > 0 &&
+        ::ftruncate(c.fd.get(), static_cast<off_t>(c.info.complete_size())) != 0)
+        return false;
+    auto written =
+        durable::pwrite_all(c.fd.get(), records, static_cast<off_t>(c.info.complete_size()));
+    if (!written) {
+        // Cut a partial append off again; the rewrite path (or a deferral) takes over.
+        (void)::ftruncate(c.fd.get(), static_cast<off_t>(c.info.complete_size()));
+        return false;
+    }
+    c.outcome = Claimed::Outcome::route;
+    c.route_dir = *dest;
+    return true;
+}
 
 Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
     std::vector<Claimed> items(names.size());
@@ -186,7 +241,7 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
         Claimed& c = items[i];
         c.id = names[i];
         c.input = active_dir_ / c.id;
-        auto fd = durable::open_file(c.input, O_RDONLY);
+        auto fd = durable::open_file(c.input, O_RDWR);
         if (!fd) {
             c.outcome = Claimed::Outcome::put_back;
             c.reason = fd.error().message;
@@ -212,6 +267,8 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
             c.outcome = outputs.error().kind == ErrorKind::transient ? Claimed::Outcome::defer
                                                                        : Claimed::Outcome::quarantine;
             c.reason = outputs.error().message;
+        } else if (auto routed = try_route_in_place(c, *outputs, now); routed) {
+            fds_to_sync.push_back(c.fd.get());
         } else {
             // Write the output set under <id>.out.tmp; it becomes real only when renamed.
             fs::path tmp = active_dir_ / (c.id + std::string(kOutTmpSuffix));
@@ -310,6 +367,13 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
                 st = durable::unlink_file(c.input);
                 if (st) st = deliver_output_set(active_dir_ / (c.id + std::string(kOutSuffix)), &touched);
                 if (st) ++done;
+                break;
+            case Claimed::Outcome::route:
+                st = durable::rename_noreplace(c.input, c.route_dir / c.id);
+                if (st) {
+                    touched.push_back(c.route_dir);
+                    ++done;
+                }
                 break;
             case Claimed::Outcome::defer:
                 st = durable::rename_noreplace(c.input, deferred_dir / c.id);

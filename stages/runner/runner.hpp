@@ -36,6 +36,10 @@ struct StageOutput {
     std::string destination;  // a stage name (its queue) or "outbox"
     spool::Envelope env;      // env.id must be the input id or derived from it (deterministic)
     spool::BodySource body;
+    // The input file itself moves on, unchanged but for new history/attr records appended to
+    // it: no copy, one append and one rename. Only for a single output with the input's id,
+    // body and routing data; anything else is written as a new file.
+    bool in_place = false;
 };
 
 // Returning an error: ErrorKind::transient -> deferred with backoff; anything else -> quarantine.
@@ -93,6 +97,7 @@ public:
 private:
     struct Claimed;
     Result<size_t> process_batch(std::vector<std::string>& names);
+    bool try_route_in_place(Claimed& c, std::vector<StageOutput>& outputs, int64_t now);
     Status sync_point(const std::vector<int>& fds, const std::vector<fs::path>& dirs);
     Status deliver_output_set(const fs::path& out_dir, std::vector<fs::path>* touched_dirs);
     Status quarantine_file(const fs::path& file, const std::string& id, const std::string& reason);

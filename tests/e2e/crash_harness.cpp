@@ -235,7 +235,7 @@ int fault_mode(const fs::path& bin, int messages) {
 
     // The stages meet a full disk, failing fsyncs and failing renames: nothing may arrive, and
     // nothing may be lost or quarantined.
-    for (const char* fault : {"write=ENOSPC", "fsync=EIO@3", "rename=EIO@5", "mkdir=ENOSPC"}) {
+    for (const char* fault : {"write=ENOSPC", "fsync=EIO@3", "rename=EIO@5", "open=EMFILE@4"}) {
         int rc = pecd::testing::run({(bin / "pecd").string(), "-c", s.conf.string(), "--once", "all"},
                                     {.env = {std::string("PECD_FAULTS=") + fault},
                                      .stderr_path = (s.dir / "fault.log").string()});
