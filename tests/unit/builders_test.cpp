@@ -36,6 +36,13 @@ const std::string kGestore = "PROVA PEC S.p.A.";
 const std::string kId = "20261122103000.node1.abc.1.0123456789ab@pec.provatest.it";
 const std::string kClientId = "<client-123@mail.mittente.example>";
 
+std::string read_file(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    std::ostringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
 void write_file(const fs::path& p, std::string_view bytes) {
     std::ofstream out(p, std::ios::binary);
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
@@ -1076,6 +1083,69 @@ TEST(Postacert, BreveKeepsSignatureStructureAndOpaqueSmime) {
     auto same = make_breve_copy(opaque);
     ASSERT_TRUE(same);
     EXPECT_EQ(*same, opaque);
+}
+
+// The postacert.eml of a real Sogei busta (LF on disk, as published): the breve copy hashes its
+// two FatturaPA attachments (7bit and quoted-printable bodies, in canonical CRLF form) and keeps
+// the unnamed text part; the completa receipt carries it byte for byte.
+std::string real_sogei_postacert() {
+    std::string busta = read_file(PECD_SHARED_DIR "/fixtures/real/sogei-busta-breve-2018.eml");
+    size_t at = busta.find("filename=\"postacert.eml\"");
+    if (at == std::string::npos) return "";
+    at = busta.find("\n\n", at) + 2;
+    size_t end = busta.find("\n------------=_1544268378-17535-8512--", at);
+    if (end == std::string::npos) return "";
+    return busta.substr(at, end - at);
+}
+
+std::string part_body(const std::string& crlf_message, const std::string& filename,
+                      const std::string& boundary) {
+    size_t at = crlf_message.find("filename=" + filename + "\r\n");
+    if (at == std::string::npos) return "";
+    at = crlf_message.find("\r\n\r\n", at) + 4;
+    size_t end = crlf_message.find("\r\n--" + boundary, at);
+    return crlf_message.substr(at, end - at);
+}
+
+TEST(Postacert, BreveOfARealSogeiOriginal) {
+    std::string postacert = real_sogei_postacert();
+    ASSERT_GT(postacert.size(), 10000u);
+    std::string canonical = crlf(postacert);
+    const std::string boundary = "----=_Part_115220_-1210040643.1544268377979";
+    auto breve = make_breve_copy(postacert);
+    ASSERT_TRUE(breve) << breve.error().describe();
+    EXPECT_LT(breve->size(), canonical.size() / 4) << "the attachments are gone";
+    Parsed p = parse(*breve);
+    ASSERT_TRUE(p.message);
+    EXPECT_EQ(p.header("Message-ID"), "<opec288.20181208122618.17535.2665.1.3@pcert.sogei.it>");
+    GMimeMultipart* root = GMIME_MULTIPART(g_mime_message_get_mime_part(p.message.get()));
+    ASSERT_EQ(g_mime_multipart_get_count(root), 3);
+    const std::vector<std::string> names{"IT02652600210_00007_MT_002.xml",
+                                         "IT02652600210_00007.xml"};
+    for (int i = 0; i < 2; ++i) {
+        GMimeObject* part = g_mime_multipart_get_part(root, i);
+        std::string body = part_body(canonical, names[static_cast<size_t>(i)], boundary);
+        ASSERT_GT(body.size(), 100u) << names[static_cast<size_t>(i)];
+        EXPECT_EQ(disposition_filename(part), names[static_cast<size_t>(i)] + ".hash");
+        EXPECT_EQ(decoded(part), sha1_evp(body)) << names[static_cast<size_t>(i)];
+    }
+    GMimeObject* text = g_mime_multipart_get_part(root, 2);
+    EXPECT_EQ(mime_type(text), "text/plain");
+    EXPECT_EQ(disposition_filename(text), "");
+}
+
+TEST_F(Builders, CompletaCarriesARealOriginalByteForByte) {
+    std::string postacert = real_sogei_postacert();
+    ASSERT_FALSE(postacert.empty());
+    Transaction t = transaction();
+    auto built = builder().avvenuta_consegna(t, "anna.bianchi@pec.provatest.it", postacert);
+    ASSERT_TRUE(built) << built.error().describe();
+    Parsed p = parse(built->bytes);
+    ASSERT_EQ(p.parts.size(), 3u);
+    std::string expected = crlf(postacert);
+    if (expected.size() < 2 || expected.substr(expected.size() - 2) != "\r\n") expected += "\r\n";
+    EXPECT_EQ(raw_postacert(built->bytes, p), expected);
+    EXPECT_TRUE(cms_verifies(built->bytes, "completa-real"));
 }
 
 // ---------------------------------------------------------------------------------------------
