@@ -359,7 +359,7 @@ Result<BuiltMessage> MessageBuilder::busta_trasporto(const Transaction& t,
                                               t.original.message_id.value_or("none") +
                                               ") differs from the original's (" +
                                               copy->original_id.value_or("none") + ")");
-    auto raw = split_message(gmb::to_crlf(original));
+    auto raw = raw::split(gmb::to_crlf(original));
     if (!raw) return context(raw.error(), "busta: original message");
 
     Spec spec;
@@ -401,7 +401,7 @@ Result<BuiltMessage> MessageBuilder::busta_anomalia(const Transaction& t, std::s
                                                     std::string_view error) const {
     if (auto ok = check_transaction(t, false); !ok) return std::unexpected(ok.error());
     std::string bytes = ensure_final_crlf(std::string(received));
-    auto raw = split_message(bytes);
+    auto raw = raw::split(bytes);
     if (!raw) return context(raw.error(), "anomalia: received message");
 
     Spec spec;

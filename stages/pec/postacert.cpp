@@ -10,6 +10,21 @@ namespace {
 
 using gmb::GPtr;
 
+// The breve hash (DECISIONS #6): SHA-1, 40 lowercase hex.
+Result<std::string> sha1_hex(std::string_view bytes) {
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int length = 0;
+    if (EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha1(), nullptr) != 1)
+        return fail(ErrorKind::transient, "SHA-1 digest failed in OpenSSL");
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string out;
+    for (unsigned int i = 0; i < length; ++i) {
+        out += hex[digest[i] >> 4];
+        out += hex[digest[i] & 15];
+    }
+    return out;
+}
+
 bool iequals(std::string_view a, std::string_view b) {
     return a.size() == b.size() && strncasecmp(a.data(), b.data(), a.size()) == 0;
 }
@@ -88,7 +103,7 @@ bool is_pkcs7_mime(GMimeObject* object) {
 
 }  // namespace
 
-std::string RawHeaderField::value() const {
+std::string raw::Field::value() const {
     std::string_view raw_view(raw);
     size_t colon = raw_view.find(':');
     std::string_view v = colon == std::string_view::npos ? "" : raw_view.substr(colon + 1);
@@ -98,28 +113,28 @@ std::string RawHeaderField::value() const {
     return trim(unfolded);
 }
 
-const RawHeaderField* RawMessage::find(std::string_view name) const {
+const raw::Field* raw::Message::find(std::string_view name) const {
     for (const auto& h : headers)
         if (iequals(h.name, name)) return &h;
     return nullptr;
 }
 
-std::vector<const RawHeaderField*> RawMessage::find_all(std::string_view name) const {
-    std::vector<const RawHeaderField*> out;
+std::vector<const raw::Field*> raw::Message::find_all(std::string_view name) const {
+    std::vector<const raw::Field*> out;
     for (const auto& h : headers)
         if (iequals(h.name, name)) out.push_back(&h);
     return out;
 }
 
-std::string RawMessage::assemble() const {
+std::string raw::Message::assemble() const {
     std::string out;
     for (const auto& h : headers) out += h.raw;
     if (has_body) out += "\r\n" + body;
     return out;
 }
 
-Result<RawMessage> split_message(std::string_view crlf) {
-    RawMessage msg;
+Result<raw::Message> raw::split(std::string_view crlf) {
+    Message msg;
     size_t pos = 0;
     while (pos < crlf.size()) {
         size_t eol = crlf.find("\r\n", pos);
@@ -154,12 +169,12 @@ Result<PostacertCopy> rewrite_message_id(std::string_view original,
     std::string crlf = gmb::to_crlf(original);
     if (!crlf.empty() && crlf.size() >= 2 && crlf.compare(crlf.size() - 2, 2, "\r\n") != 0)
         crlf += "\r\n";  // a last line without its end would merge with the next boundary
-    auto split = split_message(crlf);
+    auto split = raw::split(crlf);
     if (!split) return std::unexpected(split.error());
-    RawMessage& msg = *split;
+    raw::Message& msg = *split;
 
     PostacertCopy copy;
-    std::vector<RawHeaderField> headers;
+    std::vector<raw::Field> headers;
     bool replaced = false;
     std::string fresh = "Message-ID: <" + std::string(identificativo) + ">\r\n";
     for (auto& h : msg.headers) {
@@ -202,20 +217,6 @@ Result<std::string> make_breve_copy(std::string_view postacert) {
     if (!replacement) return std::unexpected(replacement.error());
     if (*replacement) g_mime_message_set_mime_part(message.get(), replacement->get());
     return gmb::serialize_crlf(GMIME_OBJECT(message.get()));
-}
-
-Result<std::string> sha1_hex(std::string_view bytes) {
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int length = 0;
-    if (EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha1(), nullptr) != 1)
-        return fail(ErrorKind::transient, "SHA-1 digest failed in OpenSSL");
-    static constexpr char hex[] = "0123456789abcdef";
-    std::string out;
-    for (unsigned int i = 0; i < length; ++i) {
-        out += hex[digest[i] >> 4];
-        out += hex[digest[i] & 15];
-    }
-    return out;
 }
 
 }  // namespace pecd::pec

@@ -19,27 +19,33 @@
 
 namespace pecd::pec {
 
+// Byte-preserving view of a message's header block (kept in its own namespace: the reader has
+// its own parsed-message types).
+namespace raw {
+
 // One header field as it appears on the wire: name and the raw field (continuation lines and the
 // final CRLF included).
-struct RawHeaderField {
+struct Field {
     std::string name;
     std::string raw;
     std::string value() const;  // unfolded, surrounding blanks trimmed
 };
 
-struct RawMessage {
-    std::vector<RawHeaderField> headers;
+struct Message {
+    std::vector<Field> headers;
     std::string body;       // everything after the blank line that ends the header block
     bool has_body = false;  // false when the message has no blank line at all
 
-    const RawHeaderField* find(std::string_view name) const;  // first field, case-insensitive
-    std::vector<const RawHeaderField*> find_all(std::string_view name) const;
+    const Field* find(std::string_view name) const;  // first field, case-insensitive
+    std::vector<const Field*> find_all(std::string_view name) const;
     std::string assemble() const;
 };
 
 // Splits a CRLF message into header fields and body. ErrorKind::permanent on a line in the header
 // block that is neither a field nor a continuation.
-Result<RawMessage> split_message(std::string_view crlf);
+Result<Message> split(std::string_view crlf);
+
+}  // namespace raw
 
 struct PostacertCopy {
     std::string bytes;                       // CRLF, ready to be postacert.eml
@@ -57,7 +63,5 @@ Result<PostacertCopy> rewrite_message_id(std::string_view original,
 // multipart/signed keeps its structure and its signature part; an application/(x-)pkcs7-mime
 // original is returned unchanged. The result is GMime's serialization of the edited tree.
 Result<std::string> make_breve_copy(std::string_view postacert);
-
-Result<std::string> sha1_hex(std::string_view bytes);
 
 }  // namespace pecd::pec

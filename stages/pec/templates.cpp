@@ -77,28 +77,6 @@ bool valid_utf8(std::string_view s) {
     return true;
 }
 
-}  // namespace
-
-const std::vector<TemplateSpec>& template_specs() {
-    static const std::vector<TemplateSpec> specs{
-        {"busta-trasporto", base({})},
-        {"busta-anomalia", base({"errore"}, false)},
-        {"accettazione", base({})},
-        {"non-accettazione", base({"errore"})},
-        {"non-accettazione-virus", base({"errore"})},
-        {"presa-in-carico", base({"ricezione"})},
-        {"avvenuta-consegna-completa", base({"consegna"})},
-        {"avvenuta-consegna-breve", base({"consegna"})},
-        {"avvenuta-consegna-sintetica", base({"consegna"})},
-        {"errore-consegna", base({"consegna", "errore"})},
-        {"preavviso-errore-consegna-12h", base({"consegna"})},
-        {"preavviso-errore-consegna-24h", base({"consegna"})},
-        {"rilevazione-virus", base({"consegna", "errore"})},
-        {"errore-consegna-virus", base({"consegna", "errore"})},
-    };
-    return specs;
-}
-
 std::string html_escape(std::string_view text) {
     std::string out;
     out.reserve(text.size());
@@ -124,6 +102,28 @@ std::string html_escape(std::string_view text) {
         }
     }
     return out;
+}
+
+}  // namespace
+
+const std::vector<TemplateSpec>& template_specs() {
+    static const std::vector<TemplateSpec> specs{
+        {"busta-trasporto", base({})},
+        {"busta-anomalia", base({"errore"}, false)},
+        {"accettazione", base({})},
+        {"non-accettazione", base({"errore"})},
+        {"non-accettazione-virus", base({"errore"})},
+        {"presa-in-carico", base({"ricezione"})},
+        {"avvenuta-consegna-completa", base({"consegna"})},
+        {"avvenuta-consegna-breve", base({"consegna"})},
+        {"avvenuta-consegna-sintetica", base({"consegna"})},
+        {"errore-consegna", base({"consegna", "errore"})},
+        {"preavviso-errore-consegna-12h", base({"consegna"})},
+        {"preavviso-errore-consegna-24h", base({"consegna"})},
+        {"rilevazione-virus", base({"consegna", "errore"})},
+        {"errore-consegna-virus", base({"consegna", "errore"})},
+    };
+    return specs;
 }
 
 Result<TemplateSet> TemplateSet::load(const std::filesystem::path& dir) {

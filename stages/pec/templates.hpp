@@ -60,6 +60,4 @@ class TemplateSet {
     std::map<std::string, std::string, std::less<>> files_;  // file name -> content
 };
 
-std::string html_escape(std::string_view text);
-
 }  // namespace pecd::pec
