@@ -166,8 +166,9 @@ Result<raw::Message> raw::split(std::string_view crlf) {
 
 Result<PostacertCopy> rewrite_message_id(std::string_view original,
                                          std::string_view identificativo) {
+    if (original.empty()) return fail(ErrorKind::permanent, "the original message is empty");
     std::string crlf = gmb::to_crlf(original);
-    if (!crlf.empty() && crlf.size() >= 2 && crlf.compare(crlf.size() - 2, 2, "\r\n") != 0)
+    if (crlf.size() < 2 || crlf.compare(crlf.size() - 2, 2, "\r\n") != 0)
         crlf += "\r\n";  // a last line without its end would merge with the next boundary
     auto split = raw::split(crlf);
     if (!split) return std::unexpected(split.error());
@@ -195,9 +196,7 @@ Result<PostacertCopy> rewrite_message_id(std::string_view original,
     }
     if (!replaced) headers.push_back({"Message-ID", fresh});
     msg.headers = std::move(headers);
-    if (!msg.has_body) {  // keep the message well formed: headers, blank line, (empty) body
-        msg.has_body = true;
-    }
+    msg.has_body = true;  // a header-only original still gets its blank line: well formed
     copy.bytes = msg.assemble();
     return copy;
 }
