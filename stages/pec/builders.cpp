@@ -215,6 +215,9 @@ Status check_transaction(const Transaction& t, bool needs_id) {
         return fail(ErrorKind::permanent, "builder: the identificativo is empty");
     if (needs_id && (t.identificativo.front() == '<' || t.identificativo.back() == '>'))
         return fail(ErrorKind::permanent, "builder: identificativo must not carry angle brackets");
+    // daticert needs at least one <destinatari> (DTD: destinatari+).
+    if (needs_id && t.original.recipients.empty())
+        return fail(ErrorKind::permanent, "builder: the original has no recipients");
     return {};
 }
 

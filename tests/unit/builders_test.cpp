@@ -872,6 +872,9 @@ TEST_F(Builders, RejectsImpossibleInput) {
     t = transaction();
     t.identificativo = "<" + kId + ">";
     EXPECT_FALSE(builder().accettazione(t));
+    t = transaction();
+    t.original.recipients.clear();
+    EXPECT_FALSE(builder().accettazione(t));
     // A signer failure is reported, not swallowed.
     MessageBuilder broken(
         {kGestore, kDomain}, templates_,
