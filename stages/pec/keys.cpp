@@ -22,7 +22,8 @@ Result<ossl::X509Ptr> read_cert(const std::filesystem::path& path) {
     ossl::Bio bio(BIO_new_file(path.c_str(), "r"));
     if (!bio) return fail(ErrorKind::config, ossl::errors("cannot open " + path.string()));
     ossl::X509Ptr cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
-    if (!cert) return fail(ErrorKind::config, ossl::errors("no PEM certificate in " + path.string()));
+    if (!cert)
+        return fail(ErrorKind::config, ossl::errors("no PEM certificate in " + path.string()));
     return cert;
 }
 
@@ -143,8 +144,9 @@ Result<SigningKey::Pkcs11Spec> parse_pkcs11_uri(std::string_view uri) {
         return fail(ErrorKind::config, "not a pkcs11: URI: " + std::string(uri));
     std::string_view rest = uri.substr(scheme.size());
     if (rest.find('?') != std::string_view::npos)
-        return fail(ErrorKind::config, "pkcs11 URI query attributes are not accepted "
-                                       "(the PIN is read from the PIN file)");
+        return fail(ErrorKind::config,
+                    "pkcs11 URI query attributes are not accepted "
+                    "(the PIN is read from the PIN file)");
     while (!rest.empty()) {
         size_t semi = rest.find(';');
         std::string_view attr = rest.substr(0, semi);
@@ -228,13 +230,12 @@ Result<EVP_PKEY*> open_token_key(P11Module& mod, const SigningKey::Pkcs11Spec& s
             return fail(ErrorKind::transient, ossl::errors("PKCS#11 cert enumeration failed"));
         for (unsigned int i = 0; i < ncerts; ++i) {
             // The certificate that goes with a key shares its CKA_ID (or, lacking one, its label).
-            bool same = found->id_len > 0
-                            ? std::string_view(reinterpret_cast<char*>(certs[i].id),
-                                               certs[i].id_len) ==
-                                  std::string_view(reinterpret_cast<char*>(found->id),
-                                                   found->id_len)
-                            : (certs[i].label && found->label &&
-                               std::string_view(certs[i].label) == found->label);
+            bool same =
+                found->id_len > 0
+                    ? std::string_view(reinterpret_cast<char*>(certs[i].id), certs[i].id_len) ==
+                          std::string_view(reinterpret_cast<char*>(found->id), found->id_len)
+                    : (certs[i].label && found->label &&
+                       std::string_view(certs[i].label) == found->label);
             if (same && certs[i].x509) {
                 X509_up_ref(certs[i].x509);
                 cert_out->reset(certs[i].x509);

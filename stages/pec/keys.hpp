@@ -4,26 +4,26 @@
 
 #include <openssl/evp.h>
 #include <openssl/x509.h>
+#include <sys/types.h>
 
 #include <filesystem>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
-#include <sys/types.h>
 
 #include "stages/common/result.hpp"
 
 namespace pecd::pec {
 
 class SigningKey {
-public:
+  public:
     ~SigningKey();
     SigningKey(const SigningKey&) = delete;
     SigningKey& operator=(const SigningKey&) = delete;
 
-    X509* certificate() const { return cert_; }  // owned by this object
-    STACK_OF(X509) * chain() const { return chain_; }  // extra certs to include; may be empty
+    X509* certificate() const { return cert_; }            // owned by this object
+    STACK_OF(X509) * chain() const { return chain_; }      // extra certs to include; may be empty
     const std::string& origin() const { return origin_; }  // "pem:<key path>" or the PKCS#11 URI
     bool is_pkcs11() const { return p11_ != nullptr; }
 
@@ -34,13 +34,14 @@ public:
 
     struct Pkcs11Spec;  // keys.cpp: module, token, object and PIN, to reopen after fork
 
-private:
+  private:
     friend Result<std::shared_ptr<const SigningKey>> load_pem_key(const std::filesystem::path&,
                                                                   const std::filesystem::path&,
                                                                   const std::filesystem::path&);
-    friend Result<std::shared_ptr<const SigningKey>> load_pkcs11_key(
-        std::string_view, const std::filesystem::path&, const std::filesystem::path&,
-        const std::filesystem::path&);
+    friend Result<std::shared_ptr<const SigningKey>> load_pkcs11_key(std::string_view,
+                                                                     const std::filesystem::path&,
+                                                                     const std::filesystem::path&,
+                                                                     const std::filesystem::path&);
     SigningKey() = default;
 
     X509* cert_ = nullptr;

@@ -24,15 +24,18 @@ namespace {
 
 // ------------------------------------------------------------------ CRLF output sink BIO
 // SMIME_write_CMS writes a "MIME-Version: 1.0" line first (the EntitySigner contract leaves it
-// to the caller) and base64-encodes smime.p7s with bare LF. This sink drops that first line and
-// turns every bare LF into CRLF. The signed content is safe to pass through it: without
-// CMS_BINARY OpenSSL canonicalises it to CRLF before hashing and writing, so it has no bare LF.
+// to the caller), base64-encodes smime.p7s with bare LF and ends with an empty epilogue line.
+// This sink drops that first line and the trailing empty lines and writes every line end as
+// CRLF. The signed content is safe to pass through it: without CMS_BINARY OpenSSL canonicalises
+// it to CRLF before hashing and writing, so its bytes come out unchanged.
 struct CrlfSink {
     std::string* str = nullptr;  // either append here ...
     BIO* next = nullptr;         // ... or write here (not owned)
     bool in_first_line = true;
     std::string first_line;
-    bool prev_cr = false;
+    bool pending_cr = false;  // a chunk ended with CR: line end or text, decided by the next byte
+    size_t line_len = 0;      // bytes written on the current output line
+    size_t held_blank = 0;    // empty lines not yet written (dropped if nothing follows)
     bool failed = false;
     std::string error;
 
@@ -56,6 +59,23 @@ struct CrlfSink {
         return true;
     }
 
+    bool put_text(const char* p, size_t n) {
+        if (n == 0) return true;
+        for (; held_blank > 0; --held_blank)
+            if (!emit("\r\n", 2)) return false;
+        line_len += n;
+        return emit(p, n);
+    }
+
+    bool put_eol() {
+        if (line_len == 0) {
+            ++held_blank;
+            return true;
+        }
+        line_len = 0;
+        return emit("\r\n", 2);
+    }
+
     bool write(const char* p, size_t n) {
         if (in_first_line) {
             const char* nl = static_cast<const char*>(std::memchr(p, '\n', n));
@@ -69,18 +89,25 @@ struct CrlfSink {
             p += take;
             n -= take;
         }
+        if (n == 0) return true;
+        if (pending_cr) {
+            pending_cr = false;
+            if (*p != '\n' && !put_text("\r", 1)) return false;
+        }
         const char* end = p + n;
         while (p < end) {
             const char* nl = static_cast<const char*>(std::memchr(p, '\n', end - p));
             if (!nl) {
-                if (!emit(p, end - p)) return false;
-                prev_cr = end[-1] == '\r';
-                return true;
+                size_t len = end - p;
+                if (p[len - 1] == '\r') {
+                    pending_cr = true;
+                    --len;
+                }
+                return put_text(p, len);
             }
-            bool has_cr = nl > p ? nl[-1] == '\r' : prev_cr;
-            if (!emit(p, nl - p)) return false;
-            if (!emit(has_cr ? "\n" : "\r\n", has_cr ? 1 : 2)) return false;
-            prev_cr = false;
+            size_t len = nl - p;
+            if (len > 0 && p[len - 1] == '\r') --len;
+            if (!put_text(p, len) || !put_eol()) return false;
             p = nl + 1;
         }
         return true;
@@ -98,7 +125,9 @@ int sink_write(BIO* b, const char* data, int len) {
     if (len <= 0) return 0;
     return sink->write(data, static_cast<size_t>(len)) ? len : -1;
 }
-int sink_puts(BIO* b, const char* s) { return sink_write(b, s, static_cast<int>(std::strlen(s))); }
+int sink_puts(BIO* b, const char* s) {
+    return sink_write(b, s, static_cast<int>(std::strlen(s)));
+}
 long sink_ctrl(BIO* b, int cmd, long, void*) {
     auto* sink = static_cast<CrlfSink*>(BIO_get_data(b));
     if (cmd == BIO_CTRL_FLUSH) return sink->next ? BIO_flush(sink->next) : 1;
@@ -209,7 +238,7 @@ const HeaderField* find_header(const std::vector<HeaderField>& fields, std::stri
 }
 
 struct ContentType {
-    std::string type;  // lower-case "type/subtype"
+    std::string type;                           // lower-case "type/subtype"
     std::map<std::string, std::string> params;  // lower-case names
 };
 
@@ -244,9 +273,9 @@ ContentType parse_content_type(std::string_view value) {
 }
 
 struct Delimiter {
-    size_t start = 0;     // first byte of "--boundary"
+    size_t start = 0;        // first byte of "--boundary"
     size_t content_end = 0;  // where the previous part ends (its last EOL excluded)
-    size_t after = 0;     // first byte of the next part
+    size_t after = 0;        // first byte of the next part
     bool close = false;
 };
 
@@ -415,7 +444,7 @@ std::string first_san_email(X509* cert) {
 }
 
 std::optional<time_t> asn1_time_t(const ASN1_TIME* t) {
-    struct tm tm{};
+    struct tm tm {};
     if (!t || ASN1_TIME_to_tm(t, &tm) != 1) return std::nullopt;
     return timegm(&tm);
 }
@@ -518,26 +547,37 @@ EntitySigner make_entity_signer(std::shared_ptr<const SigningKey> key, SignOptio
 
 std::string_view to_string(VerifyFailure failure) {
     switch (failure) {
-        case VerifyFailure::none: return "none";
-        case VerifyFailure::no_signature: return "no_signature";
-        case VerifyFailure::bad_signature: return "bad_signature";
-        case VerifyFailure::untrusted_chain: return "untrusted_chain";
-        case VerifyFailure::bad_certificate: return "bad_certificate";
-        case VerifyFailure::expired: return "expired";
-        case VerifyFailure::revoked: return "revoked";
-        case VerifyFailure::crl_unavailable: return "crl_unavailable";
-        case VerifyFailure::not_in_index: return "not_in_index";
-        case VerifyFailure::cert_mismatch: return "cert_mismatch";
-        case VerifyFailure::domain_not_managed: return "domain_not_managed";
+        case VerifyFailure::none:
+            return "none";
+        case VerifyFailure::no_signature:
+            return "no_signature";
+        case VerifyFailure::bad_signature:
+            return "bad_signature";
+        case VerifyFailure::untrusted_chain:
+            return "untrusted_chain";
+        case VerifyFailure::bad_certificate:
+            return "bad_certificate";
+        case VerifyFailure::expired:
+            return "expired";
+        case VerifyFailure::revoked:
+            return "revoked";
+        case VerifyFailure::crl_unavailable:
+            return "crl_unavailable";
+        case VerifyFailure::not_in_index:
+            return "not_in_index";
+        case VerifyFailure::cert_mismatch:
+            return "cert_mismatch";
+        case VerifyFailure::domain_not_managed:
+            return "domain_not_managed";
     }
     return "unknown";
 }
 
 struct SmimeVerifier::State {
     TrustConfig config;
-    mutable std::shared_mutex mutex;     // guards store, crl_next_update and cache
-    std::shared_ptr<X509_STORE> store;   // shared: a verify in flight survives a reload
-    time_t crl_next_update = 0;          // earliest nextUpdate of the loaded CRLs, 0 = none
+    mutable std::shared_mutex mutex;    // guards store, crl_next_update and cache
+    std::shared_ptr<X509_STORE> store;  // shared: a verify in flight survives a reload
+    time_t crl_next_update = 0;         // earliest nextUpdate of the loaded CRLs, 0 = none
 
     struct Entry {
         VerifyFailure failure;
@@ -608,7 +648,9 @@ Status SmimeVerifier::reload() {
     return state_->load(std::move(copy));
 }
 
-Status SmimeVerifier::reload(TrustConfig config) { return state_->load(std::move(config)); }
+Status SmimeVerifier::reload(TrustConfig config) {
+    return state_->load(std::move(config));
+}
 
 SmimeVerifier::CacheStats SmimeVerifier::cache_stats() const {
     std::shared_lock lock(state_->mutex);
@@ -663,7 +705,8 @@ Result<VerifyReport> SmimeVerifier::verify(std::string_view raw, const IndexSnap
     // binary), so LF-only stored copies verify like the CRLF wire form.
     ossl::Bio content;
     if (!parts.content.empty() || parts.protocol.find("pkcs7-signature") != std::string::npos) {
-        content.reset(BIO_new_mem_buf(parts.content.data(), static_cast<int>(parts.content.size())));
+        content.reset(
+            BIO_new_mem_buf(parts.content.data(), static_cast<int>(parts.content.size())));
         if (!content) return fail(ErrorKind::transient, ossl::errors("BIO_new_mem_buf failed"));
     }
     if (CMS_verify(cms.get(), nullptr, nullptr, content.get(), nullptr,
@@ -745,8 +788,7 @@ Result<VerifyReport> SmimeVerifier::verify(std::string_view raw, const IndexSnap
             }
             cached = std::move(entry);
         }
-        if (cached->failure != VerifyFailure::none)
-            return reject(cached->failure, cached->reason);
+        if (cached->failure != VerifyFailure::none) return reject(cached->failure, cached->reason);
     }
 
     // 3. Providers index (DECISIONS #4): hash, then full certificate, then From domain.
@@ -758,9 +800,9 @@ Result<VerifyReport> SmimeVerifier::verify(std::string_view raw, const IndexSnap
             if (record) break;
         }
         if (!record)
-            return reject(VerifyFailure::not_in_index,
-                          "signer certificate " + report.signer_cert_sha1 +
-                              " is not in the providers index");
+            return reject(
+                VerifyFailure::not_in_index,
+                "signer certificate " + report.signer_cert_sha1 + " is not in the providers index");
         report.provider_name = record->name;
         auto signer_der = der_of(signer);
         if (!signer_der) return std::unexpected(signer_der.error());
@@ -775,13 +817,13 @@ Result<VerifyReport> SmimeVerifier::verify(std::string_view raw, const IndexSnap
         report.from_domain = from_domain_of(from);
         if (report.from_domain.empty())
             return reject(VerifyFailure::domain_not_managed, "no From address to check");
-        bool managed = std::any_of(
-            record->managed_domains.begin(), record->managed_domains.end(),
-            [&](const std::string& d) { return iequals(trim(d), report.from_domain); });
+        bool managed =
+            std::any_of(record->managed_domains.begin(), record->managed_domains.end(),
+                        [&](const std::string& d) { return iequals(trim(d), report.from_domain); });
         if (!managed)
-            return reject(VerifyFailure::domain_not_managed,
-                          "From domain " + report.from_domain + " is not managed by " +
-                              record->name);
+            return reject(
+                VerifyFailure::domain_not_managed,
+                "From domain " + report.from_domain + " is not managed by " + record->name);
     }
     return report;
 }
@@ -792,7 +834,7 @@ Result<VerifyReport> SmimeVerifier::verify_file(const std::filesystem::path& pat
     // Mapped, not read: a 100 MB message is not copied into the heap.
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return fail_errno("cannot open " + path.string());
-    struct stat st{};
+    struct stat st {};
     if (::fstat(fd, &st) != 0) {
         int err = errno;
         ::close(fd);
@@ -806,9 +848,9 @@ Result<VerifyReport> SmimeVerifier::verify_file(const std::filesystem::path& pat
     int err = errno;
     ::close(fd);
     if (map == MAP_FAILED) return fail_errno("cannot map " + path.string(), err);
-    auto result = verify(std::string_view(static_cast<const char*>(map),
-                                          static_cast<size_t>(st.st_size)),
-                         index, options);
+    auto result =
+        verify(std::string_view(static_cast<const char*>(map), static_cast<size_t>(st.st_size)),
+               index, options);
     ::munmap(map, static_cast<size_t>(st.st_size));
     return result;
 }

@@ -75,8 +75,8 @@ struct VerifyReport {
     std::string digest_algorithm;  // "sha1", "sha256", ...
     std::string protocol;          // protocol= of the multipart/signed header
     std::optional<std::chrono::system_clock::time_point> signing_time;
-    bool chain_checked = false;    // false in crypto-only mode
-    std::string provider_name;     // index record that matched, if an index was given
+    bool chain_checked = false;  // false in crypto-only mode
+    std::string provider_name;   // index record that matched, if an index was given
     std::string from_domain;
 };
 
@@ -104,7 +104,7 @@ struct VerifyOptions {
 // Holds the trust store and a cache of chain-validation results per signer certificate (keyed
 // by the certificate SHA-1 plus the extra certificates carried in the CMS). Thread-safe.
 class SmimeVerifier {
-public:
+  public:
     static Result<std::shared_ptr<SmimeVerifier>> create(TrustConfig config);
     ~SmimeVerifier();
 
@@ -129,7 +129,7 @@ public:
 
     struct State;  // smime.cpp
 
-private:
+  private:
     SmimeVerifier() = default;
     std::unique_ptr<State> state_;
 };
