@@ -180,6 +180,79 @@ Status sign_to_sink(const SigningKey& key, const SignOptions& options, BIO* in, 
     return {};
 }
 
+// ------------------------------------------------------------- content source BIO
+// A read-only BIO over memory that supports BIO_gets (CMS_verify canonicalises line by line).
+// Over a mapped file it gives the pages behind the read position back to the kernel, so that
+// verifying a 100 MB message does not keep 100 MB resident.
+struct MemSource {
+    const char* data = nullptr;
+    size_t size = 0;
+    size_t pos = 0;
+    const char* map_base = nullptr;  // page-aligned mapping start, or null: no release
+    size_t released = 0;             // bytes of the mapping already given back
+
+    void advance(size_t n) {
+        pos += n;
+        if (!map_base) return;
+        constexpr size_t step = 8u << 20;
+        size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+        size_t done = static_cast<size_t>(data + pos - map_base) / page * page;
+        if (done >= released + step) {
+            // Private read-only file mapping: dropped pages would simply be read again.
+            ::madvise(const_cast<char*>(map_base) + released, done - released, MADV_DONTNEED);
+            released = done;
+        }
+    }
+};
+
+int source_read(BIO* b, char* out, int len) {
+    auto* src = static_cast<MemSource*>(BIO_get_data(b));
+    size_t n = std::min(static_cast<size_t>(std::max(len, 0)), src->size - src->pos);
+    std::memcpy(out, src->data + src->pos, n);
+    src->advance(n);
+    return static_cast<int>(n);
+}
+
+int source_gets(BIO* b, char* out, int size) {
+    auto* src = static_cast<MemSource*>(BIO_get_data(b));
+    if (size <= 0) return 0;
+    size_t max = std::min(static_cast<size_t>(size - 1), src->size - src->pos);
+    const char* start = src->data + src->pos;
+    const char* nl = static_cast<const char*>(std::memchr(start, '\n', max));
+    size_t n = nl ? static_cast<size_t>(nl - start) + 1 : max;
+    std::memcpy(out, start, n);
+    out[n] = '\0';
+    src->advance(n);
+    return static_cast<int>(n);
+}
+
+long source_ctrl(BIO* b, int cmd, long, void*) {
+    auto* src = static_cast<MemSource*>(BIO_get_data(b));
+    switch (cmd) {
+        case BIO_CTRL_EOF:
+            return src->pos >= src->size ? 1 : 0;
+        case BIO_CTRL_PENDING:
+            return static_cast<long>(src->size - src->pos);
+        case BIO_CTRL_FLUSH:
+            return 1;
+        default:
+            return 0;
+    }
+}
+
+const BIO_METHOD* source_method() {
+    static const BIO_METHOD* method = [] {
+        BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "pecd-mem-source");
+        if (!m) return static_cast<BIO_METHOD*>(nullptr);
+        BIO_meth_set_read(m, source_read);
+        BIO_meth_set_gets(m, source_gets);
+        BIO_meth_set_ctrl(m, source_ctrl);
+        BIO_meth_set_create(m, sink_create);
+        return m;
+    }();
+    return method;
+}
+
 // ------------------------------------------------------------------------ MIME splitting
 
 bool iequals(std::string_view a, std::string_view b) {
@@ -280,31 +353,46 @@ struct Delimiter {
 };
 
 // RFC 2046 §5.1.1: a delimiter is "--boundary" at the start of a line, optionally "--", then
-// optional whitespace and the end of the line.
+// optional whitespace and the end of the line. `pos` is where the needle was found.
+std::optional<Delimiter> delimiter_at(std::string_view body, std::string_view needle, size_t pos) {
+    if (pos != 0 && body[pos - 1] != '\n') return std::nullopt;
+    size_t p = pos + needle.size();
+    bool close = body.substr(p, 2) == "--";
+    if (close) p += 2;
+    while (p < body.size() && (body[p] == ' ' || body[p] == '\t' || body[p] == '\r')) ++p;
+    if (p != body.size() && body[p] != '\n') return std::nullopt;
+    Delimiter d;
+    d.start = pos;
+    d.close = close;
+    d.after = p == body.size() ? p : p + 1;
+    size_t end = pos;
+    if (end > 0 && body[end - 1] == '\n') --end;
+    if (end > 0 && body[end - 1] == '\r') --end;
+    d.content_end = end;
+    return d;
+}
+
 std::optional<Delimiter> find_delimiter(std::string_view body, std::string_view boundary,
                                         size_t from) {
     std::string needle = "--" + std::string(boundary);
-    size_t pos = from;
-    while ((pos = body.find(needle, pos)) != std::string_view::npos) {
-        if (pos == 0 || body[pos - 1] == '\n') {
-            size_t p = pos + needle.size();
-            bool close = body.substr(p, 2) == "--";
-            if (close) p += 2;
-            while (p < body.size() && (body[p] == ' ' || body[p] == '\t' || body[p] == '\r')) ++p;
-            if (p == body.size() || body[p] == '\n') {
-                Delimiter d;
-                d.start = pos;
-                d.close = close;
-                d.after = p == body.size() ? p : p + 1;
-                size_t end = pos;
-                if (end > 0 && body[end - 1] == '\n') --end;
-                if (end > 0 && body[end - 1] == '\r') --end;
-                d.content_end = std::max(end, from);
-                return d;
-            }
+    for (size_t pos = from; (pos = body.find(needle, pos)) != std::string_view::npos;
+         pos += needle.size())
+        if (auto d = delimiter_at(body, needle, pos)) {
+            d->content_end = std::max(d->content_end, from);
+            return d;
         }
-        pos += needle.size();
-    }
+    return std::nullopt;
+}
+
+// The last delimiter starting before `before`. Searching from the end finds the signature part
+// without reading the (possibly huge) signed content: a mapped file stays mostly unread.
+std::optional<Delimiter> find_last_delimiter(std::string_view body, std::string_view boundary,
+                                             size_t before) {
+    std::string needle = "--" + std::string(boundary);
+    if (before == 0) return std::nullopt;
+    for (size_t pos = body.rfind(needle, before - 1); pos != std::string_view::npos;
+         pos = pos == 0 ? std::string_view::npos : body.rfind(needle, pos - 1))
+        if (auto d = delimiter_at(body, needle, pos)) return d;
     return std::nullopt;
 }
 
@@ -381,15 +469,21 @@ SignedParts split_signed(std::string_view raw) {
         parts.problem = "multipart/signed without any part";
         return parts;
     }
-    auto second = find_delimiter(body, boundary, first->after);
-    if (!second || second->close) {
+    // A multipart/signed has two parts: the signature part is the last one before the close
+    // delimiter (or the last one at all, tolerating a missing close delimiter).
+    auto last = find_last_delimiter(body, boundary, body.size());
+    size_t sig_end = body.size();
+    if (last && last->close) {
+        sig_end = last->content_end;
+        last = find_last_delimiter(body, boundary, last->start);
+    }
+    if (!last || last->start <= first->start || last->close) {
         parts.problem = "multipart/signed without a signature part";
         return parts;
     }
-    parts.content = body.substr(first->after, second->content_end - first->after);
-    auto third = find_delimiter(body, boundary, second->after);
-    size_t sig_end = third ? third->content_end : body.size();
-    std::string_view sig = body.substr(second->after, sig_end - second->after);
+    parts.content =
+        body.substr(first->after, std::max(last->content_end, first->after) - first->after);
+    std::string_view sig = body.substr(last->after, sig_end - last->after);
     size_t sig_body = 0;
     auto sig_headers = parse_headers(sig, sig_body);
     const HeaderField* sig_ct = find_header(sig_headers, "Content-Type");
@@ -657,8 +751,12 @@ SmimeVerifier::CacheStats SmimeVerifier::cache_stats() const {
     return {state_->cache.size(), state_->hits.load(), state_->misses.load()};
 }
 
-Result<VerifyReport> SmimeVerifier::verify(std::string_view raw, const IndexSnapshot* index,
-                                           const VerifyOptions& options) const {
+namespace {
+
+Result<VerifyReport> verify_impl(const SmimeVerifier::State& state, std::string_view raw,
+                                 const IndexSnapshot* index, const VerifyOptions& options,
+                                 const char* map_base) {
+    using State = SmimeVerifier::State;
     VerifyReport report;
     auto reject = [&report](VerifyFailure failure, std::string reason) -> Result<VerifyReport> {
         report.failure = failure;
@@ -704,10 +802,12 @@ Result<VerifyReport> SmimeVerifier::verify(std::string_view raw, const IndexSnap
     // 1. Digest and signature. The content goes through OpenSSL's canonicalisation (not
     // binary), so LF-only stored copies verify like the CRLF wire form.
     ossl::Bio content;
-    if (!parts.content.empty() || parts.protocol.find("pkcs7-signature") != std::string::npos) {
-        content.reset(
-            BIO_new_mem_buf(parts.content.data(), static_cast<int>(parts.content.size())));
-        if (!content) return fail(ErrorKind::transient, ossl::errors("BIO_new_mem_buf failed"));
+    MemSource source{parts.content.data(), parts.content.size(), 0, map_base, 0};
+    if (parts.protocol.find("pkcs7-signature") != std::string::npos) {  // detached
+        const BIO_METHOD* method = source_method();
+        content.reset(method ? BIO_new(method) : nullptr);
+        if (!content) return fail(ErrorKind::transient, ossl::errors("BIO_new failed"));
+        BIO_set_data(content.get(), &source);
     }
     if (CMS_verify(cms.get(), nullptr, nullptr, content.get(), nullptr,
                    CMS_NO_SIGNER_CERT_VERIFY) != 1)
@@ -741,19 +841,19 @@ Result<VerifyReport> SmimeVerifier::verify(std::string_view raw, const IndexSnap
         time_t crl_next = 0;
         bool check_crl = true;
         {
-            std::shared_lock lock(state_->mutex);
-            auto it = state_->cache.find(key);
-            if (it != state_->cache.end() &&
+            std::shared_lock lock(state.mutex);
+            auto it = state.cache.find(key);
+            if (it != state.cache.end() &&
                 (it->second.valid_until == 0 || now < it->second.valid_until))
                 cached = it->second;
-            store = state_->store;
-            crl_next = state_->crl_next_update;
-            check_crl = state_->config.check_crl;
+            store = state.store;
+            crl_next = state.crl_next_update;
+            check_crl = state.config.check_crl;
         }
         if (cached) {
-            ++state_->hits;
+            ++state.hits;
         } else {
-            ++state_->misses;
+            ++state.misses;
             ossl::StoreCtx ctx(X509_STORE_CTX_new());
             if (!ctx || X509_STORE_CTX_init(ctx.get(), store.get(), signer, carried.get()) != 1)
                 return fail(ErrorKind::transient, ossl::errors("X509_STORE_CTX_init failed"));
@@ -782,9 +882,9 @@ Result<VerifyReport> SmimeVerifier::verify(std::string_view raw, const IndexSnap
             }
             ERR_clear_error();
             {
-                std::unique_lock lock(state_->mutex);
+                std::unique_lock lock(state.mutex);
                 // Only if no reload happened meanwhile: a new store means new answers.
-                if (state_->store == store) state_->cache[key] = entry;
+                if (state.store == store) state.cache[key] = entry;
             }
             cached = std::move(entry);
         }
@@ -828,6 +928,13 @@ Result<VerifyReport> SmimeVerifier::verify(std::string_view raw, const IndexSnap
     return report;
 }
 
+}  // namespace
+
+Result<VerifyReport> SmimeVerifier::verify(std::string_view raw, const IndexSnapshot* index,
+                                           const VerifyOptions& options) const {
+    return verify_impl(*state_, raw, index, options, nullptr);
+}
+
 Result<VerifyReport> SmimeVerifier::verify_file(const std::filesystem::path& path,
                                                 const IndexSnapshot* index,
                                                 const VerifyOptions& options) const {
@@ -848,9 +955,9 @@ Result<VerifyReport> SmimeVerifier::verify_file(const std::filesystem::path& pat
     int err = errno;
     ::close(fd);
     if (map == MAP_FAILED) return fail_errno("cannot map " + path.string(), err);
-    auto result =
-        verify(std::string_view(static_cast<const char*>(map), static_cast<size_t>(st.st_size)),
-               index, options);
+    auto result = verify_impl(
+        *state_, std::string_view(static_cast<const char*>(map), static_cast<size_t>(st.st_size)),
+        index, options, static_cast<const char*>(map));
     ::munmap(map, static_cast<size_t>(st.st_size));
     return result;
 }
