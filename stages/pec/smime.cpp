@@ -399,7 +399,8 @@ std::optional<Delimiter> find_last_delimiter(std::string_view body, std::string_
 struct SignedParts {
     std::vector<HeaderField> headers;  // top-level
     std::string protocol;
-    std::string_view content;  // empty for opaque signed-data
+    std::string_view content;  // the signed part of a multipart/signed
+    bool detached = false;     // multipart/signed (else opaque application/pkcs7-mime)
     std::string der;           // the CMS
     std::string problem;       // set when there is no usable signature
 };
@@ -481,6 +482,7 @@ SignedParts split_signed(std::string_view raw) {
         parts.problem = "multipart/signed without a signature part";
         return parts;
     }
+    parts.detached = true;
     parts.content =
         body.substr(first->after, std::max(last->content_end, first->after) - first->after);
     std::string_view sig = body.substr(last->after, sig_end - last->after);
@@ -499,7 +501,7 @@ SignedParts split_signed(std::string_view raw) {
 
 // The addr-spec domain of the first From address, lower-case ("" when absent).
 std::string from_domain_of(std::string_view address) {
-    size_t lt = address.find('<');
+    size_t lt = address.rfind('<');  // the angle-addr follows any display name
     if (lt != std::string_view::npos) {
         size_t gt = address.find('>', lt);
         address = address.substr(lt + 1, gt == std::string_view::npos ? gt : gt - lt - 1);
@@ -803,7 +805,7 @@ Result<VerifyReport> verify_impl(const SmimeVerifier::State& state, std::string_
     // binary), so LF-only stored copies verify like the CRLF wire form.
     ossl::Bio content;
     MemSource source{parts.content.data(), parts.content.size(), 0, map_base, 0};
-    if (parts.protocol.find("pkcs7-signature") != std::string::npos) {  // detached
+    if (parts.detached) {
         const BIO_METHOD* method = source_method();
         content.reset(method ? BIO_new(method) : nullptr);
         if (!content) return fail(ErrorKind::transient, ossl::errors("BIO_new failed"));
@@ -925,6 +927,7 @@ Result<VerifyReport> verify_impl(const SmimeVerifier::State& state, std::string_
                 VerifyFailure::domain_not_managed,
                 "From domain " + report.from_domain + " is not managed by " + record->name);
     }
+    ERR_clear_error();
     return report;
 }
 

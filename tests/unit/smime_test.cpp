@@ -4,6 +4,7 @@
 #include <openssl/pem.h>
 
 #include <set>
+#include <thread>
 
 #include "stages/pec/ossl.hpp"
 #include "tests/support/crypto_support.hpp"
@@ -449,4 +450,29 @@ TEST(SmimeVerify, LargeMappedFileReleasesPagesAndStillCatchesTampering) {
     auto bad = v->verify_file(dir.path() / "msg.eml", nullptr);
     ASSERT_TRUE(bad);
     EXPECT_EQ(bad->failure, VerifyFailure::bad_signature);
+}
+
+TEST(SmimeVerify, OneVerifierSharedByThreads) {
+    std::string good = sign_message("alpha", pec_entity());
+    std::string bad = good;
+    bad.replace(bad.find("accettato"), 9, "rifiutato");
+    auto v = verifier(trust());
+    std::atomic<int> right{0}, wrong{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t)
+        threads.emplace_back([&] {
+            for (int i = 0; i < 50; ++i) {
+                auto ok = v->verify(good, nullptr);
+                auto ko = v->verify(bad, nullptr);
+                bool as_expected =
+                    ok && ok->ok() && ko && ko->failure == VerifyFailure::bad_signature;
+                (as_expected ? right : wrong)++;
+            }
+        });
+    for (auto& t : threads) t.join();
+    EXPECT_EQ(right.load(), 200);
+    EXPECT_EQ(wrong.load(), 0);
+    auto stats = v->cache_stats();
+    EXPECT_EQ(stats.entries, 1u);
+    EXPECT_EQ(stats.hits + stats.misses, 200u);  // bad signatures never reach the chain check
 }
