@@ -151,7 +151,10 @@ const BIO_METHOD* sink_method() {
     return method;
 }
 
-Status sign_to_sink(const SigningKey& key, const SignOptions& options, BIO* in, CrlfSink& sink) {
+// `canonical`: the caller checked that the input has CRLF line ends only; then the content is
+// hashed and copied as it is (CMS_BINARY) instead of line by line, which is the same bytes.
+Status sign_to_sink(const SigningKey& key, const SignOptions& options, BIO* in, CrlfSink& sink,
+                    bool canonical) {
     auto pkey = key.private_key();
     if (!pkey) return std::unexpected(pkey.error());
     const BIO_METHOD* method = sink_method();
@@ -160,7 +163,7 @@ Status sign_to_sink(const SigningKey& key, const SignOptions& options, BIO* in, 
     if (!out) return fail(ErrorKind::transient, ossl::errors("BIO_new failed"));
     BIO_set_data(out.get(), &sink);
 
-    constexpr unsigned int flags = CMS_DETACHED | CMS_STREAM;
+    const unsigned int flags = CMS_DETACHED | CMS_STREAM | (canonical ? CMS_BINARY : 0u);
     STACK_OF(X509)* extra = options.include_chain ? key.chain() : nullptr;
     ossl::Cms cms(CMS_sign(nullptr, nullptr, extra, nullptr, flags | CMS_PARTIAL));
     if (!cms) return fail(ErrorKind::permanent, ossl::errors("CMS_sign failed"));
@@ -178,6 +181,20 @@ Status sign_to_sink(const SigningKey& key, const SignOptions& options, BIO* in, 
     if (BIO_flush(out.get()) != 1 || sink.failed)
         return fail(ErrorKind::transient, sink.failed ? sink.error : ossl::errors("flush failed"));
     return {};
+}
+
+// True when every LF is preceded by CR and every CR followed by LF.
+bool is_canonical_crlf(std::string_view text) {
+    size_t crs = 0, lfs = 0;
+    for (const char* p = text.data();
+         (p = static_cast<const char*>(std::memchr(p, '\n', text.data() + text.size() - p))); ++p) {
+        if (p == text.data() || p[-1] != '\r') return false;
+        ++lfs;
+    }
+    for (const char* p = text.data();
+         (p = static_cast<const char*>(std::memchr(p, '\r', text.data() + text.size() - p))); ++p)
+        ++crs;
+    return crs == lfs;
 }
 
 // ------------------------------------------------------------- content source BIO
@@ -600,7 +617,7 @@ Result<std::string> der_of(X509* cert) {
 Status sign_entity_bio(const SigningKey& key, const SignOptions& options, BIO* in, BIO* out) {
     CrlfSink sink;
     sink.next = out;
-    return sign_to_sink(key, options, in, sink);
+    return sign_to_sink(key, options, in, sink, false);
 }
 
 Result<std::string> sign_entity(const SigningKey& key, const SignOptions& options,
@@ -612,7 +629,7 @@ Result<std::string> sign_entity(const SigningKey& key, const SignOptions& option
     output.reserve(entity.size() + entity.size() / 64 + 8192);  // + p7s with cert(s)
     CrlfSink sink;
     sink.str = &output;
-    if (auto ok = sign_to_sink(key, options, in.get(), sink); !ok)
+    if (auto ok = sign_to_sink(key, options, in.get(), sink, is_canonical_crlf(entity)); !ok)
         return std::unexpected(ok.error());
     return output;
 }

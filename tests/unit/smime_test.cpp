@@ -476,3 +476,20 @@ TEST(SmimeVerify, OneVerifierSharedByThreads) {
     EXPECT_EQ(stats.entries, 1u);
     EXPECT_EQ(stats.hits + stats.misses, 200u);  // bad signatures never reach the chain check
 }
+
+TEST(SmimeSign, LfOnlyEntityIsCanonicalisedBeforeSigning) {
+    // Callers should pass CRLF; an LF-only entity must still give a valid, all-CRLF message.
+    std::string lf;
+    for (char c : pec_entity())
+        if (c != '\r') lf += c;
+    auto out = make_entity_signer(pem_key("alpha"))(lf);
+    ASSERT_TRUE(out) << out.error().message;
+    EXPECT_TRUE(all_crlf(*out));
+    EXPECT_NE(out->find("\r\n" + pec_entity()), std::string::npos);  // carried as CRLF
+    TempDir dir("pecd-smime-lf");
+    write_file(dir.path() / "msg.eml", with_headers(*out));
+    auto r = run("openssl cms -verify -CAfile " + quote(test_pki() / "ca.crt") + " -in " +
+                 quote(dir.path() / "msg.eml") + " -out /dev/null");
+    EXPECT_EQ(r.status, 0) << r.output;
+    EXPECT_TRUE(check(with_headers(*out)).ok());
+}
