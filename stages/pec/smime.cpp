@@ -622,9 +622,11 @@ Status sign_entity_bio(const SigningKey& key, const SignOptions& options, BIO* i
 
 Result<std::string> sign_entity(const SigningKey& key, const SignOptions& options,
                                 std::string_view entity) {
+    if (entity.size() > static_cast<size_t>(INT32_MAX))
+        return fail(ErrorKind::permanent,
+                    "entity too large for a memory BIO: use sign_entity_file");
     ossl::Bio in(BIO_new_mem_buf(entity.data(), static_cast<int>(entity.size())));
-    if (!in || entity.size() > static_cast<size_t>(INT32_MAX))
-        return fail(ErrorKind::permanent, ossl::errors("cannot wrap entity in a BIO"));
+    if (!in) return fail(ErrorKind::transient, ossl::errors("cannot wrap entity in a BIO"));
     std::string output;
     output.reserve(entity.size() + entity.size() / 64 + 8192);  // + p7s with cert(s)
     CrlfSink sink;

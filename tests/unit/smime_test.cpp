@@ -185,6 +185,11 @@ TEST(SmimeSign, GpgsmVerifies) {
     TempDir home("pecd-gnupg");
     fs::permissions(home.path(), fs::perms::owner_all, fs::perm_options::replace);
     std::string env = "GNUPGHOME=" + quote(home.path()) + " ";
+    // gpgsm starts a gpg-agent for this GNUPGHOME: stop it however the test ends.
+    struct AgentStopper {
+        std::string env;
+        ~AgentStopper() { run(env + "gpgconf --kill all"); }
+    } stopper{env};
     // CRL and policy checks off: the test CA publishes no distribution point.
     write_file(home.path() / "gpgsm.conf", "disable-crl-checks\ndisable-policy-checks\n");
     auto imp = run(env + "gpgsm --batch --import " + quote(test_pki() / "ca.crt"));
@@ -227,7 +232,6 @@ TEST(SmimeSign, GpgsmVerifies) {
                        quote(home.path() / "sig.der") + " " + quote(home.path() / "data"));
         EXPECT_NE(bad.output.find("[GNUPG:] BADSIG"), std::string::npos) << bad.output;
     }
-    run(env + "gpgconf --kill all");
 }
 
 TEST(SmimeVerify, LfOnlyCopyStillVerifies) {
