@@ -1,6 +1,7 @@
 #include "stages/pec/keys.hpp"
 
 #include <gtest/gtest.h>
+#include <openssl/x509v3.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -70,6 +71,30 @@ TEST(PemKey, RefusesMismatchedOrMissingFiles) {
     EXPECT_FALSE(load_pem_key(pki / "alpha.crt", pki / "alpha.key", pki / "nope.pem"));
     // A key file is not a certificate.
     EXPECT_FALSE(load_pem_key(pki / "alpha.key", pki / "alpha.key", ""));
+}
+
+TEST(TestPki, ProviderCertsFollowTheRfc6109Profile) {
+    const auto& pki = test_pki();
+    for (const char* name : {"alpha", "beta", "expired", "revoked", "foreign"}) {
+        SCOPED_TRACE(name);
+        auto key = load_pem_key(pki / (std::string(name) + ".crt"),
+                                pki / (std::string(name) + ".key"), "");
+        ASSERT_TRUE(key) << key.error().message;
+        X509* cert = (*key)->certificate();
+        // RFC 6109 §5.5: no basicConstraints; KeyUsage digitalSignature, critical; SKI, AKI, SAN.
+        EXPECT_LT(X509_get_ext_by_NID(cert, NID_basic_constraints, -1), 0);
+        int ku = X509_get_ext_by_NID(cert, NID_key_usage, -1);
+        ASSERT_GE(ku, 0);
+        EXPECT_EQ(X509_EXTENSION_get_critical(X509_get_ext(cert, ku)), 1);
+        EXPECT_EQ(X509_get_key_usage(cert), static_cast<uint32_t>(KU_DIGITAL_SIGNATURE));
+        EXPECT_NE(X509_get_extended_key_usage(cert) & XKU_SMIME, 0u);
+        EXPECT_NE(X509_get0_subject_key_id(cert), nullptr);
+        EXPECT_NE(X509_get0_authority_key_id(cert), nullptr);
+        EXPECT_GE(X509_get_ext_by_NID(cert, NID_subject_alt_name, -1), 0);
+    }
+    auto tsa = run("openssl verify -purpose timestampsign -CAfile " + quote(pki / "ca.crt") + " " +
+                   quote(pki / "tsa.crt"));
+    EXPECT_EQ(tsa.status, 0) << tsa.output;
 }
 
 class Pkcs11Key : public ::testing::Test {
