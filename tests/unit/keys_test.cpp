@@ -125,6 +125,16 @@ TEST_F(Pkcs11Key, SignsThroughTheTokenWithCertFromFileOrToken) {
     report = sign_and_verify(**from_token, *verifier);
     EXPECT_TRUE(report.ok()) << report.reason;
     EXPECT_EQ(report.signer_email, "posta-certificata@pec.alpha.test");
+
+    // The token-signed message also verifies with the openssl CLI.
+    auto signed_entity = sign_entity(**from_token, {}, pec_entity());
+    ASSERT_TRUE(signed_entity) << signed_entity.error().message;
+    TempDir dir("pecd-hsm-out");
+    write_file(dir.path() / "msg.eml", with_headers(*signed_entity));
+    auto cli =
+        run("openssl cms -verify -purpose smimesign -CAfile " + quote(test_pki() / "ca.crt") +
+            " -in " + quote(dir.path() / "msg.eml") + " -out /dev/null");
+    EXPECT_EQ(cli.status, 0) << cli.output;
 }
 
 TEST_F(Pkcs11Key, RefusesBadPinUriAndCertificate) {
