@@ -17,6 +17,7 @@ constexpr std::string_view kOutTmpSuffix = ".out.tmp";
 constexpr std::string_view kOutSuffix = ".out";
 constexpr std::string_view kDeferTmpSuffix = ".defer.tmp";
 constexpr char kDestSeparator = '~';
+constexpr std::string_view kDeferredMark = "@deferred";
 
 bool ends_with(std::string_view s, std::string_view suffix) { return s.ends_with(suffix); }
 
@@ -82,7 +83,12 @@ Status StageRunner::deliver_output_set(const fs::path& out_dir, std::vector<fs::
         }
         std::string dest = name.substr(0, sep);
         std::string id = name.substr(sep + 1);
-        auto dest_dir = spool_.destination_dir(dest);
+        // "<stage>@deferred~<id>": the output waits in deferred/<stage> (its envelope says until when).
+        bool deferred = dest.ends_with(kDeferredMark);
+        if (deferred) dest.resize(dest.size() - kDeferredMark.size());
+        auto dest_dir = deferred && spool::is_stage(dest)
+                            ? Result<fs::path>(spool_.area_dir(spool::Area::deferred, dest))
+                            : spool_.destination_dir(dest);
         if (!dest_dir) return std::unexpected(dest_dir.error());
         auto moved = durable::rename_noreplace(out_dir / name, *dest_dir / id);
         if (!moved && moved.error().kind == ErrorKind::conflict) {
@@ -201,7 +207,7 @@ struct StageRunner::Claimed {
 // The in-place hop: append this stage's records to the claimed file. The appended routing record,
 // once durable, is the commit (recover() moves such a file on instead of re-running it).
 bool StageRunner::try_route_in_place(Claimed& c, std::vector<StageOutput>& outputs, int64_t now) {
-    if (outputs.size() != 1 || !outputs[0].in_place) return false;
+    if (outputs.size() != 1 || !outputs[0].in_place || outputs[0].defer_until_us > 0) return false;
     StageOutput& out = outputs[0];
     const spool::Envelope& in = c.info.env;
     auto dest = spool_.destination_dir(out.destination);
@@ -277,17 +283,26 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
             for (auto& out : *outputs) {
                 if (!st) break;
                 if (!spool::is_valid_queue_id(out.env.id) || !out.env.id.starts_with(c.id) ||
-                    !spool_.destination_dir(out.destination)) {
+                    !spool_.destination_dir(out.destination) ||
+                    (out.defer_until_us > 0 && !spool::is_stage(out.destination))) {
                     st = fail(ErrorKind::permanent, "stage produced an invalid output (" +
                                                         out.destination + ", " + out.env.id + ")");
                     break;
                 }
-                out.env.attempts = 0;
-                out.env.next_attempt_us = 0;
-                out.env.last_error.clear();
-                out.env.history.push_back({stage_, now, "-> " + out.destination});
-                auto written = spool::write_queue_file(
-                    tmp / (out.destination + kDestSeparator + out.env.id), out.env, out.body);
+                std::string set_name = out.destination;
+                if (out.defer_until_us > 0) {
+                    // A deferred output keeps its retry state: the stage decides attempts/last_error.
+                    out.env.next_attempt_us = out.defer_until_us;
+                    out.env.history.push_back({stage_, now, "-> " + out.destination + " (deferred)"});
+                    set_name += kDeferredMark;
+                } else {
+                    out.env.attempts = 0;
+                    out.env.next_attempt_us = 0;
+                    out.env.last_error.clear();
+                    out.env.history.push_back({stage_, now, "-> " + out.destination});
+                }
+                auto written = spool::write_queue_file(tmp / (set_name + kDestSeparator + out.env.id),
+                                                       out.env, out.body);
                 if (!written) st = std::unexpected(written.error());
                 else c.out_fds.push_back(std::move(*written));
             }

@@ -40,6 +40,9 @@ struct StageOutput {
     // it: no copy, one append and one rename. Only for a single output with the input's id,
     // body and routing data; anything else is written as a new file.
     bool in_place = false;
+    // When set (microseconds since the epoch), the output waits in deferred/<destination> until
+    // then, e.g. the recipients whose delivery failed transiently while the others moved on.
+    int64_t defer_until_us = 0;
 };
 
 // Returning an error: ErrorKind::transient -> deferred with backoff; anything else -> quarantine.
