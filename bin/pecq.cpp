@@ -2,6 +2,8 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <iostream>
+#include <sstream>
 #include <chrono>
 #include <cstdio>
 #include <thread>
@@ -10,6 +12,7 @@
 #include "spool-layout/queue_id.hpp"
 #include "stages/common/config.hpp"
 #include "stages/common/json.hpp"
+#include "stages/pec/inspect.hpp"
 #include "stages/runner/settings.hpp"
 
 using namespace pecd;
@@ -91,7 +94,47 @@ int main(int argc, char** argv) {
     auto* wait = app.add_subcommand("wait", "return when the spool is idle (nothing queued or in processing)");
     wait->add_option("--timeout", timeout_s, "give up after this many seconds (exit 1)");
 
+    std::string inspect_file, index_file;
+    std::vector<std::string> ca_files, crl_files;
+    bool at_signing_time = false;
+    auto* inspect = app.add_subcommand(
+        "inspect", "say what a message is: PEC type, daticert, signature verdict (exit 0 only for a valid PEC message)");
+    inspect->add_option("file", inspect_file, "the message, or - for standard input")->required();
+    inspect->add_option("--ca", ca_files, "trust anchor PEM file (repeatable); without it only the cryptography is checked");
+    inspect->add_option("--crl", crl_files, "CRL file (repeatable)");
+    inspect->add_option("--index", index_file, "providers index LDIF, to identify the signing provider");
+    inspect->add_flag("--at-signing-time", at_signing_time, "check validity at the signing time (archived messages)");
+    inspect->add_flag("--json", as_json, "JSON output");
+
     CLI11_PARSE(app, argc, argv);
+
+    if (*inspect) {
+        // Needs no spool: administrators run it on anything a user forwards them.
+        std::string raw;
+        if (inspect_file == "-") {
+            std::ostringstream in;
+            in << std::cin.rdbuf();
+            raw = in.str();
+        } else {
+            auto data = durable::read_file(inspect_file);
+            if (!data) return fail_with(data.error()), 2;
+            raw = std::move(*data);
+        }
+        pec::InspectOptions opts;
+        for (const auto& f : ca_files) opts.trust.ca_files.emplace_back(f);
+        for (const auto& f : crl_files) opts.trust.crl_files.emplace_back(f);
+        opts.trust.check_crl = !crl_files.empty();
+        opts.at_signing_time = at_signing_time;
+        if (!index_file.empty()) {
+            auto index = pec::load_ldif(index_file);
+            if (!index) return fail_with(index.error()), 2;
+            opts.index = std::move(*index);
+        }
+        auto report = pec::inspect_message(raw, opts);
+        if (!report) return fail_with(report.error()), 2;
+        std::fputs((as_json ? pec::format_json(*report) + "\n" : pec::format_text(*report)).c_str(), stdout);
+        return report->valid ? 0 : 1;
+    }
 
     auto config = Config::load(runner::config_path(config_file));
     if (!config) return fail_with(config.error());
