@@ -2,6 +2,8 @@
 // validation both share (pec-rules.md §7, DECISIONS #4 and #14).
 #include "stages/pec/index.hpp"
 
+#include <strings.h>
+
 #include <fcntl.h>
 #include <ldap.h>
 #include <openssl/evp.h>
@@ -696,10 +698,10 @@ const ProviderRecord* IndexSnapshot::find_by_cert_hash(std::string_view sha1_hex
         if (c != ':') key.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(c))));
     }
     if (!is_hex40(key)) return nullptr;
-    for (const ProviderRecord& p : providers) {
-        if (std::find(p.cert_hashes.begin(), p.cert_hashes.end(), key) != p.cert_hashes.end())
-            return &p;
-    }
+    // Loaders store lower case, but a snapshot built by hand may not: compare without case.
+    for (const ProviderRecord& p : providers)
+        for (const std::string& h : p.cert_hashes)
+            if (strcasecmp(h.c_str(), key.c_str()) == 0) return &p;
     return nullptr;
 }
 
@@ -707,11 +709,9 @@ const ProviderRecord* IndexSnapshot::find_by_domain(std::string_view domain) con
     std::string key = lower(trim(domain));
     if (!key.empty() && key.back() == '.') key.pop_back();
     if (key.empty()) return nullptr;
-    for (const ProviderRecord& p : providers) {
-        if (std::find(p.managed_domains.begin(), p.managed_domains.end(), key) !=
-            p.managed_domains.end())
-            return &p;
-    }
+    for (const ProviderRecord& p : providers)
+        for (const std::string& d : p.managed_domains)
+            if (strcasecmp(d.c_str(), key.c_str()) == 0) return &p;
     return nullptr;
 }
 

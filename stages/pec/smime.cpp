@@ -914,12 +914,7 @@ Result<VerifyReport> verify_impl(const SmimeVerifier::State& state, std::string_
 
     // 3. Providers index (DECISIONS #4): hash, then full certificate, then From domain.
     if (index) {
-        const ProviderRecord* record = nullptr;
-        for (const auto& p : index->providers) {
-            for (const auto& h : p.cert_hashes)
-                if (iequals(trim(h), report.signer_cert_sha1)) record = &p;
-            if (record) break;
-        }
+        const ProviderRecord* record = index->find_by_cert_hash(report.signer_cert_sha1);
         if (!record)
             return reject(
                 VerifyFailure::not_in_index,
