@@ -2,13 +2,12 @@
 
 #include <strings.h>
 
-#include "stages/pec/gmime_build_util.hpp"
+#include "stages/pec/gmime_util.hpp"
 #include "stages/pec/postacert.hpp"
 
 namespace pecd::pec {
 namespace {
 
-using gmb::GPtr;
 
 constexpr size_t kFoldAt = 78;
 
@@ -57,7 +56,7 @@ std::string gfree_string(char* s) {
 std::string encode_text(std::string_view text) {
     std::string clean = one_line(text);
     if (is_plain_ascii(clean)) return clean;
-    gmb::init_gmime();
+    ensure_gmime();
     return gfree_string(g_mime_utils_header_encode_text(nullptr, clean.c_str(), nullptr));
 }
 
@@ -73,7 +72,7 @@ std::string on_behalf_from(std::string_view sender, const ProviderIdentity& prov
         }
         display += "\"";
     } else {
-        gmb::init_gmime();
+        ensure_gmime();
         display = gfree_string(g_mime_utils_header_encode_phrase(nullptr, phrase.c_str(), nullptr));
     }
     return display + " <" + provider.service_address() + ">";
@@ -132,7 +131,7 @@ GPtr<GMimeObject> text_part(const char* subtype, const std::string& latin1) {
     GMimePart* part = g_mime_part_new_with_type("text", subtype);
     g_mime_object_set_content_type_parameter(GMIME_OBJECT(part), "charset", "iso-8859-1");
     g_mime_object_set_disposition(GMIME_OBJECT(part), "inline");
-    auto stream = gmb::memory_stream(latin1);
+    auto stream = memory_stream(latin1);
     GPtr<GMimeDataWrapper> content(
         g_mime_data_wrapper_new_with_stream(stream.get(), GMIME_CONTENT_ENCODING_DEFAULT));
     g_mime_part_set_content(part, content.get());
@@ -144,7 +143,7 @@ GPtr<GMimeObject> daticert_part(const std::string& xml) {
     GMimePart* part = g_mime_part_new_with_type("application", "xml");
     g_mime_object_set_disposition(GMIME_OBJECT(part), "inline");
     g_mime_part_set_filename(part, "daticert.xml");  // filename= and name=
-    auto stream = gmb::memory_stream(xml);
+    auto stream = memory_stream(xml);
     GPtr<GMimeDataWrapper> content(
         g_mime_data_wrapper_new_with_stream(stream.get(), GMIME_CONTENT_ENCODING_DEFAULT));
     g_mime_part_set_content(part, content.get());
@@ -174,7 +173,7 @@ GPtr<GMimeObject> postacert_part(const std::string& bytes) {
     g_mime_object_set_disposition(GMIME_OBJECT(part), "inline");
     g_mime_part_set_filename(part, "postacert.eml");
     GMimeContentEncoding encoding = identity_encoding(bytes);
-    auto stream = gmb::memory_stream(bytes);
+    auto stream = memory_stream(bytes);
     GPtr<GMimeDataWrapper> content(g_mime_data_wrapper_new_with_stream(stream.get(), encoding));
     g_mime_part_set_content(part, content.get());
     g_mime_part_set_content_encoding(part, encoding);
@@ -182,7 +181,7 @@ GPtr<GMimeObject> postacert_part(const std::string& bytes) {
 }
 
 std::string ensure_final_crlf(std::string text) {
-    text = gmb::to_crlf(text);
+    text = to_crlf(text);
     if (text.size() < 2 || text.compare(text.size() - 2, 2, "\r\n") != 0) text += "\r\n";
     return text;
 }
@@ -249,7 +248,7 @@ MessageBuilder::MessageBuilder(ProviderIdentity provider,
 Result<BuiltMessage> MessageBuilder::build(const Spec& spec) const {
     if (!templates_ || !signer_)
         return fail(ErrorKind::config, "builder: templates or signer not configured");
-    gmb::init_gmime();
+    ensure_gmime();
 
     auto text = templates_->render(spec.stem, TemplatePart::text, spec.values);
     if (!text) return std::unexpected(text.error());
@@ -274,7 +273,7 @@ Result<BuiltMessage> MessageBuilder::build(const Spec& spec) const {
         eml_part = postacert_part(*spec.postacert);
         g_mime_multipart_add(mixed.get(), eml_part.get());
     }
-    std::string entity = gmb::serialize_crlf(GMIME_OBJECT(mixed.get()));
+    std::string entity = serialize_crlf(GMIME_OBJECT(mixed.get()));
 
     auto signed_entity = signer_(entity);
     if (!signed_entity) return context(signed_entity.error(), "signing " + spec.stem);
@@ -288,7 +287,7 @@ Result<BuiltMessage> MessageBuilder::build(const Spec& spec) const {
     out.type = spec.type;
     out.message_id = spec.message_id;
     out.daticert = spec.daticert;
-    out.bytes = spec.headers + "MIME-Version: 1.0\r\n" + gmb::to_crlf(*signed_entity);
+    out.bytes = spec.headers + "MIME-Version: 1.0\r\n" + to_crlf(*signed_entity);
     return out;
 }
 
@@ -362,7 +361,7 @@ Result<BuiltMessage> MessageBuilder::busta_trasporto(const Transaction& t,
                                               t.original.message_id.value_or("none") +
                                               ") differs from the original's (" +
                                               copy->original_id.value_or("none") + ")");
-    auto raw = raw::split(gmb::to_crlf(original));
+    auto raw = raw::split(to_crlf(original));
     if (!raw) return context(raw.error(), "busta: original message");
 
     Spec spec;

@@ -3,6 +3,7 @@
 #include <gmime/gmime.h>
 
 #include <mutex>
+#include <string>
 
 namespace pecd::pec {
 
@@ -10,6 +11,46 @@ void ensure_gmime() {
     static std::once_flag once;
     // Never paired with g_mime_shutdown(): the library stays usable until the process exits.
     std::call_once(once, [] { g_mime_init(); });
+}
+
+GPtr<GMimeStream> memory_stream(std::string_view bytes) {
+    ensure_gmime();
+    return GPtr<GMimeStream>(g_mime_stream_mem_new_with_buffer(bytes.data(), bytes.size()));
+}
+
+std::string read_all(GMimeStream* stream) {
+    std::string out;
+    g_mime_stream_reset(stream);
+    char buf[8192];
+    for (;;) {
+        ssize_t n = g_mime_stream_read(stream, buf, sizeof buf);
+        if (n <= 0) break;
+        out.append(buf, static_cast<size_t>(n));
+    }
+    return out;
+}
+
+std::string serialize_crlf(GMimeObject* object) {
+    ensure_gmime();
+    GMimeFormatOptions* options = g_mime_format_options_new();
+    g_mime_format_options_set_newline_format(options, GMIME_NEWLINE_FORMAT_DOS);
+    GByteArray* array = g_byte_array_new();
+    GPtr<GMimeStream> out(g_mime_stream_mem_new_with_byte_array(array));  // stream owns array
+    g_mime_object_write_to_stream(object, options, out.get());
+    g_mime_stream_flush(out.get());
+    std::string bytes(reinterpret_cast<const char*>(array->data), array->len);
+    g_mime_format_options_free(options);
+    return to_crlf(bytes);
+}
+
+std::string to_crlf(std::string_view text) {
+    std::string out;
+    out.reserve(text.size() + text.size() / 32);
+    for (size_t i = 0; i < text.size(); ++i) {
+        if (text[i] == '\n' && (i == 0 || text[i - 1] != '\r')) out += '\r';
+        out += text[i];
+    }
+    return out;
 }
 
 }  // namespace pecd::pec

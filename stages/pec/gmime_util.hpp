@@ -1,9 +1,11 @@
 // GMime 3 process setup and GObject ownership, shared by the message readers and builders.
 #pragma once
 
-#include <glib-object.h>
+#include <gmime/gmime.h>
 
 #include <memory>
+#include <string>
+#include <string_view>
 
 namespace pecd::pec {
 
@@ -20,5 +22,10 @@ struct GObjectUnref {
 // ...).
 template <class T>
 using GPtr = std::unique_ptr<T, GObjectUnref>;
+
+GPtr<GMimeStream> memory_stream(std::string_view bytes);  // a copy of `bytes`
+std::string read_all(GMimeStream* stream);
+std::string serialize_crlf(GMimeObject* object);          // as written on the wire, CRLF
+std::string to_crlf(std::string_view text);               // bare LF/CR become CRLF
 
 }  // namespace pecd::pec

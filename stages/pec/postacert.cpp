@@ -3,12 +3,11 @@
 #include <openssl/evp.h>
 #include <strings.h>
 
-#include "stages/pec/gmime_build_util.hpp"
+#include "stages/pec/gmime_util.hpp"
 
 namespace pecd::pec {
 namespace {
 
-using gmb::GPtr;
 
 // The breve hash (DECISIONS #6): SHA-1, 40 lowercase hex.
 Result<std::string> sha1_hex(std::string_view bytes) {
@@ -50,7 +49,7 @@ Result<GPtr<GMimeObject>> hash_part(const std::string& name, const char* disposi
     g_mime_object_set_disposition(GMIME_OBJECT(part),
                                   disposition && *disposition ? disposition : "attachment");
     g_mime_part_set_filename(part, (name + ".hash").c_str());  // also sets Content-Type name=
-    auto stream = gmb::memory_stream(*hex);
+    auto stream = memory_stream(*hex);
     GPtr<GMimeDataWrapper> content(
         g_mime_data_wrapper_new_with_stream(stream.get(), GMIME_CONTENT_ENCODING_7BIT));
     g_mime_part_set_content(part, content.get());
@@ -79,7 +78,7 @@ Result<GPtr<GMimeObject>> breve_replacement(GMimeObject* object) {
     if (GMIME_IS_MESSAGE_PART(object)) {
         // An attached message is hashed as a whole, named or not.
         GMimeMessage* inner = g_mime_message_part_get_message(GMIME_MESSAGE_PART(object));
-        std::string bytes = inner ? gmb::serialize_crlf(GMIME_OBJECT(inner)) : std::string();
+        std::string bytes = inner ? serialize_crlf(GMIME_OBJECT(inner)) : std::string();
         std::string name = part_name(object);
         if (name.empty()) name = "messaggio.eml";
         return hash_part(name, g_mime_object_get_disposition(object), bytes);
@@ -89,7 +88,7 @@ Result<GPtr<GMimeObject>> breve_replacement(GMimeObject* object) {
         if (name.empty()) return GPtr<GMimeObject>();
         GMimeDataWrapper* content = g_mime_part_get_content(GMIME_PART(object));
         std::string transmitted;
-        if (content) transmitted = gmb::read_all(g_mime_data_wrapper_get_stream(content));
+        if (content) transmitted = read_all(g_mime_data_wrapper_get_stream(content));
         return hash_part(name, g_mime_object_get_disposition(object), transmitted);
     }
     return GPtr<GMimeObject>();
@@ -167,7 +166,7 @@ Result<raw::Message> raw::split(std::string_view crlf) {
 Result<PostacertCopy> rewrite_message_id(std::string_view original,
                                          std::string_view identificativo) {
     if (original.empty()) return fail(ErrorKind::permanent, "the original message is empty");
-    std::string crlf = gmb::to_crlf(original);
+    std::string crlf = to_crlf(original);
     if (crlf.size() < 2 || crlf.compare(crlf.size() - 2, 2, "\r\n") != 0)
         crlf += "\r\n";  // a last line without its end would merge with the next boundary
     auto split = raw::split(crlf);
@@ -202,9 +201,9 @@ Result<PostacertCopy> rewrite_message_id(std::string_view original,
 }
 
 Result<std::string> make_breve_copy(std::string_view postacert) {
-    gmb::init_gmime();
-    std::string crlf = gmb::to_crlf(postacert);
-    auto stream = gmb::memory_stream(crlf);
+    ensure_gmime();
+    std::string crlf = to_crlf(postacert);
+    auto stream = memory_stream(crlf);
     GPtr<GMimeParser> parser(g_mime_parser_new_with_stream(stream.get()));
     GPtr<GMimeMessage> message(g_mime_parser_construct_message(parser.get(), nullptr));
     if (!message) return fail(ErrorKind::permanent, "breve: postacert.eml does not parse as MIME");
@@ -215,7 +214,7 @@ Result<std::string> make_breve_copy(std::string_view postacert) {
     auto replacement = breve_replacement(root);
     if (!replacement) return std::unexpected(replacement.error());
     if (*replacement) g_mime_message_set_mime_part(message.get(), replacement->get());
-    return gmb::serialize_crlf(GMIME_OBJECT(message.get()));
+    return serialize_crlf(GMIME_OBJECT(message.get()));
 }
 
 }  // namespace pecd::pec
