@@ -85,9 +85,7 @@ Result<std::vector<SummaryRow>> summarize(const Spool& spool, int64_t now_us) {
             if (!d) return fail_errno("list " + dir.string());
             while (struct dirent* entry = ::readdir(d)) {
                 std::string_view name = entry->d_name;
-                if (name.size() < 30 || name[0] == '.' || name.ends_with(".reason") ||
-                    name.find(".out") != std::string_view::npos)
-                    continue;
+                if (!is_valid_queue_id(name)) continue;  // sets, temporaries, .reason files
                 auto arrival = arrival_from_id(name);
                 if (!arrival) continue;
                 int64_t minutes = (now_us - *arrival) / 60'000'000;

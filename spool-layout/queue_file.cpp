@@ -53,6 +53,20 @@ Status apply_record(Envelope& env, std::string_view key, std::string_view value)
         env.set_attr(std::move(*dk), std::move(*dv));
         return {};
     }
+    // Retry state reset by an in-place hop (the next stage starts with a clean slate).
+    if (key == "attempts" || key == "next-attempt") {
+        auto n = parse_int(value, std::string(key));
+        if (!n) return std::unexpected(n.error());
+        if (key == "attempts") env.attempts = static_cast<int>(*n);
+        else env.next_attempt_us = *n;
+        return {};
+    }
+    if (key == "last-error") {
+        auto v = percent_decode(value);
+        if (!v) return std::unexpected(v.error());
+        env.last_error = std::move(*v);
+        return {};
+    }
     return fail(ErrorKind::corrupt, "unknown record '" + std::string(key) + "'");
 }
 
@@ -149,6 +163,8 @@ std::string encode_trailer_hist(const HistoryEntry& e) {
 std::string encode_trailer_attr(std::string_view key, std::string_view value) {
     return "attr " + percent_encode(key) + ' ' + percent_encode(value) + '\n';
 }
+
+std::string encode_trailer_retry_reset() { return "attempts 0\nnext-attempt 0\nlast-error \n"; }
 
 Result<QueueFileInfo> read_header(int fd, const std::string& name) {
     struct stat st {};

@@ -14,7 +14,8 @@
 //   attr <key> <value>\n                   (repeated: stage annotations, e.g. the PEC route)
 //   body <20-digit size>\n
 //   <exactly `size` bytes of message>
-//   hist ... / attr ...\n                  (trailer: records appended by in-place hops)
+//   hist ... / attr ... / attempts, next-attempt, last-error\n
+//                                          (trailer: records appended by in-place hops)
 //
 // Values are percent-encoded (bytes outside 0x21-0x7e, and '%'), so every field is one token and
 // no user input can break the framing. The fixed-width body size lets pec-enqueue stream stdin
@@ -87,6 +88,8 @@ struct QueueFileInfo {
 // One trailer record line ("hist <stage> <us> <note>\n" or "attr <key> <value>\n").
 std::string encode_trailer_hist(const HistoryEntry& entry);
 std::string encode_trailer_attr(std::string_view key, std::string_view value);
+// Records that clear attempts, next-attempt and last-error.
+std::string encode_trailer_retry_reset();
 
 // Parses the envelope from an open file and checks the file length against it.
 Result<QueueFileInfo> read_header(int fd, const std::string& name_for_errors);

@@ -1,6 +1,7 @@
 #include "stages/runner/runner.hpp"
 
 #include <dirent.h>
+#include <sys/stat.h>
 #include <uv.h>
 
 #include <algorithm>
@@ -59,7 +60,9 @@ Status StageRunner::sync_point(const std::vector<int>& fds, const std::vector<fs
 Status StageRunner::quarantine_file(const fs::path& file, const std::string& id,
                                     const std::string& reason) {
     fs::path qdir = spool_.area_dir(spool::Area::quarantine, stage_);
-    std::string name = spool::is_valid_queue_id(id) ? id : "bad." + spool::new_queue_id(spool::now_us());
+    // A file with an invalid name gets a fresh queue id so that pecq lists it; .reason keeps the
+    // original name.
+    std::string name = spool::is_valid_queue_id(id) ? id : spool::new_queue_id(spool::now_us());
     std::string text = "stage: " + stage_ + "\ntime: " + std::to_string(spool::now_us()) +
                        "\noriginal-name: " + spool::percent_encode(file.filename().string()) +
                        "\nreason: " + reason + "\n";
@@ -157,8 +160,25 @@ Status StageRunner::recover() {
             }
         }
         auto st = durable::rename_noreplace(claimed, target);
+        if (!st && st.error().kind == ErrorKind::conflict) {
+            st = quarantine_file(claimed, name,
+                                 "a message with the same queue id already exists in " +
+                                     target.parent_path().string());
+        } else if (st) {
+            ++(target.parent_path() == queue_dir_ ? returned : routed);
+        }
         if (!st && st.error().kind != ErrorKind::not_found) return st;
-        if (st) ++(target.parent_path() == queue_dir_ ? returned : routed);
+    }
+    // Anything else in active/ that recovery does not understand is set aside, never left to
+    // block the stage.
+    for (const auto& name : *names) {
+        if (spool::is_valid_queue_id(name) || ends_with(name, kOutTmpSuffix) ||
+            ends_with(name, kOutSuffix) || ends_with(name, kDeferTmpSuffix))
+            continue;
+        struct stat st {};
+        if (::stat((active_dir_ / name).c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+        if (auto q = quarantine_file(active_dir_ / name, name, "unexpected file in active/" + stage_); !q)
+            return q;
     }
     if (returned + routed > 0)
         if (auto st = sync_point({}, route_dirs); !st) return st;
@@ -217,7 +237,12 @@ bool StageRunner::try_route_in_place(Claimed& c, std::vector<StageOutput>& outpu
         out.body.size != c.info.body_size || out.env.attempts != in.attempts ||
         out.env.history.size() < in.history.size())
         return false;
+    // A removed attribute cannot be expressed by appending: write the file anew instead.
+    for (const auto& [key, value] : in.attrs)
+        if (!out.env.attr(key)) return false;
     std::string records;
+    if (in.attempts != 0 || in.next_attempt_us != 0 || !in.last_error.empty())
+        records += spool::encode_trailer_retry_reset();
     for (size_t i = in.history.size(); i < out.env.history.size(); ++i)
         records += spool::encode_trailer_hist(out.env.history[i]);
     for (const auto& [key, value] : out.env.attrs)
@@ -349,12 +374,21 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
         for (auto& c : items) {
             (void)durable::remove_tree(active_dir_ / (c.id + std::string(kOutTmpSuffix)));
             (void)durable::unlink_file(active_dir_ / (c.id + std::string(kDeferTmpSuffix)));
+            // An in-place hop that could not be made durable is undone, so that recovery
+            // returns the file to the queue instead of moving it on.
+            if (c.outcome == Claimed::Outcome::route)
+                (void)::ftruncate(c.fd.get(), static_cast<off_t>(c.info.complete_size()));
         }
         return std::unexpected(e);
     };
 
-    // Ordering point 1: output sets and rewrites are on disk.
-    if (auto st = sync_point(fds_to_sync, {}); !st) return abandon(st.error());
+    // Ordering point 1: output sets and rewrites are on disk, names included (in strict mode
+    // the directory of each set is synced too, or a committed set could come back empty).
+    std::vector<fs::path> set_dirs;
+    for (auto& c : items)
+        if (c.outcome == Claimed::Outcome::ok)
+            set_dirs.push_back(active_dir_ / (c.id + std::string(kOutTmpSuffix)));
+    if (auto st = sync_point(fds_to_sync, set_dirs); !st) return abandon(st.error());
     for (auto& c : items) {
         if (c.outcome == Claimed::Outcome::ok) {
             auto st = durable::rename_file(active_dir_ / (c.id + std::string(kOutTmpSuffix)),
@@ -385,7 +419,11 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
                 break;
             case Claimed::Outcome::route:
                 st = durable::rename_noreplace(c.input, c.route_dir / c.id);
-                if (st) {
+                if (!st && st.error().kind == ErrorKind::conflict) {
+                    st = quarantine_file(c.input, c.id,
+                                         "a message with the same queue id already exists in " +
+                                             c.route_dir.string());
+                } else if (st) {
                     touched.push_back(c.route_dir);
                     ++done;
                 }
@@ -466,7 +504,14 @@ Result<size_t> StageRunner::drain(const std::atomic<bool>& stop) {
 }
 
 void StageRunner::wake() {
-    if (auto* async = static_cast<uv_async_t*>(loop_async_.load())) uv_async_send(async);
+    // Under the mutex: the loop detaches its handle before closing it, so it is never used after.
+    std::lock_guard lock(wake_mutex_);
+    if (loop_async_) uv_async_send(static_cast<uv_async_t*>(loop_async_));
+}
+
+void StageRunner::detach_wake() {
+    std::lock_guard lock(wake_mutex_);
+    loop_async_ = nullptr;
 }
 
 namespace {
@@ -482,6 +527,7 @@ struct LoopContext {
 };
 
 void close_all(LoopContext* ctx) {
+    ctx->runner->detach_wake();
     uv_close(reinterpret_cast<uv_handle_t*>(&ctx->kick), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&ctx->rescan), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&ctx->deferred), nullptr);
@@ -513,7 +559,10 @@ Status StageRunner::run(const std::atomic<bool>& stop) {
         auto* c = static_cast<LoopContext*>(a->data);
         if (c->stop->load()) close_all(c);
     });
-    loop_async_ = &ctx.async;
+    {
+        std::lock_guard lock(wake_mutex_);
+        loop_async_ = &ctx.async;
+    }
     // inotify is a hint: the periodic rescan below is what guarantees nothing is missed (queue
     // overflow, events lost across a restart, NFS).
     uv_fs_event_init(&loop, &ctx.watch);
@@ -537,7 +586,7 @@ Status StageRunner::run(const std::atomic<bool>& stop) {
     schedule_drain(&ctx);  // the start-up scan
     if (stop.load()) close_all(&ctx);
     uv_run(&loop, UV_RUN_DEFAULT);
-    loop_async_ = nullptr;
+    detach_wake();
     uv_loop_close(&loop);
     return {};
 }

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -96,6 +97,7 @@ public:
     // `stop` is set and `wake()` is called; the batch in hand is finished first.
     Status run(const std::atomic<bool>& stop);
     void wake();
+    void detach_wake();  // the loop is closing: wake() must not touch its handle any more
 
 private:
     struct Claimed;
@@ -112,7 +114,8 @@ private:
     RunnerStats stats_;
     fs::path queue_dir_;
     fs::path active_dir_;
-    std::atomic<void*> loop_async_{nullptr};
+    std::mutex wake_mutex_;
+    void* loop_async_ = nullptr;  // uv_async_t of the running loop, guarded by wake_mutex_
 };
 
 }  // namespace pecd::runner
