@@ -12,6 +12,7 @@
 #include <cctype>
 #include <charconv>
 #include <cstring>
+#include <utility>
 
 namespace pecd::transport {
 namespace {
@@ -179,16 +180,16 @@ Status Connection::write(std::string_view data, Millis timeout) {
     return {};
 }
 
-Status Connection::fill(Millis timeout) {
+Result<bool> Connection::fill(Millis timeout) {
     auto deadline = Clock::now() + timeout;
     char buf[16384];
     for (;;) {
         ssize_t n = ::recv(fd_.get(), buf, sizeof buf, 0);
         if (n > 0) {
             buffer_.append(buf, static_cast<size_t>(n));
-            return {};
+            return true;
         }
-        if (n == 0) return fail(ErrorKind::transient, peer_ + " closed the connection");
+        if (n == 0) return false;  // the peer closed its side
         if (errno == EINTR) continue;
         if (errno != EAGAIN && errno != EWOULDBLOCK)
             return fail(ErrorKind::transient, "read from " + peer_ + ": " + std::strerror(errno),
@@ -214,14 +215,13 @@ Result<std::string> Connection::read_until(char terminator, Millis timeout, size
         auto left = std::chrono::duration_cast<Millis>(deadline - Clock::now());
         if (left.count() <= 0)
             return fail(ErrorKind::transient, "read from " + peer_ + ": timed out");
-        if (auto st = fill(left); !st) {
+        auto more = fill(left);
+        if (!more) return std::unexpected(more.error());
+        if (!*more) {
             // A peer that answers and closes (clamd) still gave us its last words.
-            if (!buffer_.empty() && st.error().message.ends_with("closed the connection")) {
-                std::string out = std::move(buffer_);
-                buffer_.clear();
-                return out;
-            }
-            return std::unexpected(st.error());
+            if (buffer_.empty())
+                return fail(ErrorKind::transient, peer_ + " closed the connection");
+            return std::exchange(buffer_, {});
         }
     }
 }

@@ -39,7 +39,7 @@ class Connection {
     const std::string& peer() const { return peer_; }
 
   private:
-    Status fill(Millis timeout);  // reads more bytes into buffer_, EOF is an error
+    Result<bool> fill(Millis timeout);  // reads more bytes into buffer_; false at EOF
     durable::Fd fd_;
     std::string peer_;
     std::string buffer_;
