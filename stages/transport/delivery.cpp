@@ -219,14 +219,15 @@ Result<std::vector<DeliveryOutcome>> LmtpDelivery::deliver_all(
         }
     }
     if (pending.empty()) return out;
-    if (!safe_in_command(options_.sender))
+    const std::string sender = options_.sender == "<>" ? std::string() : options_.sender;
+    if (!safe_in_command(sender))
         return fail(ErrorKind::config, "lmtp sender '" + options_.sender + "' is not usable");
 
     auto session =
         MailSession::start(options_.endpoint, true, options_.lhlo_name, options_.timeouts);
     if (!session) return std::unexpected(session.error());
     const std::string where = "lmtp " + options_.endpoint.describe();
-    auto mail = session->command("MAIL FROM:<" + options_.sender + ">");
+    auto mail = session->command("MAIL FROM:<" + sender + ">");
     if (!mail) return std::unexpected(mail.error());
     if (mail->disposition() != Disposition::accepted) {
         // A refused sender refuses the whole transaction: every recipient shares that reply.

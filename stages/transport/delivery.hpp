@@ -69,7 +69,7 @@ class MaildirDelivery final : public MailboxDelivery {
 struct LmtpOptions {
     Endpoint endpoint;  // Dovecot: 127.0.0.1:24 or unix:/run/dovecot/lmtp
     std::string lhlo_name = "localhost";
-    std::string sender;  // MAIL FROM; empty = null sender <>
+    std::string sender;  // MAIL FROM; empty or "<>" = null sender
     MailSession::Timeouts timeouts;
 };
 

@@ -91,7 +91,9 @@ Result<SendOutcome> SmtpTransport::send(const std::string& mail_from,
                                         const std::vector<std::string>& rcpts,
                                         std::string_view message) {
     if (rcpts.empty()) return fail(ErrorKind::permanent, "smtp: no recipients");
-    if (!safe_in_command(mail_from))
+    // Queue files spell the null sender "<>" (spool Envelope); on the wire it is MAIL FROM:<>.
+    const std::string from = mail_from == "<>" ? std::string() : mail_from;
+    if (!safe_in_command(from))
         return fail(ErrorKind::permanent, "smtp: unusable sender address '" + mail_from + "'");
     SendOutcome out;
     out.recipients.resize(rcpts.size());
@@ -110,7 +112,7 @@ Result<SendOutcome> SmtpTransport::send(const std::string& mail_from,
 
     auto session = MailSession::start(options_.relay, false, options_.helo_name, options_.timeouts);
     if (!session) return std::unexpected(session.error());
-    std::string mail = "MAIL FROM:<" + mail_from + ">";
+    std::string mail = "MAIL FROM:<" + from + ">";
     // Declare what we send when the server understands it (RFC 1870, RFC 6152).
     if (session->has_extension("SIZE")) mail += " SIZE=" + std::to_string(message.size());
     if (has_8bit(message)) {

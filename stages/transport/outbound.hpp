@@ -27,7 +27,7 @@ struct SendOutcome {
 class OutboundTransport {
   public:
     virtual ~OutboundTransport() = default;
-    // `mail_from` empty = null sender <>. `message` has CRLF line ends.
+    // `mail_from` empty or "<>" = null sender. `message` has CRLF line ends.
     virtual Result<SendOutcome> send(const std::string& mail_from,
                                      const std::vector<std::string>& rcpts,
                                      std::string_view message) = 0;

@@ -118,6 +118,22 @@ TEST(SmtpTransport, SendsThroughSmtpSinkWithEveryRecipient) {
     EXPECT_TRUE(dump.ends_with(to_lf(kMessage) + "\n")) << dump;
 }
 
+// Queue files spell the null sender "<>"; both that and "" become MAIL FROM:<>.
+TEST(SmtpTransport, NullSenderInBothSpellings) {
+    auto sink = test::start_smtp_sink();
+    ASSERT_TRUE(sink) << sink.error().message;
+    SmtpTransport t(options_for(**sink));
+    for (std::string from : {"", "<>"}) {
+        auto sent = t.send(from, {"a@pec.test"}, kMessage);
+        ASSERT_TRUE(sent) << sent.error().message;
+        EXPECT_TRUE(sent->all_accepted()) << from;
+    }
+    auto dumps = files_under((*sink)->dir() / "dump");
+    ASSERT_EQ(dumps.size(), 2u);
+    for (const auto& d : dumps)
+        EXPECT_NE(slurp(d).find("X-Mail-Args: <>\n"), std::string::npos) << slurp(d);
+}
+
 TEST(SmtpTransport, HardRejectedRecipientsArePermanentWithTheServersCode) {
     auto sink = test::start_smtp_sink({"-f", "RCPT"});
     ASSERT_TRUE(sink) << sink.error().message;
