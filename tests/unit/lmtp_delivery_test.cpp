@@ -1,7 +1,12 @@
 // LmtpDelivery against a real Dovecot LMTP started by the test (real-servers.md §6).
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <filesystem>
+#include <thread>
 
 #include "spool-layout/durable.hpp"
 #include "stages/transport/delivery.hpp"
@@ -116,6 +121,65 @@ TEST_F(LmtpDeliveryTest, StoppedServerIsATransientError) {
     auto o = d.deliver("utente@pec.test", kMessage);
     ASSERT_FALSE(o);
     EXPECT_EQ(o.error().kind, ErrorKind::transient) << o.error().message;
+}
+
+// Dovecot cannot be made to die between two per-recipient replies, so this one case uses a
+// scripted LMTP peer: it accepts both recipients, answers 250 for the first after DATA and
+// closes. The first recipient is delivered (a retry would duplicate it), only the second gets
+// a transient 4.4.2.
+TEST(LmtpScripted, ConnectionLostBetweenPerRecipientRepliesKeepsTheFirstOutcome) {
+    int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(listener, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    ASSERT_EQ(::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+    ASSERT_EQ(::listen(listener, 1), 0);
+    std::string received;
+    std::thread peer([listener, &received] {
+        int c = ::accept(listener, nullptr, nullptr);
+        if (c < 0) return;
+        auto say = [c](std::string_view s) { (void)!::write(c, s.data(), s.size()); };
+        // Reads until `marker` has arrived, so that the replies follow the client's commands.
+        auto wait_for = [c, &received](std::string_view marker) {
+            char buf[4096];
+            while (received.find(marker) == std::string::npos) {
+                ssize_t n = ::read(c, buf, sizeof buf);
+                if (n <= 0) return;
+                received.append(buf, static_cast<size_t>(n));
+            }
+        };
+        say("220 scripted LMTP\r\n");
+        wait_for("LHLO");
+        say("250-scripted\r\n250 ENHANCEDSTATUSCODES\r\n");
+        wait_for("MAIL FROM");
+        say("250 2.1.0 ok\r\n");
+        wait_for("RCPT TO:<a@pec.test>");
+        say("250 2.1.5 ok\r\n");
+        wait_for("RCPT TO:<b@pec.test>");
+        say("250 2.1.5 ok\r\n");
+        wait_for("DATA");
+        say("354 go\r\n");
+        wait_for("\r\n.\r\n");
+        say("250 2.0.0 <a@pec.test> Saved\r\n");
+        ::close(c);
+    });
+    LmtpOptions o;
+    o.endpoint = Endpoint{"", "127.0.0.1", ntohs(addr.sin_port)};
+    o.timeouts.command = std::chrono::seconds(5);
+    o.timeouts.data = std::chrono::seconds(5);
+    LmtpDelivery d(o);
+    auto all = d.deliver_all({"a@pec.test", "b@pec.test"}, kMessage);
+    peer.join();
+    ::close(listener);
+    ASSERT_TRUE(all) << all.error().message;
+    ASSERT_EQ(all->size(), 2u);
+    EXPECT_TRUE((*all)[0].accepted()) << (*all)[0].describe();
+    EXPECT_EQ((*all)[1].disposition, Disposition::transient_failure) << (*all)[1].describe();
+    EXPECT_EQ((*all)[1].status, "4.4.2");
+    EXPECT_NE(received.find("\r\n..\r\n"), std::string::npos) << "lone dot not stuffed";
 }
 
 }  // namespace
