@@ -64,10 +64,16 @@ DeliveryOutcome io_failure(const std::string& recipient, const Error& e) {
     return o;
 }
 
+// Creates missing tmp/new/cur; the mailbox dir is fsynced after a creation so that new/ (and
+// the mail about to be renamed into it) cannot vanish in a crash.
 Status ensure_maildir(const fs::path& box) {
-    for (const char* sub : {"tmp", "new", "cur"})
+    bool created = false;
+    for (const char* sub : {"tmp", "new", "cur"}) {
+        if (is_dir(box / sub)) continue;
         if (auto st = durable::make_dir(box / sub); !st) return st;
-    return {};
+        created = true;
+    }
+    return created ? durable::sync_dir(box) : Status{};
 }
 
 }  // namespace
