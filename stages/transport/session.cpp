@@ -328,6 +328,15 @@ Result<MailSession> MailSession::start(const Endpoint& endpoint, bool lmtp, std:
     }
     auto hello = s.command((lmtp ? "LHLO " : "EHLO ") + helo_name);
     if (!hello) return std::unexpected(hello.error());
+    // A server without ESMTP refuses EHLO as an unknown command: fall back to HELO (RFC 5321
+    // §3.2) and use no extensions.
+    if (!lmtp && (hello->code == 500 || hello->code == 502)) {
+        auto helo = s.command("HELO " + helo_name);
+        if (!helo) return std::unexpected(helo.error());
+        if (helo->code != 250)
+            return std::unexpected(reply_error(*helo, endpoint.describe() + " HELO"));
+        return s;
+    }
     if (hello->code != 250)
         return std::unexpected(
             reply_error(*hello, endpoint.describe() + (lmtp ? " LHLO" : " EHLO")));

@@ -134,6 +134,38 @@ TEST(SmtpTransport, NullSenderInBothSpellings) {
         EXPECT_NE(slurp(d).find("X-Mail-Args: <>\n"), std::string::npos) << slurp(d);
 }
 
+TEST(SmtpTransport, EightBitMessageIsDeclaredAsBody8BitMime) {
+    auto sink = test::start_smtp_sink();
+    ASSERT_TRUE(sink) << sink.error().message;
+    SmtpTransport t(options_for(**sink));
+    const std::string eight = "Subject: perch\xc3\xa8\r\n\r\ncaff\xc3\xa8\r\n";
+    auto sent = t.send("mittente@pec.example.it", {"a@pec.test"}, eight);
+    ASSERT_TRUE(sent) << sent.error().message;
+    EXPECT_TRUE(sent->all_accepted()) << sent->reply;
+    auto dumps = files_under((*sink)->dir() / "dump");
+    ASSERT_EQ(dumps.size(), 1u);
+    std::string dump = slurp(dumps[0]);
+    EXPECT_NE(dump.find("BODY=8BITMIME"), std::string::npos) << dump;
+    EXPECT_TRUE(dump.ends_with(to_lf(eight) + "\n")) << dump;
+}
+
+TEST(SmtpTransport, FallsBackToHeloWhenEhloIsRefused) {
+    auto sink = test::start_smtp_sink({"-f", "EHLO"});
+    ASSERT_TRUE(sink) << sink.error().message;
+    SmtpTransport t(options_for(**sink));
+    auto sent = t.send("mittente@pec.example.it", {"a@pec.test"}, kMessage);
+    ASSERT_TRUE(sent) << sent.error().message;
+    EXPECT_TRUE(sent->all_accepted()) << sent->reply;
+    auto dumps = files_under((*sink)->dir() / "dump");
+    ASSERT_EQ(dumps.size(), 1u);
+    EXPECT_NE(slurp(dumps[0]).find("X-Client-Proto: SMTP\n"), std::string::npos) << slurp(dumps[0]);
+    // Without EHLO there is no 8BITMIME: an 8-bit message is refused, not sent corrupted.
+    auto eight =
+        t.send("mittente@pec.example.it", {"a@pec.test"}, "Subject: \xc3\xa8\r\n\r\nx\r\n");
+    ASSERT_FALSE(eight);
+    EXPECT_EQ(eight.error().kind, ErrorKind::permanent) << eight.error().message;
+}
+
 TEST(SmtpTransport, HardRejectedRecipientsArePermanentWithTheServersCode) {
     auto sink = test::start_smtp_sink({"-f", "RCPT"});
     ASSERT_TRUE(sink) << sink.error().message;
