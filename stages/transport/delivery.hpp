@@ -1,0 +1,93 @@
+// Final delivery of a message into a recipient's mailbox.
+//
+// The Result's error is for failures that concern no recipient in particular (server down,
+// connection lost, mailbox root missing): always worth a retry, so ErrorKind::transient except
+// for configuration mistakes. Everything the mailbox store says about one recipient (unknown
+// mailbox 5.1.1, over quota 4.2.2, disk full 4.3.1) is a per-recipient DeliveryOutcome.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "stages/common/result.hpp"
+#include "stages/transport/outcome.hpp"
+#include "stages/transport/session.hpp"
+
+namespace pecd::transport {
+
+using DeliveryOutcome = RecipientOutcome;
+
+class MailboxDelivery {
+  public:
+    virtual ~MailboxDelivery() = default;
+    // `message` has CRLF line ends.
+    virtual Result<DeliveryOutcome> deliver(const std::string& recipient,
+                                            std::string_view message) = 0;
+    // One outcome per recipient, in order. The default delivers one by one; LMTP does all of
+    // them in one transaction with one reply per recipient (RFC 2033 §4.2).
+    virtual Result<std::vector<DeliveryOutcome>> deliver_all(
+        const std::vector<std::string>& recipients, std::string_view message);
+    virtual std::string describe() const = 0;
+};
+
+// Splits "local@domain" and lower-cases it; nullopt for anything that cannot name a mailbox
+// safely (no '@', empty parts, '/', leading '.', control characters, spaces, <>).
+struct MailboxAddress {
+    std::string local;
+    std::string domain;
+};
+std::optional<MailboxAddress> parse_mailbox_address(std::string_view address);
+
+struct MaildirOptions {
+    std::filesystem::path root;  // <root>/<domain>/<local>/{tmp,new,cur}
+    // false: a mailbox exists only if its directory exists (unknown → 5.1.1), the provider's
+    // mailbox list is the directory tree. true: any address of any domain gets a Maildir on
+    // first delivery (demo and tests without provisioning).
+    bool auto_create = false;
+};
+
+// Embedded default. qmail-style delivery: unique name in tmp/, write, fsync, rename into new/,
+// fsync new/. A crash leaves at most a stray file in tmp/, never a partial message in new/.
+// The message bytes are stored unchanged (CRLF kept: signed PEC envelopes stay byte-exact).
+class MaildirDelivery final : public MailboxDelivery {
+  public:
+    explicit MaildirDelivery(MaildirOptions options);
+    Result<DeliveryOutcome> deliver(const std::string& recipient,
+                                    std::string_view message) override;
+    std::string describe() const override;
+    // The Maildir of an address (whether it exists or not), or nullopt for an unusable address.
+    std::optional<std::filesystem::path> mailbox_path(std::string_view recipient) const;
+
+  private:
+    MaildirOptions options_;
+};
+
+struct LmtpOptions {
+    Endpoint endpoint;  // Dovecot: 127.0.0.1:24 or unix:/run/dovecot/lmtp
+    std::string lhlo_name = "localhost";
+    std::string sender;  // MAIL FROM; empty or "<>" = null sender
+    MailSession::Timeouts timeouts;
+};
+
+// Real mailbox store: an LMTP client (RFC 2033).
+class LmtpDelivery final : public MailboxDelivery {
+  public:
+    explicit LmtpDelivery(LmtpOptions options) : options_(std::move(options)) {}
+    Result<DeliveryOutcome> deliver(const std::string& recipient,
+                                    std::string_view message) override;
+    Result<std::vector<DeliveryOutcome>> deliver_all(const std::vector<std::string>& recipients,
+                                                     std::string_view message) override;
+    std::string describe() const override { return "lmtp " + options_.endpoint.describe(); }
+
+  private:
+    LmtpOptions options_;
+};
+
+// True when `address` can go into "<...>" of MAIL FROM / RCPT TO without breaking the command.
+bool safe_in_command(std::string_view address);
+
+}  // namespace pecd::transport
