@@ -399,9 +399,11 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
             if (!st) return abandon(st.error());
         }
     }
-    // Ordering point 2: the commits (renames) are durable before any input disappears. A
-    // journaling filesystem already orders the rename before the unlink.
-    if (options_.sync == SyncMode::strict)
+    // Ordering point 2: output-set commits (renames) are durable before any input disappears.
+    // In-place hops and deferrals unlink nothing, so a batch of them skips it.
+    bool has_output_sets = std::any_of(items.begin(), items.end(),
+                                       [](const Claimed& c) { return c.outcome == Claimed::Outcome::ok; });
+    if (has_output_sets)
         if (auto st = sync_point({}, {active_dir_}); !st) return std::unexpected(st.error());
 
     std::vector<fs::path> touched{active_dir_};

@@ -53,12 +53,10 @@ using StageFunction = std::function<Result<std::vector<StageOutput>>(const Stage
 StageFunction pass_through(std::string destination);
 
 enum class SyncMode {
-    // fdatasync every file and fsync every directory at each of the three ordering points:
-    // makes no assumption about the filesystem.
+    // fdatasync every file and fsync every directory at each ordering point.
     strict,
-    // Group commit: one syncfs() before the commit renames (output data durable) and one after
-    // the batch. Relies on the spool filesystem persisting directory operations in the order they
-    // were made, as journaling filesystems (ext4, XFS) do.
+    // Group commit: one syncfs() per ordering point for the whole batch. Same ordering as strict;
+    // syncfs also flushes what other processes wrote on the spool filesystem.
     batch,
 };
 

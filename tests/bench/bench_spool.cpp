@@ -1,6 +1,7 @@
 // Spool bench: prints figures, asserts nothing.
 //
 //   bench_spool BIN_DIR [messages=5000] [size=10240] [big_spool_files=1000000] [enqueue_concurrency=16]
+//               [sync=batch|strict]
 //
 // 1. enqueue rate: `messages` pec-enqueue processes (one per message, as Postfix's pipe(8)
 //    runs them), `enqueue_concurrency` at a time, each exiting only once its file is durable;
@@ -69,12 +70,14 @@ int main(int argc, char** argv) {
     size_t size = argc > 3 ? std::stoul(argv[3]) : 10240;
     long big = argc > 4 ? std::atol(argv[4]) : 1'000'000;
     int concurrency = argc > 5 ? std::atoi(argv[5]) : 16;
+    std::string sync = argc > 6 ? argv[6] : "batch";
+    setvbuf(stdout, nullptr, _IOLBF, 0);  // figures survive whatever happens later
 
     fs::path dir = fs::temp_directory_path() / ("pecd-bench." + std::to_string(::getpid()));
     fs::create_directories(dir);
     fs::path conf = dir / "pecd.conf";
     std::ofstream(conf) << "[spool]\ndirectory = " << (dir / "spool").string()
-                        << "\n[runner]\nbatch_size = 128\nrescan_interval = 1s\n";
+                        << "\n[runner]\nbatch_size = 128\nrescan_interval = 1s\nsync = " << sync << "\n";
     pecd::testing::run({(bin / "pecd").string(), "-c", conf.string(), "init"}, {.stdout_path = "/dev/null"});
     spool::Spool sp(dir / "spool");
     std::string body = "From: a@pec.alpha.test\r\nTo: b@pec.beta.test\r\nSubject: bench\r\n\r\n";
@@ -83,8 +86,8 @@ int main(int argc, char** argv) {
     fs::path input = dir / "msg.eml";
     std::ofstream(input, std::ios::binary) << body;
 
-    std::printf("pecd spool bench: %d messages of %zu bytes, %u cores, spool on %s\n", messages, size,
-                std::thread::hardware_concurrency(), dir.c_str());
+    std::printf("pecd spool bench: %d messages of %zu bytes, %u cores, sync = %s, spool on %s\n", messages,
+                size, std::thread::hardware_concurrency(), sync.c_str(), dir.c_str());
 
     // 1. enqueue
     std::atomic<int> next{0}, failed{0};
@@ -166,6 +169,8 @@ int main(int argc, char** argv) {
         std::printf("restart over %ld queue files: first message through after %.3f s (recovery of 100 claimed files included)\n",
                     big, seconds_since(t0));
     }
-    fs::remove_all(dir);
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+    if (ec) std::printf("cleanup of %s failed: %s\n", dir.c_str(), ec.message().c_str());
     return 0;
 }
