@@ -249,13 +249,20 @@ Result<Lines> read_lines(const fs::path& path) {
     return out;
 }
 
-Result<durable::Fd> lock_stream(const fs::path& directory, std::string_view stream, bool wait) {
+Result<durable::Fd> lock_stream(const fs::path& directory, std::string_view stream, bool patient) {
     auto dir = directory / "locks";
     if (auto st = durable::make_dir(dir, 0750); !st) return std::unexpected(st.error());
     auto fd = durable::open_file(dir / (std::string(stream) + ".lock"),
                                  O_RDWR | O_CREAT | O_CLOEXEC, 0640);
     if (!fd) return std::unexpected(fd.error());
-    if (::flock(fd->get(), LOCK_EX | (wait ? 0 : LOCK_NB)) != 0) {
+    int rc = ::flock(fd->get(), LOCK_EX | LOCK_NB);
+    // The sealer holds a stream's lock for a moment while it closes a dead writer's file: a
+    // starting writer waits that out, a live writer is reported.
+    for (int i = 0; patient && rc != 0 && errno == EWOULDBLOCK && i < 100; ++i) {
+        ::usleep(10'000);
+        rc = ::flock(fd->get(), LOCK_EX | LOCK_NB);
+    }
+    if (rc != 0) {
         if (errno == EWOULDBLOCK)
             return fail(ErrorKind::conflict,
                         "legal log stream " + std::string(stream) + " is held by another writer");
@@ -398,7 +405,7 @@ Result<std::unique_ptr<Writer>> Writer::open(WriterOptions options) {
         return std::unexpected(st.error());
     std::unique_ptr<Writer> w(new Writer(std::move(options)));
     std::string stream = w->options_.node + "." + w->options_.stage;
-    auto lock = lock_stream(w->options_.directory, stream, false);
+    auto lock = lock_stream(w->options_.directory, stream, /*patient=*/true);
     if (!lock) return std::unexpected(lock.error());
     w->lock_ = std::move(*lock);
     w->head_ = std::string(kGenesis);
@@ -457,6 +464,9 @@ Result<std::unique_ptr<Writer>> Writer::open(WriterOptions options) {
 
 Status Writer::open_new_file() {
     int64_t opened = now();
+    // Streams are ordered by opening time: a clock stepped back must not put a file before its
+    // predecessor.
+    if (auto prev = parse_file_name(last_file_)) opened = std::max(opened, prev->opened_us + 1);
     while (true) {
         day_ = day_of(opened);
         char hex[32];

@@ -299,6 +299,19 @@ TEST(LegalLog, ReopeningContinuesTodaysFileAndClosesYesterdays) {
     EXPECT_EQ(report.records, 3u);
 }
 
+TEST(LegalLog, ClockSteppedBackKeepsFilesInOrder) {
+    TempDir dir("legallog");
+    FixedClock clock;
+    auto w = open_writer(dir.path(), "wrap", clock.clock());
+    ASSERT_TRUE(w->append(make_record(1)) && w->sync() && w->close());
+    clock.now -= 3'600'000'000LL;  // NTP steps the clock back an hour
+    ASSERT_TRUE(w->append(make_record(2)) && w->sync());
+    auto files = *list_files(dir.path());
+    ASSERT_EQ(files.size(), 2u);
+    EXPECT_EQ(files.back(), w->current_file());
+    EXPECT_TRUE(must_verify(dir.path()).ok());
+}
+
 TEST(LegalLog, OneWriterPerStream) {
     TempDir dir("legallog");
     auto w = open_writer(dir.path(), "wrap", {});
