@@ -345,6 +345,55 @@ TEST(LegalLog, FailedSyncCutsTheBatchAndTheChainStaysValid) {
     EXPECT_TRUE(must_verify(dir.path()).ok());
 }
 
+TEST(LegalLog, FailedWriteLeavesNothingBehind) {
+    TempDir dir("legallog");
+    auto w = open_writer(dir.path(), "wrap", {});
+    ASSERT_TRUE(w->append(make_record(1)) && w->sync());
+    auto size = fs::file_size(w->current_file());
+    ASSERT_TRUE(durable::set_faults("write=ENOSPC@1x1"));
+    auto st = w->append(make_record(2));
+    durable::clear_faults();
+    ASSERT_FALSE(st);
+    EXPECT_EQ(fs::file_size(w->current_file()), size);
+    ASSERT_TRUE(w->append(make_record(3)) && w->sync());
+    EXPECT_EQ(search(dir.path(), {})->size(), 2u);
+    EXPECT_TRUE(must_verify(dir.path()).ok());
+}
+
+TEST(LegalLog, SettingsFromPecdConf) {
+    auto config = Config::parse(
+        "[legallog]\ndirectory = /srv/legallog\ntsa_url = http://tsa.example:318/ts\n"
+        "node = n2\nretention = 36months\nmax_file_size = 1M\n");
+    ASSERT_TRUE(config);
+    auto s = settings(*config);
+    ASSERT_TRUE(s) << s.error().message;
+    EXPECT_EQ(s->directory, "/srv/legallog");
+    EXPECT_EQ(s->tsa_url, "http://tsa.example:318/ts");
+    EXPECT_EQ(s->node, "n2");
+    EXPECT_EQ(s->retention.months, 36);
+    EXPECT_EQ(s->max_file_size, 1024u * 1024u);
+    auto defaults = settings(*Config::parse(""));
+    ASSERT_TRUE(defaults);
+    EXPECT_EQ(defaults->retention.months, 30);
+    auto bad = settings(*Config::parse("[legallog]\n\nretention = forever\n", "pecd.conf"));
+    ASSERT_FALSE(bad);
+    EXPECT_EQ(bad.error().kind, ErrorKind::config);
+    EXPECT_NE(bad.error().message.find("pecd.conf:3"), std::string::npos) << bad.error().message;
+}
+
+TEST(LegalLog, PecqReadsTheDirectoryFromTheConfig) {
+    TempDir dir("legallog");
+    closed_file(dir.path() / "log", 2);
+    pecd::test::write_file(dir.path() / "pecd.conf", "[legallog]\ndirectory = log\n");
+    auto r = pecd::test::run(kPecq + " -c " + quote(dir.path() / "pecd.conf") +
+                             " log --sender mittente@pec.alpha.test");
+    EXPECT_EQ(r.status, 0) << r.output;
+    EXPECT_NE(r.output.find("-- 2 record(s)"), std::string::npos) << r.output;
+    r = pecd::test::run(kPecq + " -c " + quote(dir.path() / "pecd.conf") +
+                        " log verify --json | jq -r .ok,.records");
+    EXPECT_EQ(r.output, "true\n2\n");
+}
+
 TEST(LegalLog, ConcurrentStageProcessesKeepEveryRecordAndEveryChain) {
     TempDir dir("legallog");
     constexpr int kProcs = 4, kBatches = 40, kBatch = 16;
