@@ -12,6 +12,8 @@
 #include "spool-layout/queue_id.hpp"
 #include "stages/common/config.hpp"
 #include "stages/common/json.hpp"
+#include "stages/legallog/legal_log.hpp"
+#include "stages/legallog/seal.hpp"
 #include "stages/pec/inspect.hpp"
 #include "stages/runner/settings.hpp"
 
@@ -51,6 +53,155 @@ void write_envelope(json::Writer& w, const spool::Envelope& env) {
 int fail_with(const Error& e) {
     std::fprintf(stderr, "pecq: %s\n", e.message.c_str());
     return e.kind == ErrorKind::not_found ? 3 : 1;
+}
+
+// `pecq log`: the legal log needs no spool, only its directory (--dir or [legallog] directory).
+struct LogArgs {
+    std::string dir, id, sender, recipient, since, until, ca, tsa_url;
+    bool json = false;
+};
+
+int run_log(const std::string& config_file, LogArgs& a, bool verify, bool seal) {
+    legallog::Settings settings;
+    if (a.dir.empty() || (seal && a.tsa_url.empty())) {
+        auto config = Config::load(runner::config_path(config_file));
+        if (!config) return fail_with(config.error());
+        auto s = legallog::settings(*config);
+        if (!s) return fail_with(s.error());
+        settings = *s;
+    }
+    std::filesystem::path dir = a.dir.empty() ? settings.directory : std::filesystem::path(a.dir);
+    if (verify) {
+        legallog::VerifyOptions opts;
+        opts.directory = dir;
+        opts.ca_file = a.ca;
+        auto report = legallog::verify(opts);
+        if (!report) return fail_with(report.error());
+        if (a.json) {
+            json::Writer w;
+            w.begin_object()
+                .key("ok")
+                .value(report->ok())
+                .key("files")
+                .value(uint64_t(report->files));
+            w.key("records")
+                .value(uint64_t(report->records))
+                .key("sealed")
+                .value(uint64_t(report->sealed));
+            w.key("awaiting_seal")
+                .value(uint64_t(report->unsealed_closed))
+                .key("open")
+                .value(uint64_t(report->open));
+            w.key("problems").begin_array();
+            for (const auto& p : report->problems)
+                w.begin_object()
+                    .key("file")
+                    .value(p.file.string())
+                    .key("line")
+                    .value(uint64_t(p.line))
+                    .key("message")
+                    .value(p.message)
+                    .end_object();
+            w.end_array().end_object();
+            std::printf("%s\n", w.str().c_str());
+        } else {
+            for (const auto& p : report->problems)
+                std::printf("%s:%zu: %s\n", p.file.c_str(), p.line, p.message.c_str());
+            std::printf(
+                "%zu file(s), %zu record(s), %zu sealed, %zu closed awaiting a seal, %zu open: "
+                "%s%s\n",
+                report->files, report->records, report->sealed, report->unsealed_closed,
+                report->open, report->ok() ? "OK" : "BAD",
+                a.ca.empty() && report->sealed ? " (signatures not checked: no --ca)" : "");
+        }
+        return report->ok() ? 0 : 1;
+    }
+    if (seal) {
+        legallog::SealOptions opts;
+        opts.directory = dir;
+        opts.tsa_url = a.tsa_url.empty() ? settings.tsa_url : a.tsa_url;
+        opts.tsa_ca = a.ca.empty() ? settings.tsa_ca : std::filesystem::path(a.ca);
+        auto report = legallog::seal_pending(opts);
+        if (!report) return fail_with(report.error());
+        for (const auto& f : report->closed) std::printf("closed:  %s\n", f.c_str());
+        for (const auto& f : report->sealed) std::printf("sealed:  %s\n", f.c_str());
+        for (const auto& f : report->pending) std::printf("pending: %s\n", f.c_str());
+        if (!report->pending.empty())
+            std::fprintf(stderr, "pecq: %s\n", report->last_error.c_str());
+        return report->pending.empty() ? 0 : 1;
+    }
+    legallog::Query q;
+    q.id = a.id;
+    q.sender = a.sender;
+    q.recipient = a.recipient;
+    if (!a.since.empty()) {
+        auto t = legallog::parse_time_arg(a.since, false);
+        if (!t) return fail_with(t.error()), 2;
+        q.since_us = *t;
+    }
+    if (!a.until.empty()) {
+        auto t = legallog::parse_time_arg(a.until, true);
+        if (!t) return fail_with(t.error()), 2;
+        q.until_us = *t;
+    }
+    auto found = legallog::search(dir, q);
+    if (!found) return fail_with(found.error());
+    if (a.json) {
+        json::Writer w;
+        w.begin_array();
+        for (const auto& f : *found) {
+            const auto& r = f.record;
+            w.begin_object().key("time_us").value(r.time_us).key("time").value(r.legal_time);
+            w.key("event")
+                .value(legallog::to_string(r.event))
+                .key("identificativo")
+                .value(r.identificativo);
+            w.key("message_id")
+                .value(r.message_id)
+                .key("sender")
+                .value(r.sender)
+                .key("recipients")
+                .begin_array();
+            for (const auto& x : r.recipients) w.value(x);
+            w.end_array().key("subject").value(r.subject).key("related").begin_array();
+            for (const auto& x : r.related) w.value(x);
+            w.end_array()
+                .key("provider")
+                .value(r.provider)
+                .key("node")
+                .value(r.node)
+                .key("stage")
+                .value(r.stage);
+            w.key("detail")
+                .value(r.detail)
+                .key("file")
+                .value(f.file.filename().string())
+                .key("line")
+                .value(uint64_t(f.line));
+            w.end_object();
+        }
+        w.end_array();
+        std::printf("%s\n", w.str().c_str());
+        return 0;
+    }
+    for (const auto& f : *found) {
+        const auto& r = f.record;
+        std::string rcpts;
+        for (const auto& x : r.recipients) rcpts += (rcpts.empty() ? "" : ",") + x;
+        std::printf("%s  %-16s %s  %s -> %s  \"%s\"", r.legal_time.c_str(),
+                    std::string(legallog::to_string(r.event)).c_str(), r.identificativo.c_str(),
+                    r.sender.empty() ? "<>" : r.sender.c_str(), rcpts.c_str(), r.subject.c_str());
+        if (!r.related.empty()) {
+            std::string rel;
+            for (const auto& x : r.related) rel += (rel.empty() ? "" : ",") + x;
+            std::printf("  related: %s", rel.c_str());
+        }
+        if (!r.detail.empty()) std::printf("  (%s)", r.detail.c_str());
+        std::printf("  [%s/%s %s:%zu]\n", r.node.c_str(), r.stage.c_str(),
+                    f.file.filename().c_str(), f.line);
+    }
+    std::printf("-- %zu record(s)\n", found->size());
+    return 0;
 }
 
 }  // namespace
@@ -106,7 +257,37 @@ int main(int argc, char** argv) {
     inspect->add_flag("--at-signing-time", at_signing_time, "check validity at the signing time (archived messages)");
     inspect->add_flag("--json", as_json, "JSON output");
 
+    LogArgs log_args;
+    auto* log_cmd =
+        app.add_subcommand("log", "search the legal log by message id, sender, recipient, time");
+    log_cmd->require_subcommand(0, 1);
+    log_cmd->add_option("--dir", log_args.dir,
+                        "legal log directory (default: [legallog] directory)");
+    log_cmd->add_option("--id", log_args.id,
+                        "PEC identificativo, Message-ID or id of a related message");
+    log_cmd->add_option("--sender", log_args.sender, "sender address");
+    log_cmd->add_option("--recipient", log_args.recipient, "recipient address");
+    log_cmd->add_option("--since", log_args.since, "YYYY-MM-DD[THH:MM[:SS]] UTC, or @microseconds");
+    log_cmd->add_option("--until", log_args.until,
+                        "YYYY-MM-DD[THH:MM[:SS]] UTC (a bare day: to its end), or @microseconds");
+    log_cmd->add_flag("--json", log_args.json, "JSON output");
+    auto* log_verify = log_cmd->add_subcommand(
+        "verify", "check every chain and time stamp; names the first bad record (exit 1 then)");
+    log_verify->add_option("--dir", log_args.dir,
+                           "legal log directory (default: [legallog] directory)");
+    log_verify->add_option("--ca", log_args.ca,
+                           "TSA trust anchor: check the time-stamp signatures and chains too");
+    log_verify->add_flag("--json", log_args.json, "JSON output");
+    auto* log_seal =
+        log_cmd->add_subcommand("seal", "close stale files and time-stamp every closed file now");
+    log_seal->add_option("--dir", log_args.dir,
+                         "legal log directory (default: [legallog] directory)");
+    log_seal->add_option("--tsa-url", log_args.tsa_url, "TSA URL (default: [legallog] tsa_url)");
+    log_seal->add_option("--ca", log_args.ca, "TSA trust anchor (default: [legallog] tsa_ca)");
+
     CLI11_PARSE(app, argc, argv);
+
+    if (*log_cmd) return run_log(config_file, log_args, log_verify->parsed(), log_seal->parsed());
 
     if (*inspect) {
         // Needs no spool: administrators run it on anything a user forwards them.
