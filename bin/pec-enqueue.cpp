@@ -5,14 +5,11 @@
 //
 //   master.cf: pecd unix - n n - - pipe flags=q user=pecd
 //                argv=/usr/local/bin/pec-enqueue -f ${sender} -u ${sasl_username} -a ${client_address} -- ${recipient}
-#include <sys/file.h>
-
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <vector>
 
-#include "spool-layout/queue_file.hpp"
-#include "spool-layout/queue_id.hpp"
+#include "spool-layout/enqueue.hpp"
 #include "spool-layout/spool.hpp"
 #include "stages/common/config.hpp"
 #include "stages/runner/settings.hpp"
@@ -57,58 +54,17 @@ int main(int argc, char** argv) {
     if (!spool) return temp_fail(spool.error().message);
 
     spool::Envelope env;
-    env.arrival_us = spool::now_us();
-    env.id = spool::new_queue_id(env.arrival_us);
     env.sender = sender;
     env.recipients = recipients;
     env.user = user;
     env.client = client;
-    env.history.push_back({"enqueue", env.arrival_us, "pec-enqueue"});
-
-    std::filesystem::path tmp = spool->tmp_dir() / env.id;
-    auto fd = durable::open_file(tmp, O_WRONLY | O_CREAT | O_EXCL, 0600);
-    if (!fd) return temp_fail(fd.error().message);
-    // The lock tells `pecd classify` start-up that this temporary file is still being written.
-    ::flock(fd->get(), LOCK_EX);
-    auto abandon = [&](const std::string& why, int code) {
-        ::unlink(tmp.c_str());
-        if (code == kTempFail) return temp_fail(why);
-        std::fprintf(stderr, "%s\n", why.c_str());
-        return code;
-    };
-
-    std::string header = spool::encode_header(env, 0);
-    if (auto st = durable::write_all(fd->get(), header); !st) return abandon(st.error().message, kTempFail);
-    uint64_t size = 0;
-    std::vector<char> buf(1 << 16);
-    while (true) {
-        ssize_t n = ::read(STDIN_FILENO, buf.data(), buf.size());
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return abandon(std::string("reading the message: ") + std::strerror(errno), kTempFail);
+    auto id = spool::enqueue_message(*spool, std::move(env), STDIN_FILENO, settings->max_message_size);
+    if (!id) {
+        if (id.error().kind == ErrorKind::permanent) {
+            std::fprintf(stderr, "%s\n", id.error().message.c_str());
+            return settings->oversize_bounces ? kUnavailable : kTempFail;
         }
-        if (n == 0) break;
-        size += static_cast<uint64_t>(n);
-        if (size > settings->max_message_size) {
-            std::string why = "5.3.4 message size exceeds the limit of " +
-                              std::to_string(settings->max_message_size) + " bytes";
-            return abandon(why, settings->oversize_bounces ? kUnavailable : kTempFail);
-        }
-        if (auto st = durable::write_all(fd->get(), std::string_view(buf.data(), static_cast<size_t>(n))); !st)
-            return abandon(st.error().message, kTempFail);
-    }
-    auto st = durable::pwrite_all(fd->get(), spool::format_body_size(size),
-                                  static_cast<off_t>(spool::body_size_field_offset(header)));
-    if (st) st = durable::sync_data(fd->get());
-    if (!st) return abandon(st.error().message, kTempFail);
-    std::filesystem::path queue = spool->queue_dir(spool::kStages.front());
-    if (auto moved = durable::rename_noreplace(tmp, queue / env.id); !moved)
-        return abandon(moved.error().message, kTempFail);
-    // The rename is the commit; the directory fsync makes it survive a power loss. If that fsync
-    // fails the file may or may not survive: defer, and let Postfix retry (a duplicate at worst).
-    if (auto synced = durable::sync_dir(queue); !synced) {
-        ::unlink((queue / env.id).c_str());
-        return temp_fail(synced.error().message);
+        return temp_fail(id.error().message);
     }
     return 0;
 }

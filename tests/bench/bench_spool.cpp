@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "spool-layout/durable.hpp"
+#include "spool-layout/enqueue.hpp"
 #include "spool-layout/queue_file.hpp"
 #include "spool-layout/queue_id.hpp"
 #include "spool-layout/spool.hpp"
@@ -105,6 +106,29 @@ int main(int argc, char** argv) {
     double enqueue_s = seconds_since(t0);
     std::printf("enqueue: %.0f messages/s (%d pec-enqueue processes, %d at a time, %.2f s, %d failed)\n",
                 messages / enqueue_s, messages, concurrency, enqueue_s, failed.load());
+
+    // 1b. the same commit without a process per message: the spool's own cost.
+    {
+        spool::Spool own(dir / "spool-inproc");
+        (void)spool::Spool::open(own.root(), true);
+        std::atomic<int> n{0};
+        auto t1 = Clock::now();
+        std::vector<std::thread> writers;
+        for (int c = 0; c < concurrency; ++c)
+            writers.emplace_back([&] {
+                while (n++ < messages) {
+                    durable::Fd in(::open(input.c_str(), O_RDONLY | O_CLOEXEC));
+                    spool::Envelope env;
+                    env.sender = "a@pec.alpha.test";
+                    env.recipients = {"b@pec.beta.test"};
+                    if (!spool::enqueue_message(own, env, in.get(), 1 << 30)) failed++;
+                }
+            });
+        for (auto& t : writers) t.join();
+        double s = seconds_since(t1);
+        std::printf("enqueue in-process: %.0f messages/s (%d threads, same durable commit, no process spawn)\n",
+                    messages / s, concurrency);
+    }
 
     // 2. full chain
     std::vector<pid_t> stages;
