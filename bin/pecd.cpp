@@ -175,10 +175,13 @@ int main(int argc, char** argv) {
             // one and swapped in; messages in hand finish with the snapshot they started with.
             // [spool] and [runner] changes need a restart.
             auto fresh = Config::load(config->source());
-            Status reloaded = fresh ? reload_stage_context(*context, *fresh) : Status(std::unexpected(fresh.error()));
-            if (reloaded) PECD_LOG(info) << "SIGHUP: configuration reloaded from " << config->source();
-            else PECD_LOG(error) << "SIGHUP: reload failed, keeping the running configuration: "
-                                 << reloaded.error().message;
+            Status reloaded = fresh ? reload_stage_context(*context, *fresh)
+                                    : Status(std::unexpected(fresh.error()));
+            if (reloaded)
+                PECD_LOG(info) << "SIGHUP: configuration reloaded from " << config->source();
+            else
+                PECD_LOG(error) << "SIGHUP: reload failed, keeping the running configuration: "
+                                << reloaded.error().message;
             continue;
         }
         PECD_LOG(info) << "signal " << sig << ": finishing the batch in hand";

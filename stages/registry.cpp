@@ -14,13 +14,16 @@ Result<StageContext> make_stage_context(const Config& config) {
     return context;
 }
 
-Result<runner::StageFunction> make_stage_function(std::string_view stage, const StageContext& context) {
+Result<runner::StageFunction> make_stage_function(std::string_view stage,
+                                                  const StageContext& context) {
     if (context.provider) return provider::make_stage(stage, context.provider);
-    // No provider configured: classify -> wrap -> verify -> deliver -> receipt -> outbound -> outbox.
+    // No provider configured: classify -> wrap -> verify -> deliver -> receipt -> outbound ->
+    // outbox.
     const auto& stages = spool::kStages;
     for (size_t i = 0; i < stages.size(); ++i) {
         if (stages[i] != stage) continue;
-        std::string next = i + 1 < stages.size() ? std::string(stages[i + 1]) : std::string(spool::kOutbox);
+        std::string next =
+            i + 1 < stages.size() ? std::string(stages[i + 1]) : std::string(spool::kOutbox);
         return runner::pass_through(next);
     }
     return fail(ErrorKind::config, "unknown stage '" + std::string(stage) + "'");
@@ -29,11 +32,13 @@ Result<runner::StageFunction> make_stage_function(std::string_view stage, const 
 Status reload_stage_context(const StageContext& context, const Config& config) {
     if (!context.provider) {
         if (provider::provider_configured(config))
-            return fail(ErrorKind::config, "a [provider] section appeared: restart pecd to start the PEC stages");
+            return fail(ErrorKind::config,
+                        "a [provider] section appeared: restart pecd to start the PEC stages");
         return {};
     }
     if (!provider::provider_configured(config))
-        return fail(ErrorKind::config, "the [provider] section is gone: keeping the running provider");
+        return fail(ErrorKind::config,
+                    "the [provider] section is gone: keeping the running provider");
     return context.provider->reload(config);
 }
 

@@ -19,7 +19,8 @@ struct StageContext {
 };
 
 Result<StageContext> make_stage_context(const Config& config);
-Result<runner::StageFunction> make_stage_function(std::string_view stage, const StageContext& context);
+Result<runner::StageFunction> make_stage_function(std::string_view stage,
+                                                  const StageContext& context);
 // Rebuilds the provider from `config` and swaps it in; the running one stays on failure.
 Status reload_stage_context(const StageContext& context, const Config& config);
 // Every problem of the stage configuration, with its line (pecd check-config).

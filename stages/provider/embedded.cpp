@@ -37,7 +37,9 @@ Status create_maildir(const fs::path& root, std::string_view address) {
     for (const char* sub : {"tmp", "new", "cur"}) {
         std::error_code ec;
         fs::create_directories(box / sub, ec);
-        if (ec) return fail(ErrorKind::transient, "create " + (box / sub).string() + ": " + ec.message());
+        if (ec)
+            return fail(ErrorKind::transient,
+                        "create " + (box / sub).string() + ": " + ec.message());
     }
     return {};
 }
@@ -68,31 +70,33 @@ std::function<Result<RecipientStatus>(const std::string&, std::string_view)> mai
             return context(w.error(), "maildir " + recipient);
         if (auto r = durable::rename_file(box / "tmp" / name, box / "new" / name); !r)
             return context(r.error(), "maildir " + recipient);
-        if (auto s = durable::sync_dir(box / "new"); !s) return context(s.error(), "maildir " + recipient);
+        if (auto s = durable::sync_dir(box / "new"); !s)
+            return context(s.error(), "maildir " + recipient);
         return st;
     };
 }
 
-std::function<Result<std::vector<RecipientStatus>>(const std::string&,
-                                                   const std::vector<std::string>&,
-                                                   std::string_view)>
+std::function<Result<std::vector<RecipientStatus>>(
+    const std::string&, const std::vector<std::string>&, std::string_view)>
 outbox_sender(fs::path dir) {
-    return [dir = std::move(dir)](const std::string& from, const std::vector<std::string>& rcpts,
-                                  std::string_view message) -> Result<std::vector<RecipientStatus>> {
-        if (auto st = durable::make_dir(dir); !st) return context(st.error(), "outbox");
-        spool::Envelope env;
-        env.arrival_us = spool::now_us();
-        env.id = spool::new_queue_id(env.arrival_us);
-        env.sender = from;
-        env.recipients = rcpts;
-        std::string file = spool::encode_header(env, message.size());
-        file += message;
-        if (auto st = durable::write_file_atomic(dir / env.id, file); !st)
-            return context(st.error(), "outbox");
-        std::vector<RecipientStatus> out;
-        for (const auto& r : rcpts) out.push_back({r, Outcome::ok, "2.0.0", "queued as " + env.id});
-        return out;
-    };
+    return
+        [dir = std::move(dir)](const std::string& from, const std::vector<std::string>& rcpts,
+                               std::string_view message) -> Result<std::vector<RecipientStatus>> {
+            if (auto st = durable::make_dir(dir); !st) return context(st.error(), "outbox");
+            spool::Envelope env;
+            env.arrival_us = spool::now_us();
+            env.id = spool::new_queue_id(env.arrival_us);
+            env.sender = from;
+            env.recipients = rcpts;
+            std::string file = spool::encode_header(env, message.size());
+            file += message;
+            if (auto st = durable::write_file_atomic(dir / env.id, file); !st)
+                return context(st.error(), "outbox");
+            std::vector<RecipientStatus> out;
+            for (const auto& r : rcpts)
+                out.push_back({r, Outcome::ok, "2.0.0", "queued as " + env.id});
+            return out;
+        };
 }
 
 bool contains_eicar(std::string_view message) {
@@ -100,7 +104,8 @@ bool contains_eicar(std::string_view message) {
     if (message.find(kEicar) != std::string_view::npos) return true;
     // Attachments travel encoded: look at every decoded leaf too.
     pec::ensure_gmime();
-    pec::GPtr<GMimeStream> stream(g_mime_stream_mem_new_with_buffer(message.data(), message.size()));
+    pec::GPtr<GMimeStream> stream(
+        g_mime_stream_mem_new_with_buffer(message.data(), message.size()));
     pec::GPtr<GMimeParser> parser(g_mime_parser_new_with_stream(stream.get()));
     pec::GPtr<GMimeMessage> parsed(g_mime_parser_construct_message(parser.get(), nullptr));
     if (!parsed) return false;
@@ -137,7 +142,8 @@ std::function<Status(std::string_view, std::string_view)> virus_store(fs::path d
             return fail(ErrorKind::permanent, "virus store: bad key " + std::string(key));
         std::error_code ec;
         fs::create_directories(dir, ec);
-        if (ec) return fail(ErrorKind::transient, "virus store " + dir.string() + ": " + ec.message());
+        if (ec)
+            return fail(ErrorKind::transient, "virus store " + dir.string() + ": " + ec.message());
         return durable::write_file_atomic(dir / (std::string(key) + ".eml"), message);
     };
 }

@@ -21,9 +21,8 @@ Status create_maildir(const std::filesystem::path& root, std::string_view addres
 
 // Each message becomes a queue file (envelope + body, spool-layout/queue_file.hpp) named by a
 // fresh queue id in `dir`, written durably: the embedded stand-in for an MTA.
-std::function<Result<std::vector<RecipientStatus>>(const std::string&,
-                                                   const std::vector<std::string>&,
-                                                   std::string_view)>
+std::function<Result<std::vector<RecipientStatus>>(
+    const std::string&, const std::vector<std::string>&, std::string_view)>
 outbox_sender(std::filesystem::path dir);
 
 // "none": everything is clean. "eicar": flags the EICAR test string in the raw message or in any

@@ -92,7 +92,9 @@ struct Reader {
         if (p.empty()) return p;
         std::error_code ec;
         bool ok = is_dir ? fs::is_directory(p, ec) : fs::is_regular_file(p, ec);
-        if (!ok) problem(section, key, p.string() + (is_dir ? " is not a directory" : " is not a readable file"));
+        if (!ok)
+            problem(section, key,
+                    p.string() + (is_dir ? " is not a directory" : " is not a readable file"));
         return p;
     }
     void only_known(std::string_view section, std::set<std::string, std::less<>> known,
@@ -112,7 +114,8 @@ std::optional<OrdinaryPolicy> policy_from(std::string_view v) {
 ProviderSettings read_all(Reader& r) {
     const Config& c = r.config;
     ProviderSettings s;
-    r.only_known("provider", {"name", "mail_domain", "domains", "templates", "virus_store", "node"});
+    r.only_known("provider",
+                 {"name", "mail_domain", "domains", "templates", "virus_store", "node"});
     s.name = r.required("provider", "name");
     s.mail_domain = lower(r.required("provider", "mail_domain"));
     if (!s.mail_domain.empty() && !plausible_domain(s.mail_domain))
@@ -147,11 +150,13 @@ ProviderSettings read_all(Reader& r) {
         if (c.find("keys", "key")) r.problem("keys", "key", "conflicts with pkcs11_uri");
         s.pkcs11_module = r.existing("keys", "pkcs11_module", false);
         s.pin_file = r.existing("keys", "pin_file", false);
-        if (s.pkcs11_module.empty()) r.problem("keys", "pkcs11_module", "is required with pkcs11_uri");
+        if (s.pkcs11_module.empty())
+            r.problem("keys", "pkcs11_module", "is required with pkcs11_uri");
         if (s.pin_file.empty()) r.problem("keys", "pin_file", "is required with pkcs11_uri");
     }
     std::string protocol = c.get("keys", "signature_protocol", "pkcs7-signature");
-    if (protocol == "x-pkcs7-signature") s.protocol = pec::SignatureProtocol::x_pkcs7_signature;
+    if (protocol == "x-pkcs7-signature")
+        s.protocol = pec::SignatureProtocol::x_pkcs7_signature;
     else if (protocol != "pkcs7-signature")
         r.problem("keys", "signature_protocol", "must be pkcs7-signature or x-pkcs7-signature");
 
@@ -173,8 +178,10 @@ ProviderSettings read_all(Reader& r) {
     paths("crl_files", false, s.trust.crl_files);
     if (s.trust.ca_files.empty() && s.trust.ca_dirs.empty())
         r.problem("trust", "ca_files", "is required (the trust anchors of the PEC providers)");
-    if (auto crl = c.get_bool("trust", "check_crl", true); crl) s.trust.check_crl = *crl;
-    else r.problems.push_back({r.line("trust", "check_crl"), crl.error().message});
+    if (auto crl = c.get_bool("trust", "check_crl", true); crl)
+        s.trust.check_crl = *crl;
+    else
+        r.problems.push_back({r.line("trust", "check_crl"), crl.error().message});
 
     r.only_known("index", {"source", "ldif", "uri", "base", "bind_dn", "bind_password_file",
                            "cache_file", "timeout"});
@@ -193,8 +200,10 @@ ProviderSettings read_all(Reader& r) {
             std::ifstream in(pw);
             std::getline(in, s.ldap.bind_password);
         }
-        if (auto t = c.get_duration("index", "timeout", s.ldap.timeout); t) s.ldap.timeout = *t;
-        else r.problems.push_back({r.line("index", "timeout"), t.error().message});
+        if (auto t = c.get_duration("index", "timeout", s.ldap.timeout); t)
+            s.ldap.timeout = *t;
+        else
+            r.problems.push_back({r.line("index", "timeout"), t.error().message});
     } else {
         r.problem("index", "source", "must be ldif or ldap");
     }
@@ -204,7 +213,8 @@ ProviderSettings read_all(Reader& r) {
         limit)
         s.max_size_times_recipients = *limit;
     else
-        r.problems.push_back({r.line("limits", "max_size_times_recipients"), limit.error().message});
+        r.problems.push_back(
+            {r.line("limits", "max_size_times_recipients"), limit.error().message});
 
     r.only_known("policy", {"ordinary_mail"}, "ordinary_mail.");
     for (const auto& key : c.keys("policy")) {
@@ -254,7 +264,8 @@ Result<ProviderSettings> read_settings(const Config& config) {
 namespace {
 
 Result<std::shared_ptr<const pec::SigningKey>> load_key(const ProviderSettings& s) {
-    if (!s.pkcs11_uri.empty()) return pec::load_pkcs11_key(s.pkcs11_uri, s.pkcs11_module, s.pin_file, s.cert);
+    if (!s.pkcs11_uri.empty())
+        return pec::load_pkcs11_key(s.pkcs11_uri, s.pkcs11_module, s.pin_file, s.cert);
     return pec::load_pem_key(s.cert, s.key, s.chain);
 }
 
@@ -278,10 +289,12 @@ std::vector<ConfigProblem> check(const Config& config) {
     if (key) {
         // The signer certificate must carry posta-certificata@<mail_domain> (pec-rules §2.2).
         auto signer = pec::make_entity_signer(*key, {});
-        if (auto signed_entity = signer("Content-Type: text/plain\r\n\r\ncheck\r\n"); !signed_entity)
+        if (auto signed_entity = signer("Content-Type: text/plain\r\n\r\ncheck\r\n");
+            !signed_entity)
             loaded("keys", "cert", signed_entity.error());
     }
-    if (auto t = pec::TemplateSet::load(s.templates); !t) loaded("provider", "templates", t.error());
+    if (auto t = pec::TemplateSet::load(s.templates); !t)
+        loaded("provider", "templates", t.error());
     if (auto v = pec::SmimeVerifier::create(s.trust); !v) loaded("trust", "ca_files", v.error());
     auto index = load_index(s);
     if (!index) {

@@ -109,7 +109,8 @@ class Provider {
 // success, so a bad edit of pecd.conf leaves the running configuration in place.
 class ProviderHandle {
   public:
-    explicit ProviderHandle(std::shared_ptr<const Provider> initial) : current_(std::move(initial)) {}
+    explicit ProviderHandle(std::shared_ptr<const Provider> initial)
+        : current_(std::move(initial)) {}
     std::shared_ptr<const Provider> current() const {
         std::lock_guard lock(mutex_);
         return current_;

@@ -39,9 +39,9 @@ struct ProviderServices {
     // Hands `message` to the next hop with MAIL FROM `from` ("" = null sender): one status per
     // recipient, in order. An Error means nothing was sent (transient unless its kind says
     // otherwise).
-    std::function<Result<std::vector<RecipientStatus>>(
-        const std::string& from, const std::vector<std::string>& recipients,
-        std::string_view message)>
+    std::function<Result<std::vector<RecipientStatus>>(const std::string& from,
+                                                       const std::vector<std::string>& recipients,
+                                                       std::string_view message)>
         send;
     // Keeps an infected message (pec-rules.md §1: 30 months) under `key`, a queue id: storing
     // the same key twice (a re-run after a crash) replaces the first copy.

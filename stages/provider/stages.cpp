@@ -30,7 +30,9 @@ pec::PecTime pec_time(int64_t us) {
     return pec::PecTime{Clock::time_point(std::chrono::seconds(us / 1'000'000))};
 }
 
-bool same_address(std::string_view a, std::string_view b) { return lower(a) == lower(b); }
+bool same_address(std::string_view a, std::string_view b) {
+    return lower(a) == lower(b);
+}
 
 bool contains(const std::vector<std::string>& list, std::string_view address) {
     return std::any_of(list.begin(), list.end(),
@@ -55,7 +57,8 @@ std::vector<std::string> parse_addresses(std::string_view value) {
             InternetAddress* a = internet_address_list_get_address(l, i);
             if (INTERNET_ADDRESS_IS_GROUP(a)) {
                 self(self, internet_address_group_get_members(INTERNET_ADDRESS_GROUP(a)));
-            } else if (const char* addr = internet_address_mailbox_get_addr(INTERNET_ADDRESS_MAILBOX(a));
+            } else if (const char* addr =
+                           internet_address_mailbox_get_addr(INTERNET_ADDRESS_MAILBOX(a));
                        addr && *addr) {
                 out.emplace_back(addr);
             }
@@ -74,8 +77,8 @@ std::vector<std::string> header_addresses(const pec::raw::Message& m, std::strin
 
 // A new message produced from `in`: fresh envelope under a derived id.
 StageOutput new_message(const StageInput& in, std::string destination, std::string_view tag,
-                        std::string sender, std::vector<std::string> recipients,
-                        std::string bytes, std::string_view kind) {
+                        std::string sender, std::vector<std::string> recipients, std::string bytes,
+                        std::string_view kind) {
     StageOutput out;
     out.destination = std::move(destination);
     out.env.id = spool::derived_queue_id(in.env.id, tag);
@@ -152,11 +155,11 @@ Result<pec::Transaction> transaction_from(const pec::PecMessageInfo& info) {
         t.original.recipients.push_back(
             {r.address, r.kind, cc ? pec::AddressField::cc : pec::AddressField::to});
     }
-    t.original.subject = d.oggetto.value_or(info.original && info.original->subject
-                                                ? *info.original->subject
-                                                : std::string());
+    t.original.subject = d.oggetto.value_or(
+        info.original && info.original->subject ? *info.original->subject : std::string());
     t.original.message_id = d.msgid;
-    if (!d.risposte.empty() && !same_address(d.risposte, d.mittente)) t.original.reply_to = d.risposte;
+    if (!d.risposte.empty() && !same_address(d.risposte, d.mittente))
+        t.original.reply_to = d.risposte;
     t.original.requested_receipt =
         d.ricevuta.value_or(info.tipo_ricevuta.value_or(pec::ReceiptKind::completa));
     return t;
@@ -230,7 +233,8 @@ Submission check_submission(const Provider& p, const spool::Envelope& env, std::
         o.subject = info->headers.subject.value_or(subject->value());
     if (const auto* id = headers->find("Message-ID"); id && !id->value().empty())
         o.message_id = id->value();
-    if (auto reply = header_addresses(*headers, "Reply-To"); !reply.empty()) o.reply_to = reply.front();
+    if (auto reply = header_addresses(*headers, "Reply-To"); !reply.empty())
+        o.reply_to = reply.front();
     o.requested_receipt = info->tipo_ricevuta.value_or(pec::ReceiptKind::completa);
 
     if (from.size() != 1) note("il campo From deve contenere uno e un solo indirizzo");
@@ -293,7 +297,8 @@ Result<Outputs> wrap(const Provider& p, const StageInput& in) {
         return out;
     }
 
-    if (auto st = notice(p.builder().accettazione(t), "acc"); !st) return std::unexpected(st.error());
+    if (auto st = notice(p.builder().accettazione(t), "acc"); !st)
+        return std::unexpected(st.error());
     auto busta = p.builder().busta_trasporto(t, *raw);
     if (!busta) return context(busta.error(), "wrap");
     std::vector<std::string> certified;
@@ -361,7 +366,8 @@ Result<Outputs> anomaly_or_refusal(const Provider& p, const StageInput& in, std:
         t.original.message_id = v.info->headers.message_id;
         for (const auto& a : v.info->to_addresses) t.original.recipients.push_back({a});
         for (const auto& a : v.info->cc_addresses)
-            t.original.recipients.push_back({a, pec::RecipientKind::certificato, pec::AddressField::cc});
+            t.original.recipients.push_back(
+                {a, pec::RecipientKind::certificato, pec::AddressField::cc});
     }
     if (t.original.recipients.empty())
         for (const auto& r : env.recipients) t.original.recipients.push_back({r});
@@ -389,17 +395,20 @@ Result<Outputs> verify(const Provider& p, const StageInput& in) {
     if (info.type == pec::MessageType::busta_trasporto) {
         auto t = transaction_from(info);
         if (!t) return std::unexpected(t.error());
-        const pec::ProviderRecord* from = index->find_by_cert_hash(verdict->report.signer_cert_sha1);
+        const pec::ProviderRecord* from =
+            index->find_by_cert_hash(verdict->report.signer_cert_sha1);
         std::string receipt_box = from ? from->mail_receipt : std::string();
         auto scan = p.services().scan(*raw);
         if (!scan) return fail(ErrorKind::transient, "antivirus: " + scan.error().message);
         if (scan->infected) {
             // No delivery: one rilevazione virus per recipient to the sender's provider.
-            PECD_LOG(info) << env.id << ": virus in busta " << t->identificativo << ": " << scan->virus;
+            PECD_LOG(info) << env.id << ": virus in busta " << t->identificativo << ": "
+                           << scan->virus;
             if (auto kept = p.services().keep_infected(env.id, *raw); !kept)
                 return fail(ErrorKind::transient, "virus store: " + kept.error().message);
             for (size_t i = 0; i < env.recipients.size(); ++i) {
-                auto built = p.builder().rilevazione_virus(*t, receipt_box, env.recipients[i], scan->virus);
+                auto built =
+                    p.builder().rilevazione_virus(*t, receipt_box, env.recipients[i], scan->virus);
                 if (!built) return context(built.error(), "verify");
                 out.push_back(new_message(in, "outbound", "rv" + std::to_string(i), service,
                                           {receipt_box}, std::move(built->bytes),
@@ -437,7 +446,8 @@ Result<Outputs> verify(const Provider& p, const StageInput& in) {
         return out;
     }
     // Receipts and notices for our users (presa in carico: for our service mailbox).
-    std::vector<std::pair<std::string, std::string>> attrs{{attr::kind, std::string(pec::to_string(info.type))}};
+    std::vector<std::pair<std::string, std::string>> attrs{
+        {attr::kind, std::string(pec::to_string(info.type))}};
     if (info.daticert) attrs.emplace_back(attr::id, info.daticert->identificativo);
     out.push_back(in_place(in, "deliver", std::move(attrs)));
     return out;
@@ -461,14 +471,17 @@ Result<Outputs> deliver(const Provider& p, const StageInput& in) {
             continue;
         }
         done.push_back(r);
-        std::string value = st->outcome == Outcome::ok
-                                ? "ok " + std::to_string(spool::now_us())
-                                : "fail " + (st->code.empty() ? "5.0.0" : st->code) + " " + st->text;
+        std::string value =
+            st->outcome == Outcome::ok
+                ? "ok " + std::to_string(spool::now_us())
+                : "fail " + (st->code.empty() ? "5.0.0" : st->code) + " " + st->text;
         if (st->outcome == Outcome::permanent)
-            PECD_LOG(info) << env.id << ": not delivered to " << r << ": " << st->code << " " << st->text;
+            PECD_LOG(info) << env.id << ": not delivered to " << r << ": " << st->code << " "
+                           << st->text;
         records.emplace_back(attr::delivery_prefix + lower(r), value);
     }
-    if (done.empty()) return fail(ErrorKind::transient, "mailbox delivery: " + status_summary(retry));
+    if (done.empty())
+        return fail(ErrorKind::transient, "mailbox delivery: " + status_summary(retry));
     Outputs out;
     if (pending.empty()) {
         out.push_back(in_place(in, "receipt", std::move(records)));
@@ -560,16 +573,18 @@ Result<Outputs> outbound(const Provider& p, const StageInput& in) {
             retry.push_back(s);
         } else if (busta && !index->is_certified_address(s.recipient)) {
             // An esterno recipient of a busta: ordinary mail rules, no PEC notice (§3.1.5).
-            PECD_LOG(info) << env.id << ": busta refused by esterno " << s.recipient << ": " << s.code
-                           << " " << s.text;
+            PECD_LOG(info) << env.id << ": busta refused by esterno " << s.recipient << ": "
+                           << s.code << " " << s.text;
             ok.push_back(s.recipient);
         } else {
             refused.push_back(s.recipient);
             refusals.push_back(s);
         }
     }
-    if (ok.empty() && refused.empty()) return fail(ErrorKind::transient, "send: " + status_summary(retry));
-    if (ok.empty() && pending.empty()) return fail(ErrorKind::permanent, "send: " + status_summary(refusals));
+    if (ok.empty() && refused.empty())
+        return fail(ErrorKind::transient, "send: " + status_summary(retry));
+    if (ok.empty() && pending.empty())
+        return fail(ErrorKind::permanent, "send: " + status_summary(refusals));
     Outputs out;
     if (!pending.empty()) {
         out.push_back(copy_of_input(in, "outbound", "p", pending));
@@ -579,7 +594,8 @@ Result<Outputs> outbound(const Provider& p, const StageInput& in) {
     }
     if (!refused.empty()) {
         out.push_back(copy_of_input(in, "outbound", "q", refused));
-        out.back().env.set_attr(attr::refused, "refused by the next hop: " + status_summary(refusals));
+        out.back().env.set_attr(attr::refused,
+                                "refused by the next hop: " + status_summary(refusals));
     }
     return out;
 }
@@ -605,8 +621,10 @@ Result<std::string> extract_postacert(std::string_view busta) {
     // The signed content is the first part of multipart/signed; postacert.eml is a direct
     // message/rfc822 part of the multipart/mixed inside it.
     GMimeObject* top = g_mime_message_get_mime_part(message.get());
-    if (top && GMIME_IS_MULTIPART_SIGNED(top)) top = g_mime_multipart_get_part(GMIME_MULTIPART(top), 0);
-    if (!top || !GMIME_IS_MULTIPART(top)) return fail(ErrorKind::corrupt, "busta without multipart body");
+    if (top && GMIME_IS_MULTIPART_SIGNED(top))
+        top = g_mime_multipart_get_part(GMIME_MULTIPART(top), 0);
+    if (!top || !GMIME_IS_MULTIPART(top))
+        return fail(ErrorKind::corrupt, "busta without multipart body");
     int count = g_mime_multipart_get_count(GMIME_MULTIPART(top));
     for (int i = 0; i < count; ++i) {
         GMimeObject* part = g_mime_multipart_get_part(GMIME_MULTIPART(top), i);
@@ -621,12 +639,24 @@ Result<std::string> extract_postacert(std::string_view busta) {
     return fail(ErrorKind::corrupt, "busta without postacert.eml");
 }
 
-StageFunction classify_stage(std::shared_ptr<ProviderHandle> h) { return with_snapshot(std::move(h), classify); }
-StageFunction wrap_stage(std::shared_ptr<ProviderHandle> h) { return with_snapshot(std::move(h), wrap); }
-StageFunction verify_stage(std::shared_ptr<ProviderHandle> h) { return with_snapshot(std::move(h), verify); }
-StageFunction deliver_stage(std::shared_ptr<ProviderHandle> h) { return with_snapshot(std::move(h), deliver); }
-StageFunction receipt_stage(std::shared_ptr<ProviderHandle> h) { return with_snapshot(std::move(h), receipt); }
-StageFunction outbound_stage(std::shared_ptr<ProviderHandle> h) { return with_snapshot(std::move(h), outbound); }
+StageFunction classify_stage(std::shared_ptr<ProviderHandle> h) {
+    return with_snapshot(std::move(h), classify);
+}
+StageFunction wrap_stage(std::shared_ptr<ProviderHandle> h) {
+    return with_snapshot(std::move(h), wrap);
+}
+StageFunction verify_stage(std::shared_ptr<ProviderHandle> h) {
+    return with_snapshot(std::move(h), verify);
+}
+StageFunction deliver_stage(std::shared_ptr<ProviderHandle> h) {
+    return with_snapshot(std::move(h), deliver);
+}
+StageFunction receipt_stage(std::shared_ptr<ProviderHandle> h) {
+    return with_snapshot(std::move(h), receipt);
+}
+StageFunction outbound_stage(std::shared_ptr<ProviderHandle> h) {
+    return with_snapshot(std::move(h), outbound);
+}
 
 Result<StageFunction> make_stage(std::string_view stage, std::shared_ptr<ProviderHandle> provider) {
     if (stage == "classify") return classify_stage(std::move(provider));

@@ -41,7 +41,8 @@ inline constexpr const char* sender = "pec.sender";        // original sender of
 inline constexpr const char* certified = "pec.certified";  // certificato recipients, comma list
 inline constexpr const char* parent = "pec.parent";        // queue id this message came from
 inline constexpr const char* refused = "pec.refused";      // reason: quarantine this subset
-inline constexpr const char* delivery_prefix = "dlv.";     // dlv.<rcpt> = "ok <us>" | "fail <code> <text>"
+inline constexpr const char* delivery_prefix =
+    "dlv.";  // dlv.<rcpt> = "ok <us>" | "fail <code> <text>"
 }  // namespace attr
 
 using runner::StageFunction;
