@@ -182,6 +182,9 @@ ProviderSettings read_all(Reader& r) {
         s.trust.check_crl = *crl;
     else
         r.problems.push_back({r.line("trust", "check_crl"), crl.error().message});
+    // Without a CRL every signature check would end in crl_unavailable.
+    if (s.trust.check_crl && s.trust.crl_files.empty() && s.trust.ca_dirs.empty())
+        r.problem("trust", "crl_files", "is required while check_crl = yes");
 
     r.only_known("index", {"source", "ldif", "uri", "base", "bind_dn", "bind_password_file",
                            "cache_file", "timeout"});
@@ -352,6 +355,11 @@ bool Provider::is_local(std::string_view address) const {
 }
 
 Status ProviderHandle::reload(const Config& config, std::optional<ProviderServices> services) {
+    // A file caught half-edited must not replace a working configuration.
+    if (!config.problems().empty())
+        return fail(ErrorKind::config, config.source() + ":" +
+                                           std::to_string(config.problems()[0].line) + ": " +
+                                           config.problems()[0].message);
     auto next = Provider::create(config, std::move(services));
     if (!next) return std::unexpected(next.error());
     replace(std::move(*next));
