@@ -3,6 +3,7 @@
 #include <gmime/gmime.h>
 
 #include <algorithm>
+#include <charconv>
 #include <set>
 
 #include "spool-layout/queue_id.hpp"
@@ -172,7 +173,8 @@ Result<Outputs> classify(const Provider& p, const StageInput& in) {
     Outputs out;
     // Authenticated local submission: our user sending through the access point.
     if (!env.user.empty() && p.is_local(env.sender)) {
-        std::string id = env.attr(attr::id).value_or(p.ids().next());
+        auto stored = env.attr(attr::id);
+        std::string id = stored ? *stored : p.ids().next();
         out.push_back(in_place(in, "wrap", {{attr::route, "submission"}, {attr::id, id}}));
         return out;
     }
@@ -267,7 +269,8 @@ Result<Outputs> wrap(const Provider& p, const StageInput& in) {
     if (t.original.sender.empty())
         return fail(ErrorKind::permanent, "submission without a sender: nobody to notify");
     t.time = pec_time(now);
-    t.identificativo = env.attr(attr::id).value_or(p.ids().next());
+    auto stored_id = env.attr(attr::id);
+    t.identificativo = stored_id ? *stored_id : p.ids().next();
     const std::string service = p.identity().service_address();
     const std::string time = std::to_string(now);
     Outputs out;
@@ -455,6 +458,40 @@ Result<Outputs> verify(const Provider& p, const StageInput& in) {
 
 // ---------------------------------------------------------------------------------- deliver
 
+// A dlv.<rcpt> record: "ok <us>" or "fail <us> <code> <text>".
+struct DeliveryRecord {
+    bool delivered = false;
+    int64_t at_us = 0;
+    std::string code, text;
+};
+
+std::string format_delivery(const RecipientStatus& st, int64_t at_us) {
+    if (st.outcome == Outcome::ok) return "ok " + std::to_string(at_us);
+    return "fail " + std::to_string(at_us) + " " + (st.code.empty() ? "5.0.0" : st.code) + " " +
+           st.text;
+}
+
+Result<DeliveryRecord> parse_delivery(std::string_view record) {
+    const std::string whole(record);
+    DeliveryRecord d;
+    auto word = [&record]() {
+        size_t sp = record.find(' ');
+        std::string_view w = record.substr(0, sp);
+        record = sp == std::string_view::npos ? std::string_view() : record.substr(sp + 1);
+        return w;
+    };
+    std::string_view what = word(), at = word();
+    auto [ptr, ec] = std::from_chars(at.data(), at.data() + at.size(), d.at_us);
+    if ((what != "ok" && what != "fail") || ec != std::errc() || ptr != at.data() + at.size())
+        return fail(ErrorKind::corrupt, "bad delivery record '" + whole + "'");
+    d.delivered = what == "ok";
+    if (!d.delivered) {
+        d.code = std::string(word());
+        d.text = std::string(record);
+    }
+    return d;
+}
+
 Result<Outputs> deliver(const Provider& p, const StageInput& in) {
     const spool::Envelope& env = in.env;
     auto raw = in.body();
@@ -471,10 +508,7 @@ Result<Outputs> deliver(const Provider& p, const StageInput& in) {
             continue;
         }
         done.push_back(r);
-        std::string value =
-            st->outcome == Outcome::ok
-                ? "ok " + std::to_string(spool::now_us())
-                : "fail " + (st->code.empty() ? "5.0.0" : st->code) + " " + st->text;
+        std::string value = format_delivery(*st, spool::now_us());
         if (st->outcome == Outcome::permanent)
             PECD_LOG(info) << env.id << ": not delivered to " << r << ": " << st->code << " "
                            << st->text;
@@ -521,9 +555,11 @@ Result<Outputs> receipt(const Provider& p, const StageInput& in) {
         const std::string& r = env.recipients[i];
         auto record = env.attr(attr::delivery_prefix + lower(r));
         if (!record) return fail(ErrorKind::permanent, "receipt: no delivery outcome for " + r);
-        Result<pec::BuiltMessage> built = fail(ErrorKind::permanent, "unreachable");
-        if (record->starts_with("ok ")) {
-            t->time = pec_time(std::stoll(record->substr(3)));
+        auto outcome = parse_delivery(*record);
+        if (!outcome) return context(outcome.error(), "receipt: " + r);
+        t->time = pec_time(outcome->at_us);
+        Result<pec::BuiltMessage> built;
+        if (outcome->delivered) {
             if (!postacert) {
                 auto extracted = extract_postacert(*raw);
                 if (!extracted) return context(extracted.error(), "receipt");
@@ -531,14 +567,9 @@ Result<Outputs> receipt(const Provider& p, const StageInput& in) {
             }
             built = p.builder().avvenuta_consegna(*t, r, *postacert);
         } else {
-            // "fail <code> <text>": DECISIONS #9
-            std::string rest = record->substr(5);
-            size_t sp = rest.find(' ');
-            std::string code = rest.substr(0, sp);
-            std::string text = sp == std::string::npos ? std::string() : rest.substr(sp + 1);
-            t->time = pec_time(spool::now_us());
-            built = p.builder().errore_consegna(*t, r, error_for(code),
-                                                code + " - " + p.identity().name + " - " + text);
+            built = p.builder().errore_consegna(
+                *t, r, error_for(outcome->code),
+                outcome->code + " - " + p.identity().name + " - " + outcome->text);
         }
         if (!built) return context(built.error(), "receipt");
         out.push_back(new_message(in, "outbound", "r" + std::to_string(i), service,
@@ -565,7 +596,18 @@ Result<Outputs> outbound(const Provider& p, const StageInput& in) {
     auto index = p.index();
     std::vector<std::string> ok, pending, refused;
     std::vector<RecipientStatus> retry, refusals;
-    for (const auto& s : *sent) {
+    // A recipient the adapter did not report on is retried, never taken as sent.
+    std::vector<RecipientStatus> statuses;
+    for (const auto& r : env.recipients) {
+        auto it = std::find_if(sent->begin(), sent->end(), [&r](const RecipientStatus& s) {
+            return same_address(s.recipient, r);
+        });
+        statuses.push_back(it != sent->end() ? *it
+                                             : RecipientStatus{r, Outcome::transient, "4.0.0",
+                                                               "no status from the transport"});
+        statuses.back().recipient = r;
+    }
+    for (const auto& s : statuses) {
         if (s.outcome == Outcome::ok) {
             ok.push_back(s.recipient);
         } else if (s.outcome == Outcome::transient) {

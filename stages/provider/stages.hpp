@@ -42,7 +42,7 @@ inline constexpr const char* certified = "pec.certified";  // certificato recipi
 inline constexpr const char* parent = "pec.parent";        // queue id this message came from
 inline constexpr const char* refused = "pec.refused";      // reason: quarantine this subset
 inline constexpr const char* delivery_prefix =
-    "dlv.";  // dlv.<rcpt> = "ok <us>" | "fail <code> <text>"
+    "dlv.";  // dlv.<rcpt> = "ok <us>" | "fail <us> <code> <text>"
 }  // namespace attr
 
 using runner::StageFunction;

@@ -4,6 +4,7 @@
 // with the SmimeVerifier against the test PKI and the LDIF index; counts are exact.
 #include <gtest/gtest.h>
 
+#include "stages/pec/postacert.hpp"
 #include "tests/support/provider_net.hpp"
 
 using namespace pecd;
@@ -40,8 +41,9 @@ std::string text_of(const Received& r) {
 TEST(ProviderFlow, CertifiedToCertified) {
     TwoProviders net;
     const std::string mario = net.alpha.address("mario"), anna = net.beta.address("anna");
-    net.submit("mario", {anna},
-               client_message(mario, anna, "", "Fattura 1", "In allegato la fattura."));
+    const std::string original =
+        client_message(mario, anna, "", "Fattura 1", "In allegato la fattura.");
+    net.submit("mario", {anna}, original);
     net.run();
 
     auto sender_box = net.mailbox(net.alpha, mario);
@@ -71,6 +73,14 @@ TEST(ProviderFlow, CertifiedToCertified) {
     ASSERT_EQ(d.destinatari.size(), 1u);
     EXPECT_EQ(d.destinatari[0], (pec::Recipient{anna, pec::RecipientKind::certificato}));
     EXPECT_EQ(anna_box[0].info.from_name, "Per conto di: " + mario);
+    // postacert.eml is the original byte for byte but for the msgid rewrite, and the completa
+    // receipt carries exactly that copy.
+    auto rewritten = pec::rewrite_message_id(original, id);
+    ASSERT_TRUE(rewritten.has_value());
+    auto carried = provider::extract_postacert(anna_box[0].raw);
+    ASSERT_TRUE(carried.has_value()) << carried.error().message;
+    EXPECT_EQ(*carried, rewritten->bytes);
+    EXPECT_EQ(provider::extract_postacert(cons.raw), rewritten->bytes);
 
     auto alpha_service = net.mailbox(net.alpha, net.alpha.service());
     ASSERT_EQ(types(alpha_service), std::vector{MessageType::presa_in_carico});
