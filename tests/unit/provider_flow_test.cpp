@@ -364,3 +364,42 @@ TEST(ProviderFlow, RejectPolicyQuarantinesOrdinaryMail) {
         read_file(net.beta.spool.area_dir(spool::Area::quarantine, "verify") / (id + ".reason"));
     EXPECT_NE(reason.find("ordinary_mail"), std::string::npos) << reason;
 }
+
+TEST(ProviderFlow, BreveRequestedGivesBreveToPrimaryAndSinteticaToCopy) {
+    TwoProviders net;
+    const std::string mario = net.alpha.address("mario"), anna = net.beta.address("anna"),
+                      luca = net.beta.address("luca");
+    std::string msg = "From: " + mario + "\r\nTo: " + anna + "\r\nCc: " + luca +
+                      "\r\nSubject: Fattura\r\nMessage-ID: <breve.1@client.test>\r\n"
+                      "X-TipoRicevuta: breve\r\nMIME-Version: 1.0\r\n"
+                      "Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n"
+                      "--b1\r\nContent-Type: text/plain\r\n\r\nIn allegato.\r\n"
+                      "--b1\r\nContent-Type: application/pdf; name=\"fattura.pdf\"\r\n"
+                      "Content-Transfer-Encoding: base64\r\n"
+                      "Content-Disposition: attachment; filename=\"fattura.pdf\"\r\n\r\n"
+                      "JVBERi0xLjQKJcfsj6IKJSVFT0YK\r\n--b1--\r\n";
+    net.submit("mario", {anna, luca}, msg);
+    net.run();
+
+    std::map<std::string, const Received*> by_recipient;
+    auto box = net.mailbox(net.alpha, mario);
+    ASSERT_EQ(box.size(), 3u);
+    for (const auto& r : box)
+        if (r.info.type == MessageType::avvenuta_consegna)
+            by_recipient[*r.info.daticert->consegna] = &r;
+    ASSERT_EQ(by_recipient.size(), 2u);
+    const Received& breve = *by_recipient[anna];
+    EXPECT_EQ(breve.info.daticert->ricevuta, pec::ReceiptKind::breve);
+    ASSERT_TRUE(breve.info.original.has_value());
+    EXPECT_EQ(breve.info.original->hash_parts, 1u);  // fattura.pdf became fattura.pdf.hash
+    EXPECT_TRUE(breve.report.ok()) << breve.report.reason;
+    const Received& sintetica = *by_recipient[luca];
+    EXPECT_EQ(sintetica.info.daticert->ricevuta, pec::ReceiptKind::sintetica);
+    EXPECT_FALSE(sintetica.info.original.has_value());
+    // the busta itself asks for breve (X-TipoRicevuta and daticert)
+    auto got = net.mailbox(net.beta, anna);
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(got[0].info.tipo_ricevuta, pec::ReceiptKind::breve);
+    EXPECT_EQ(got[0].info.daticert->ricevuta, pec::ReceiptKind::breve);
+    net.expect_clean();
+}
