@@ -1,5 +1,7 @@
 #include "stages/provider/provider_config.hpp"
 
+#include <openssl/x509v3.h>
+
 #include <algorithm>
 #include <fstream>
 #include <set>
@@ -272,6 +274,28 @@ Result<std::shared_ptr<const pec::SigningKey>> load_key(const ProviderSettings& 
     return pec::load_pem_key(s.cert, s.key, s.chain);
 }
 
+// Every message we sign has From: posta-certificata@<mail_domain>, which must be the address in
+// the signing certificate (pec-rules.md §2.2, RFC 6109 §2.1).
+Status check_service_address(const pec::SigningKey& key, const std::string& mail_domain) {
+    const std::string wanted = "posta-certificata@" + mail_domain;
+    auto* names = static_cast<GENERAL_NAMES*>(
+        X509_get_ext_d2i(key.certificate(), NID_subject_alt_name, nullptr, nullptr));
+    bool found = false;
+    for (int i = 0; names && i < sk_GENERAL_NAME_num(names); ++i) {
+        const GENERAL_NAME* name = sk_GENERAL_NAME_value(names, i);
+        if (name->type != GEN_EMAIL) continue;
+        const ASN1_IA5STRING* email = name->d.rfc822Name;
+        std::string_view value(reinterpret_cast<const char*>(ASN1_STRING_get0_data(email)),
+                               static_cast<size_t>(ASN1_STRING_length(email)));
+        found = found || lower(value) == wanted;
+    }
+    GENERAL_NAMES_free(names);
+    if (!found)
+        return fail(ErrorKind::config,
+                    "the signing certificate has no subjectAltName email " + wanted);
+    return {};
+}
+
 Result<pec::IndexSnapshot> load_index(const ProviderSettings& s) {
     if (s.index_source == ProviderSettings::IndexSource::ldap) return pec::load_ldap(s.ldap);
     return pec::load_ldif(s.ldif);
@@ -290,11 +314,13 @@ std::vector<ConfigProblem> check(const Config& config) {
     auto key = load_key(s);
     if (!key) loaded("keys", s.pkcs11_uri.empty() ? "key" : "pkcs11_uri", key.error());
     if (key) {
-        // The signer certificate must carry posta-certificata@<mail_domain> (pec-rules §2.2).
+        // A test signature proves the key works (a token PIN, a key that fits the certificate).
         auto signer = pec::make_entity_signer(*key, {});
         if (auto signed_entity = signer("Content-Type: text/plain\r\n\r\ncheck\r\n");
             !signed_entity)
             loaded("keys", "cert", signed_entity.error());
+        if (auto san = check_service_address(**key, s.mail_domain); !san)
+            loaded("keys", "cert", san.error());
     }
     if (auto t = pec::TemplateSet::load(s.templates); !t)
         loaded("provider", "templates", t.error());
@@ -330,6 +356,8 @@ Result<std::shared_ptr<const Provider>> Provider::create(const Config& config,
     auto key = load_key(s);
     if (!key) return context(key.error(), "[keys]");
     p->key_ = *key;
+    if (auto san = check_service_address(*p->key_, s.mail_domain); !san)
+        return context(san.error(), "[keys]");
     auto templates = pec::TemplateSet::load(s.templates);
     if (!templates) return context(templates.error(), "[provider] templates");
     auto verifier = pec::SmimeVerifier::create(s.trust);

@@ -316,4 +316,21 @@ TEST(ProviderConfig, CheckReportsEveryProblemWithItsLine) {
     auto key_problems = provider::check(*bad_key);
     ASSERT_EQ(key_problems.size(), 1u);
     EXPECT_EQ(key_problems[0].line, 9);  // the key line moved up by one (colour removed)
+
+    // beta's key and certificate for a provider claiming alpha's domain: wrong SAN, and not
+    // the certificate the index lists for alpha.
+    std::string foreign = good;
+    foreign.replace(foreign.find("alpha.key"), 9, "beta.key");
+    foreign.replace(foreign.find("alpha.crt"), 9, "beta.crt");
+    write_file(dir.path() / "pecd.conf", foreign);
+    auto wrong_cert = Config::load(dir.path() / "pecd.conf");
+    ASSERT_TRUE(wrong_cert.has_value());
+    std::string all;
+    for (const auto& p : provider::check(*wrong_cert)) all += p.message + "\n";
+    EXPECT_NE(all.find("no subjectAltName email posta-certificata@pec.alpha.test"),
+              std::string::npos)
+        << all;
+    EXPECT_NE(all.find("pec.alpha.test' is not among our managedDomains"), std::string::npos)
+        << all;
+    EXPECT_FALSE(provider::Provider::create(*wrong_cert).has_value());
 }
