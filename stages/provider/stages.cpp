@@ -300,10 +300,19 @@ Result<Outputs> wrap(const Provider& p, const StageInput& in) {
         return out;
     }
 
+    auto busta = p.builder().busta_trasporto(t, *raw);
+    if (!busta && busta.error().kind == ErrorKind::permanent) {
+        // The original cannot be carried (e.g. its header block does not split): the sender
+        // learns it from a non-acceptance rather than from silence.
+        std::string reason = "messaggio non trasportabile: " + busta.error().message;
+        PECD_LOG(info) << env.id << ": not accepted: " << reason;
+        if (auto st = notice(p.builder().non_accettazione(t, reason), "na"); !st)
+            return std::unexpected(st.error());
+        return out;
+    }
+    if (!busta) return context(busta.error(), "wrap");
     if (auto st = notice(p.builder().accettazione(t), "acc"); !st)
         return std::unexpected(st.error());
-    auto busta = p.builder().busta_trasporto(t, *raw);
-    if (!busta) return context(busta.error(), "wrap");
     std::vector<std::string> certified;
     for (const auto& r : t.original.recipients)
         if (r.kind == pec::RecipientKind::certificato) certified.push_back(r.address);
