@@ -80,7 +80,10 @@ struct Reader {
         auto v = config.find(section, key);
         return v ? v->line : 0;
     }
+    std::set<std::string, std::less<>> bad_sections;
+
     void problem(std::string_view section, std::string_view key, std::string message) {
+        bad_sections.emplace(section);
         problems.push_back({line(section, key), "[" + std::string(section) + "] " +
                                                     std::string(key) + ": " + std::move(message)});
     }
@@ -183,7 +186,7 @@ ProviderSettings read_all(Reader& r) {
     if (auto crl = c.get_bool("trust", "check_crl", true); crl)
         s.trust.check_crl = *crl;
     else
-        r.problems.push_back({r.line("trust", "check_crl"), crl.error().message});
+        r.problem("trust", "check_crl", "must be yes or no");
     // Without a CRL every signature check would end in crl_unavailable.
     if (s.trust.check_crl && s.trust.crl_files.empty() && s.trust.ca_dirs.empty())
         r.problem("trust", "crl_files", "is required while check_crl = yes");
@@ -208,7 +211,7 @@ ProviderSettings read_all(Reader& r) {
         if (auto t = c.get_duration("index", "timeout", s.ldap.timeout); t)
             s.ldap.timeout = *t;
         else
-            r.problems.push_back({r.line("index", "timeout"), t.error().message});
+            r.problem("index", "timeout", "must be a duration such as 5s");
     } else {
         r.problem("index", "source", "must be ldif or ldap");
     }
@@ -218,8 +221,7 @@ ProviderSettings read_all(Reader& r) {
         limit)
         s.max_size_times_recipients = *limit;
     else
-        r.problems.push_back(
-            {r.line("limits", "max_size_times_recipients"), limit.error().message});
+        r.problem("limits", "max_size_times_recipients", "must be a size such as 30M");
 
     r.only_known("policy", {"ordinary_mail"}, "ordinary_mail.");
     for (const auto& key : c.keys("policy")) {
@@ -258,7 +260,7 @@ ProviderSettings read_all(Reader& r) {
 }  // namespace
 
 Result<ProviderSettings> read_settings(const Config& config) {
-    Reader r{config, {}};
+    Reader r{config, {}, {}};
     ProviderSettings s = read_all(r);
     if (!r.problems.empty())
         return fail(ErrorKind::config, config.source() + ":" + std::to_string(r.problems[0].line) +
@@ -304,15 +306,25 @@ Result<pec::IndexSnapshot> load_index(const ProviderSettings& s) {
 }  // namespace
 
 std::vector<ConfigProblem> check(const Config& config) {
-    Reader r{config, {}};
+    Reader r{config, {}, {}};
     ProviderSettings s = read_all(r);
-    if (!r.problems.empty()) return r.problems;
-    // The values are sound: now load what they point at, each failure on its own line.
+    // Then load what the sound sections point at, each failure on its own line; a section
+    // whose values are wrong is not loaded (its problems are already listed).
+    const auto value_problems = r.bad_sections;
+    auto sound = [&value_problems](std::initializer_list<std::string_view> sections) {
+        for (auto section : sections)
+            if (value_problems.contains(section)) return false;
+        return true;
+    };
     auto loaded = [&](std::string_view section, std::string_view key, const Error& e) {
         r.problem(section, key, e.message);
     };
-    auto key = load_key(s);
-    if (!key) loaded("keys", s.pkcs11_uri.empty() ? "key" : "pkcs11_uri", key.error());
+    Result<std::shared_ptr<const pec::SigningKey>> key =
+        fail(ErrorKind::config, "not loaded: [keys] has problems");
+    if (sound({"keys", "provider"})) {
+        key = load_key(s);
+        if (!key) loaded("keys", s.pkcs11_uri.empty() ? "key" : "pkcs11_uri", key.error());
+    }
     if (key) {
         // A test signature proves the key works (a token PIN, a key that fits the certificate).
         auto signer = pec::make_entity_signer(*key, {});
@@ -322,14 +334,22 @@ std::vector<ConfigProblem> check(const Config& config) {
         if (auto san = check_service_address(**key, s.mail_domain); !san)
             loaded("keys", "cert", san.error());
     }
-    if (auto t = pec::TemplateSet::load(s.templates); !t)
-        loaded("provider", "templates", t.error());
-    if (auto v = pec::SmimeVerifier::create(s.trust); !v) loaded("trust", "ca_files", v.error());
+    if (!s.templates.empty())
+        if (auto t = pec::TemplateSet::load(s.templates); !t)
+            loaded("provider", "templates", t.error());
+    if (sound({"trust"}))
+        if (auto v = pec::SmimeVerifier::create(s.trust); !v)
+            loaded("trust", "ca_files", v.error());
+    if (sound({"provider"}))
+        if (auto ids = pec::IdentificativoGenerator::create(s.mail_domain, s.node); !ids)
+            loaded("provider", "node", ids.error());
+    if (!sound({"index"})) return r.problems;
     auto index = load_index(s);
     if (!index) {
         loaded("index", s.index_source == ProviderSettings::IndexSource::ldif ? "ldif" : "uri",
                index.error());
-    } else if (key) {
+    } else if (key && sound({"provider"})) {
+        // The index must know us as the network sees us: our certificate, our mail domain.
         auto sha1 = pec::cert_sha1_hex((*key)->certificate());
         const pec::ProviderRecord* self = sha1 ? index->find_by_cert_hash(*sha1) : nullptr;
         if (self == nullptr)
@@ -339,8 +359,6 @@ std::vector<ConfigProblem> check(const Config& config) {
             r.problem("provider", "mail_domain",
                       "'" + s.mail_domain + "' is not among our managedDomains in the index");
     }
-    if (auto ids = pec::IdentificativoGenerator::create(s.mail_domain, s.node); !ids)
-        loaded("provider", "node", ids.error());
     return r.problems;
 }
 

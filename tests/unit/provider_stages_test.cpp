@@ -292,6 +292,8 @@ TEST(ProviderConfig, CheckReportsEveryProblemWithItsLine) {
     }();
     EXPECT_NE(by_line[7].find("unknown key"), std::string::npos);
     EXPECT_NE(by_line[21].find("pec.other.test"), std::string::npos);
+    // [trust] has a missing file: no trust store is loaded; the key still is, and fits.
+    EXPECT_EQ(by_line[12].find("ca_files:"), by_line[12].rfind("ca_files:")) << by_line[12];
 
     // Values right, but what they point at does not fit: beta's key with alpha's certificate.
     std::string good = conf;
@@ -316,6 +318,16 @@ TEST(ProviderConfig, CheckReportsEveryProblemWithItsLine) {
     auto key_problems = provider::check(*bad_key);
     ASSERT_EQ(key_problems.size(), 1u);
     EXPECT_EQ(key_problems[0].line, 9);  // the key line moved up by one (colour removed)
+
+    // Value problems elsewhere do not hide what the sound sections load: the key still fails.
+    write_file(dir.path() / "pecd.conf",
+               mismatched + "[policy]\nordinary_mail.pec.other.test = reject\n");
+    auto both = Config::load(dir.path() / "pecd.conf");
+    ASSERT_TRUE(both.has_value());
+    std::set<int> both_lines;
+    for (const auto& p : provider::check(*both)) both_lines.insert(p.line);
+    int last = static_cast<int>(std::count(mismatched.begin(), mismatched.end(), '\n')) + 2;
+    EXPECT_EQ(both_lines, (std::set<int>{9, last}));
 
     // beta's key and certificate for a provider claiming alpha's domain: wrong SAN, and not
     // the certificate the index lists for alpha.
