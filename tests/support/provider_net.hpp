@@ -132,7 +132,10 @@ class TwoProviders {
         env.recipients = rcpts;
         env.user = user;
         env.client = "127.0.0.1";
-        fs::path tmp = node.spool.tmp_dir() / env.id;
+        // Written outside the spool's tmp/ (a starting pecd cleans stale files there) and
+        // renamed in, so a running daemon only ever sees complete files.
+        fs::create_directories(node.dir / "relay-tmp");
+        fs::path tmp = node.dir / "relay-tmp" / env.id;
         auto fd =
             spool::write_queue_file(tmp, env, spool::BodySource::from_bytes(std::string(message)));
         EXPECT_TRUE(fd.has_value()) << (fd ? "" : fd.error().message);
@@ -247,6 +250,23 @@ class TwoProviders {
                 out.push_back(std::string(stage) + "/" + e.path().filename().string());
         }
         std::sort(out.begin(), out.end());
+        return out;
+    }
+
+    // Where everything is, for failure messages.
+    std::string describe() const {
+        std::string out;
+        for (const Node* n : {&alpha, &beta}) {
+            for (auto area : spool::kAreas)
+                for (const auto& f : leftovers(*n, area))
+                    out += n->name + " " + std::string(spool::to_string(area)) + "/" + f + "\n";
+            for (const auto& box : {"mario", "anna", "posta-certificata"}) {
+                auto got = mailbox(*n, std::string(box) + "@" + n->domain);
+                out += n->name + " mailbox " + box + ": " + std::to_string(got.size()) + "\n";
+            }
+            fs::path log = root() / (n->name + ".log");
+            if (fs::exists(log)) out += n->name + " log:\n" + read_file(log);
+        }
         return out;
     }
 

@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <map>
+#include <random>
+#include <set>
 #include <thread>
 
 #include "tests/support/process.hpp"
@@ -117,4 +120,77 @@ TEST(ProviderPecd, CheckConfigListsEveryProblem) {
         << report;
     EXPECT_NE(report.find("pecd.conf:" + std::to_string(lines + 4) + ":"), std::string::npos)
         << report;
+}
+
+// SIGKILL both daemons again and again while messages flow. Mailbox delivery is at least once,
+// so a message may land twice; what must hold: every submission is accepted, delivered and
+// certified, every copy of everything about one submission names the same identificativo, and
+// nothing is lost, stuck or quarantined.
+TEST(ProviderPecd, KilledDaemonsLoseNothingAndKeepOneIdentificativo) {
+    TwoProviders net(fast(), fast());
+    auto start = [&](Node& n) {
+        return ProcessGuard(
+            spawn({(kBin / "pecd").string(), "-c", n.conf.string(), "all"},
+                  SpawnOptions{{}, "", "", (net.root() / (n.name + ".log")).string()}));
+    };
+    ProcessGuard alpha = start(net.alpha), beta = start(net.beta);
+    const std::string mario = net.alpha.address("mario"), anna = net.beta.address("anna");
+    constexpr int kMessages = 20;
+    for (int i = 0; i < kMessages; ++i)
+        net.submit("mario", {anna},
+                   client_message(mario, anna, "", "Pratica " + std::to_string(i), "Testo."));
+
+    std::mt19937 rng(42);
+    int kills = 0;
+    auto kill_and_restart = [&](ProcessGuard& guard, Node& n) {
+        pid_t pid = guard.release();
+        ::kill(pid, SIGKILL);
+        pecd::testing::wait_exit(pid);
+        guard = start(n);
+        ++kills;
+    };
+    auto complete = [&] {
+        std::map<std::string, std::set<MessageType>> seen;
+        for (const auto& r : net.mailbox(net.alpha, mario))
+            if (r.info.daticert && r.info.daticert->oggetto)
+                seen[*r.info.daticert->oggetto].insert(r.info.type);
+        size_t done = 0;
+        for (const auto& [subject, kinds] : seen)
+            if (kinds.contains(MessageType::accettazione) &&
+                kinds.contains(MessageType::avvenuta_consegna))
+                ++done;
+        return done == kMessages && net.mailbox(net.alpha, net.alpha.service()).size() >= kMessages;
+    };
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(90);
+    while (std::chrono::steady_clock::now() < deadline) {
+        net.relay(net.alpha, {});
+        net.relay(net.beta, {});
+        if (kills < 12 && rng() % 3 == 0) {
+            if (rng() % 2)
+                kill_and_restart(alpha, net.alpha);
+            else
+                kill_and_restart(beta, net.beta);
+        } else if (kills >= 12 && complete()) {
+            break;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(40 + rng() % 80));
+    }
+    ASSERT_TRUE(complete()) << "after " << kills << " kills\n" << net.describe();
+
+    // One identificativo per submission, whatever was duplicated.
+    std::map<std::string, std::set<std::string>> ids;  // subject suffix -> identificativi
+    auto note = [&ids](const Received& r) {
+        ASSERT_TRUE(r.report.ok()) << r.report.reason;
+        ASSERT_TRUE(r.info.daticert.has_value());
+        ids[*r.info.daticert->oggetto].insert(r.info.daticert->identificativo);
+    };
+    for (const auto& r : net.mailbox(net.alpha, mario)) note(r);
+    for (const auto& r : net.mailbox(net.alpha, net.alpha.service())) note(r);
+    for (const auto& r : net.mailbox(net.beta, anna)) note(r);
+    ASSERT_EQ(ids.size(), static_cast<size_t>(kMessages));
+    for (const auto& [subject, set] : ids) EXPECT_EQ(set.size(), 1u) << subject;
+
+    pecd::testing::stop_pid(alpha.release());
+    pecd::testing::stop_pid(beta.release());
+    net.expect_clean();
 }
