@@ -64,12 +64,13 @@ provider::ProviderServices fake_services() {
 TEST(ProviderStages, WrapRerunGivesTheSameNamesAndIdentificativo) {
     TwoProviders net;
     auto& p = net.alpha;
-    const std::string mario = p.address("mario"), anna = net.beta.address("anna");
+    const std::string mario = p.address("mario"), anna = net.beta.address("anna"),
+                      ext = "rossi@example.org";
     auto classify = provider::make_stage("classify", p.handle);
     auto wrap = provider::make_stage("wrap", p.handle);
     ASSERT_TRUE(classify && wrap);
-    Input in(net.root(), envelope(mario, {anna}, "mario"),
-             client_message(mario, anna, "", "Prova", "x"));
+    Input in(net.root(), envelope(mario, {anna, ext}, "mario"),
+             client_message(mario, anna + ", " + ext, "", "Prova", "x"));
     auto routed = (*classify)(in.get());
     ASSERT_TRUE(routed.has_value());
     ASSERT_EQ(routed->size(), 1u);
@@ -78,7 +79,8 @@ TEST(ProviderStages, WrapRerunGivesTheSameNamesAndIdentificativo) {
     auto id = (*routed)[0].env.attr(provider::attr::id);
     ASSERT_TRUE(id.has_value());
 
-    Input again(net.root() / "c", (*routed)[0].env, client_message(mario, anna, "", "Prova", "x"));
+    Input again(net.root() / "c", (*routed)[0].env,
+                client_message(mario, anna + ", " + ext, "", "Prova", "x"));
     auto first = (*wrap)(again.get());
     auto second = (*wrap)(again.get());
     ASSERT_TRUE(first && second);
@@ -94,9 +96,9 @@ TEST(ProviderStages, WrapRerunGivesTheSameNamesAndIdentificativo) {
     // the busta: to outbound, RCPT TO = the original recipients, timers' data recorded
     const auto& busta = (*first)[1];
     EXPECT_EQ(busta.destination, "outbound");
-    EXPECT_EQ(busta.env.recipients, std::vector<std::string>{anna});
+    EXPECT_EQ(busta.env.recipients, (std::vector<std::string>{anna, ext}));
     EXPECT_EQ(busta.env.sender, mario);
-    EXPECT_EQ(busta.env.attr(provider::attr::certified), anna);
+    EXPECT_EQ(busta.env.attr(provider::attr::certified), anna);  // no timers for esterno
     auto info = pec::read_pec_message(busta.body.bytes);
     ASSERT_TRUE(info.has_value());
     EXPECT_EQ(info->daticert->identificativo, *id);
