@@ -1,6 +1,11 @@
 #include "stages/provider/embedded.hpp"
 
 #include <gmime/gmime.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <optional>
+#include <utility>
 
 #include "spool-layout/durable.hpp"
 #include "spool-layout/queue_file.hpp"

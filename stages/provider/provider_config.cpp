@@ -75,13 +75,12 @@ bool plausible_domain(std::string_view d) {
 struct Reader {
     const Config& config;
     std::vector<ConfigProblem> problems;
+    std::set<std::string, std::less<>> bad_sections;  // sections with a value problem
 
     int line(std::string_view section, std::string_view key) const {
         auto v = config.find(section, key);
         return v ? v->line : 0;
     }
-    std::set<std::string, std::less<>> bad_sections;
-
     void problem(std::string_view section, std::string_view key, std::string message) {
         bad_sections.emplace(section);
         problems.push_back({line(section, key), "[" + std::string(section) + "] " +
