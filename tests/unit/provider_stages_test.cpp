@@ -348,3 +348,40 @@ TEST(ProviderConfig, CheckReportsEveryProblemWithItsLine) {
         << all;
     EXPECT_FALSE(provider::Provider::create(*wrong_cert).has_value());
 }
+
+TEST(ProviderStages, MixedPolicyWrapsSomeAndQuarantinesTheOthers) {
+    TwoProviders net;
+    // beta also manages legal.beta.test, where ordinary mail is refused.
+    std::string text = read_file(net.beta.conf);
+    text.replace(text.find("domains = pec.beta.test"), 23,
+                 "domains = pec.beta.test, legal.beta.test");
+    write_file(net.beta.conf, text + "[policy]\nordinary_mail.legal.beta.test = reject\n");
+    auto config = Config::load(net.beta.conf);
+    ASSERT_TRUE(config.has_value());
+    auto p = provider::Provider::create(*config);
+    ASSERT_TRUE(p.has_value()) << p.error().message;
+    auto verify = provider::make_stage("verify", std::make_shared<provider::ProviderHandle>(*p));
+
+    const std::string anna = "anna@pec.beta.test", avv = "avvocato@legal.beta.test";
+    Input in(net.root(), envelope("spam@example.org", {anna, avv}),
+             client_message("spam@example.org", anna + ", " + avv, "", "Offerta", "x"));
+    auto out = (*verify)(in.get());
+    ASSERT_TRUE(out.has_value()) << out.error().message;
+    ASSERT_EQ(out->size(), 2u);
+    EXPECT_EQ((*out)[0].destination, "deliver");
+    EXPECT_EQ((*out)[0].env.recipients, std::vector<std::string>{anna});
+    auto anomaly = pec::read_pec_message((*out)[0].body.bytes);
+    ASSERT_TRUE(anomaly.has_value());
+    EXPECT_EQ(anomaly->type, pec::MessageType::busta_anomalia);
+    EXPECT_EQ((*out)[1].destination, "verify");
+    EXPECT_EQ((*out)[1].env.recipients, std::vector<std::string>{avv});
+    EXPECT_EQ((*out)[1].env.id, spool::derived_queue_id(in.env.id, "rj"));
+
+    // Its next pass: only refusing recipients left, so it goes to quarantine with the reason.
+    Input refused(net.root() / "rj", (*out)[1].env,
+                  client_message("spam@example.org", anna + ", " + avv, "", "Offerta", "x"));
+    auto q = (*verify)(refused.get());
+    ASSERT_FALSE(q.has_value());
+    EXPECT_EQ(q.error().kind, ErrorKind::permanent);
+    EXPECT_NE(q.error().message.find("ordinary_mail"), std::string::npos);
+}
