@@ -33,8 +33,14 @@ int check_config(const Config& config) {
     };
     if (auto s = runner::spool_settings(config); !s) report(s.error());
     if (auto r = runner::runner_options(config); !r) report(r.error());
-    for (auto stage : spool::kStages)
-        if (auto f = make_stage_function(stage, config); !f) report(f.error());
+    // The provider sections: every problem with its line, then whether everything loads.
+    for (const auto& p : check_stage_config(config)) {
+        std::fprintf(stderr, "%s:%d: %s\n", config.source().c_str(), p.line, p.message.c_str());
+        ++problems;
+    }
+    if (!provider::provider_configured(config))
+        std::printf("%s: no [provider] section: the stages pass messages along unchanged\n",
+                    config.source().c_str());
     if (problems == 0) std::printf("%s: OK\n", config.source().c_str());
     return problems == 0 ? 0 : 1;
 }
@@ -119,6 +125,11 @@ int main(int argc, char** argv) {
     sigaddset(&signals, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+    auto context = make_stage_context(*config);
+    if (!context) {
+        std::fprintf(stderr, "pecd: %s\n", context.error().message.c_str());
+        return 78;
+    }
     std::vector<spool::StageLock> locks;
     std::vector<std::unique_ptr<runner::StageRunner>> runners;
     for (const auto& stage : stages) {
@@ -132,7 +143,7 @@ int main(int argc, char** argv) {
             return 75;
         }
         locks.push_back(std::move(*lock));
-        auto fn = make_stage_function(stage, *config);
+        auto fn = make_stage_function(stage, *context);
         if (!fn) {
             std::fprintf(stderr, "pecd: %s\n", fn.error().message.c_str());
             return 78;
@@ -160,7 +171,17 @@ int main(int argc, char** argv) {
         int sig = 0;
         sigwait(&signals, &sig);
         if (sig == SIGHUP) {
-            PECD_LOG(info) << "SIGHUP: configuration reload is not implemented for the pass-through stages";
+            // A new provider (keys, index, templates, trust, policy) is built beside the running
+            // one and swapped in; messages in hand finish with the snapshot they started with.
+            // [spool] and [runner] changes need a restart.
+            auto fresh = Config::load(config->source());
+            Status reloaded = fresh ? reload_stage_context(*context, *fresh)
+                                    : Status(std::unexpected(fresh.error()));
+            if (reloaded)
+                PECD_LOG(info) << "SIGHUP: configuration reloaded from " << config->source();
+            else
+                PECD_LOG(error) << "SIGHUP: reload failed, keeping the running configuration: "
+                                << reloaded.error().message;
             continue;
         }
         PECD_LOG(info) << "signal " << sig << ": finishing the batch in hand";

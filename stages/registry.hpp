@@ -1,13 +1,29 @@
-// Which function each stage runs. Adding real stage logic is replacing one entry here.
+// Which function each stage runs. With a [provider] section the stages run the PEC provider
+// (stages/provider); without one they pass messages along unchanged, which is the spool
+// machinery alone (the crash harness and the spool demo run it that way).
 #pragma once
 
+#include <memory>
 #include <string_view>
+#include <vector>
 
 #include "stages/common/config.hpp"
+#include "stages/provider/provider_config.hpp"
 #include "stages/runner/runner.hpp"
 
 namespace pecd {
 
-Result<runner::StageFunction> make_stage_function(std::string_view stage, const Config& config);
+// What the stage functions of one process share: the provider, swapped on SIGHUP.
+struct StageContext {
+    std::shared_ptr<provider::ProviderHandle> provider;  // null: pass-through stages
+};
+
+Result<StageContext> make_stage_context(const Config& config);
+Result<runner::StageFunction> make_stage_function(std::string_view stage,
+                                                  const StageContext& context);
+// Rebuilds the provider from `config` and swaps it in; the running one stays on failure.
+Status reload_stage_context(const StageContext& context, const Config& config);
+// Every problem of the stage configuration, with its line (pecd check-config).
+std::vector<ConfigProblem> check_stage_config(const Config& config);
 
 }  // namespace pecd

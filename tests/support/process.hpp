@@ -1,6 +1,7 @@
 // Child processes for tests and benches: spawn with posix_spawn, stop by PID, always reaped.
 #pragma once
 
+#include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>

@@ -1,0 +1,165 @@
+#include "stages/provider/embedded.hpp"
+
+#include <gmime/gmime.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <optional>
+#include <utility>
+
+#include "spool-layout/durable.hpp"
+#include "spool-layout/queue_file.hpp"
+#include "spool-layout/queue_id.hpp"
+#include "stages/pec/gmime_util.hpp"
+
+namespace pecd::provider {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// The local part and domain of an address, lower case; nullopt for anything that could climb
+// out of the mailbox tree.
+std::optional<std::pair<std::string, std::string>> mailbox_parts(std::string_view address) {
+    size_t at = address.rfind('@');
+    if (at == std::string_view::npos || at == 0 || at + 1 == address.size()) return std::nullopt;
+    std::string local = lower(address.substr(0, at));
+    std::string domain = lower(address.substr(at + 1));
+    for (const std::string* part : {&local, &domain}) {
+        if (*part == "." || *part == ".." || part->front() == '.') return std::nullopt;
+        for (char c : *part)
+            if (c == '/' || c == '\0' || static_cast<unsigned char>(c) < 0x20) return std::nullopt;
+    }
+    return std::make_pair(local, domain);
+}
+
+}  // namespace
+
+Status create_maildir(const fs::path& root, std::string_view address) {
+    auto parts = mailbox_parts(address);
+    if (!parts) return fail(ErrorKind::permanent, "not a mailbox address: " + std::string(address));
+    fs::path box = root / parts->second / parts->first;
+    for (const char* sub : {"tmp", "new", "cur"}) {
+        std::error_code ec;
+        fs::create_directories(box / sub, ec);
+        if (ec)
+            return fail(ErrorKind::transient,
+                        "create " + (box / sub).string() + ": " + ec.message());
+    }
+    return {};
+}
+
+std::function<Result<RecipientStatus>(const std::string&, std::string_view)> maildir_delivery(
+    fs::path root, std::vector<std::string> managed_domains) {
+    return [root = std::move(root), domains = std::move(managed_domains)](
+               const std::string& recipient, std::string_view message) -> Result<RecipientStatus> {
+        RecipientStatus st{recipient, Outcome::ok, "2.0.0", "consegnato"};
+        auto parts = mailbox_parts(recipient);
+        if (!parts || std::find(domains.begin(), domains.end(), parts->second) == domains.end()) {
+            st.outcome = Outcome::permanent;
+            st.code = "5.1.2";
+            st.text = "dominio non gestito";
+            return st;
+        }
+        fs::path box = root / parts->second / parts->first;
+        std::error_code ec;
+        if (!fs::is_directory(box / "new", ec)) {
+            st.outcome = Outcome::permanent;
+            st.code = "5.1.1";
+            st.text = "indirizzo non valido";
+            return st;
+        }
+        // Maildir unique name: time, queue-id randomness, pid.
+        std::string name = spool::new_queue_id(spool::now_us()) + "." + std::to_string(::getpid());
+        if (auto w = durable::write_file_atomic(box / "tmp" / name, message); !w)
+            return context(w.error(), "maildir " + recipient);
+        if (auto r = durable::rename_file(box / "tmp" / name, box / "new" / name); !r)
+            return context(r.error(), "maildir " + recipient);
+        if (auto s = durable::sync_dir(box / "new"); !s)
+            return context(s.error(), "maildir " + recipient);
+        return st;
+    };
+}
+
+std::function<Result<std::vector<RecipientStatus>>(
+    const std::string&, const std::vector<std::string>&, std::string_view)>
+outbox_sender(fs::path dir) {
+    return
+        [dir = std::move(dir)](const std::string& from, const std::vector<std::string>& rcpts,
+                               std::string_view message) -> Result<std::vector<RecipientStatus>> {
+            if (auto st = durable::make_dir(dir); !st) return context(st.error(), "outbox");
+            spool::Envelope env;
+            env.arrival_us = spool::now_us();
+            env.id = spool::new_queue_id(env.arrival_us);
+            env.sender = from;
+            env.recipients = rcpts;
+            std::string file = spool::encode_header(env, message.size());
+            file += message;
+            if (auto st = durable::write_file_atomic(dir / env.id, file); !st)
+                return context(st.error(), "outbox");
+            std::vector<RecipientStatus> out;
+            for (const auto& r : rcpts)
+                out.push_back({r, Outcome::ok, "2.0.0", "queued as " + env.id});
+            return out;
+        };
+}
+
+bool contains_eicar(std::string_view message) {
+    static constexpr std::string_view kEicar = "EICAR-STANDARD-ANTIVIRUS-TEST-FILE!";
+    if (message.find(kEicar) != std::string_view::npos) return true;
+    // Attachments travel encoded: look at every decoded leaf too.
+    pec::ensure_gmime();
+    pec::GPtr<GMimeStream> stream(
+        g_mime_stream_mem_new_with_buffer(message.data(), message.size()));
+    pec::GPtr<GMimeParser> parser(g_mime_parser_new_with_stream(stream.get()));
+    pec::GPtr<GMimeMessage> parsed(g_mime_parser_construct_message(parser.get(), nullptr));
+    if (!parsed) return false;
+    bool found = false;
+    g_mime_message_foreach(
+        parsed.get(),
+        [](GMimeObject*, GMimeObject* part, gpointer data) {
+            bool& hit = *static_cast<bool*>(data);
+            if (hit || !GMIME_IS_PART(part)) return;
+            GMimeDataWrapper* content = g_mime_part_get_content(GMIME_PART(part));
+            if (content == nullptr) return;
+            pec::GPtr<GMimeStream> out(g_mime_stream_mem_new());
+            if (g_mime_data_wrapper_write_to_stream(content, out.get()) < 0) return;
+            GByteArray* bytes = g_mime_stream_mem_get_byte_array(GMIME_STREAM_MEM(out.get()));
+            std::string_view decoded(reinterpret_cast<const char*>(bytes->data), bytes->len);
+            hit = decoded.find(kEicar) != std::string_view::npos;
+        },
+        &found);
+    return found;
+}
+
+std::function<Result<ScanResult>(std::string_view)> builtin_scanner(std::string_view type) {
+    if (type == "eicar")
+        return [](std::string_view message) -> Result<ScanResult> {
+            if (contains_eicar(message)) return ScanResult{true, "Eicar-Test-Signature"};
+            return ScanResult{};
+        };
+    return [](std::string_view) -> Result<ScanResult> { return ScanResult{}; };
+}
+
+std::function<Status(std::string_view, std::string_view)> virus_store(fs::path dir) {
+    return [dir = std::move(dir)](std::string_view key, std::string_view message) -> Status {
+        if (!spool::is_valid_queue_id(key))
+            return fail(ErrorKind::permanent, "virus store: bad key " + std::string(key));
+        std::error_code ec;
+        fs::create_directories(dir, ec);
+        if (ec)
+            return fail(ErrorKind::transient, "virus store " + dir.string() + ": " + ec.message());
+        return durable::write_file_atomic(dir / (std::string(key) + ".eml"), message);
+    };
+}
+
+ProviderServices make_embedded_services(const ProviderSettings& settings) {
+    ProviderServices s;
+    s.scan = builtin_scanner(settings.antivirus);
+    s.deliver_to_mailbox = maildir_delivery(settings.maildir_root, settings.domains);
+    s.send = outbox_sender(settings.outbox);
+    s.keep_infected = virus_store(settings.virus_store);
+    return s;
+}
+
+}  // namespace pecd::provider

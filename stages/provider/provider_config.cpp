@@ -1,0 +1,414 @@
+#include "stages/provider/provider_config.hpp"
+
+#include <openssl/x509v3.h>
+
+#include <algorithm>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "stages/pec/templates.hpp"
+#include "stages/provider/embedded.hpp"
+
+namespace pecd::provider {
+
+std::string lower(std::string_view text) {
+    std::string out(text);
+    for (char& c : out)
+        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    return out;
+}
+
+std::string domain_of(std::string_view address) {
+    size_t at = address.rfind('@');
+    if (at == std::string_view::npos) return {};
+    std::string d = lower(address.substr(at + 1));
+    while (!d.empty() && (d.back() == '>' || d.back() == '.' || d.back() == ' ')) d.pop_back();
+    return d;
+}
+
+bool ProviderSettings::manages(std::string_view domain) const {
+    std::string d = lower(domain);
+    return std::find(domains.begin(), domains.end(), d) != domains.end();
+}
+
+OrdinaryPolicy ProviderSettings::policy_for(std::string_view domain) const {
+    auto it = ordinary_mail_per_domain.find(lower(domain));
+    return it == ordinary_mail_per_domain.end() ? ordinary_mail : it->second;
+}
+
+bool provider_configured(const Config& config) {
+    auto sections = config.sections();
+    return std::find(sections.begin(), sections.end(), "provider") != sections.end();
+}
+
+namespace {
+
+std::string_view trim(std::string_view s) {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+    return s;
+}
+
+std::vector<std::string> split_list(std::string_view text) {
+    std::vector<std::string> out;
+    while (!text.empty()) {
+        size_t comma = text.find(',');
+        auto item = trim(text.substr(0, comma));
+        if (!item.empty()) out.emplace_back(item);
+        if (comma == std::string_view::npos) break;
+        text.remove_prefix(comma + 1);
+    }
+    return out;
+}
+
+bool plausible_domain(std::string_view d) {
+    if (d.empty() || d.size() > 253 || d.front() == '.' || d.back() == '.' ||
+        d.find('.') == std::string_view::npos)
+        return false;
+    return std::all_of(d.begin(), d.end(), [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.';
+    });
+}
+
+// Reads the settings, collecting every problem instead of stopping at the first.
+struct Reader {
+    const Config& config;
+    std::vector<ConfigProblem> problems;
+    std::set<std::string, std::less<>> bad_sections;  // sections with a value problem
+
+    int line(std::string_view section, std::string_view key) const {
+        auto v = config.find(section, key);
+        return v ? v->line : 0;
+    }
+    void problem(std::string_view section, std::string_view key, std::string message) {
+        bad_sections.emplace(section);
+        problems.push_back({line(section, key), "[" + std::string(section) + "] " +
+                                                    std::string(key) + ": " + std::move(message)});
+    }
+    std::string required(std::string_view section, std::string_view key) {
+        std::string v = config.get(section, key);
+        if (v.empty()) problem(section, key, "is required");
+        return v;
+    }
+    fs::path existing(std::string_view section, std::string_view key, bool is_dir) {
+        fs::path p = config.get_path(section, key);
+        if (p.empty()) return p;
+        std::error_code ec;
+        bool ok = is_dir ? fs::is_directory(p, ec) : fs::is_regular_file(p, ec);
+        if (!ok)
+            problem(section, key,
+                    p.string() + (is_dir ? " is not a directory" : " is not a readable file"));
+        return p;
+    }
+    void only_known(std::string_view section, std::set<std::string, std::less<>> known,
+                    std::string_view prefix = {}) {
+        for (const auto& k : config.keys(section))
+            if (!known.contains(k) && (prefix.empty() || !k.starts_with(prefix)))
+                problem(section, k, "unknown key");
+    }
+};
+
+std::optional<OrdinaryPolicy> policy_from(std::string_view v) {
+    if (v == "anomaly") return OrdinaryPolicy::anomaly;
+    if (v == "reject") return OrdinaryPolicy::reject;
+    return std::nullopt;
+}
+
+ProviderSettings read_all(Reader& r) {
+    const Config& c = r.config;
+    ProviderSettings s;
+    r.only_known("provider",
+                 {"name", "mail_domain", "domains", "templates", "virus_store", "node"});
+    s.name = r.required("provider", "name");
+    s.mail_domain = lower(r.required("provider", "mail_domain"));
+    if (!s.mail_domain.empty() && !plausible_domain(s.mail_domain))
+        r.problem("provider", "mail_domain", "'" + s.mail_domain + "' is not a mail domain");
+    for (const auto& d : split_list(r.required("provider", "domains"))) {
+        std::string domain = lower(d);
+        if (!plausible_domain(domain))
+            r.problem("provider", "domains", "'" + d + "' is not a mail domain");
+        else
+            s.domains.push_back(domain);
+    }
+    // The service mailbox must be ours: presa in carico and rilevazione virus come back to it.
+    if (!s.mail_domain.empty() && !s.domains.empty() && !s.manages(s.mail_domain))
+        r.problem("provider", "mail_domain",
+                  "'" + s.mail_domain + "' must also be listed in [provider] domains");
+    s.templates = r.existing("provider", "templates", true);
+    if (s.templates.empty()) r.problem("provider", "templates", "is required");
+    s.virus_store = c.get_path("provider", "virus_store");
+    if (s.virus_store.empty()) r.problem("provider", "virus_store", "is required");
+    s.node = c.get("provider", "node");
+
+    r.only_known("keys", {"cert", "key", "chain", "pkcs11_uri", "pkcs11_module", "pin_file",
+                          "signature_protocol"});
+    s.pkcs11_uri = c.get("keys", "pkcs11_uri");
+    s.cert = r.existing("keys", "cert", false);
+    s.chain = r.existing("keys", "chain", false);
+    if (s.pkcs11_uri.empty()) {
+        s.key = r.existing("keys", "key", false);
+        if (s.cert.empty()) r.problem("keys", "cert", "is required (or pkcs11_uri)");
+        if (s.key.empty()) r.problem("keys", "key", "is required (or pkcs11_uri)");
+    } else {
+        if (c.find("keys", "key")) r.problem("keys", "key", "conflicts with pkcs11_uri");
+        s.pkcs11_module = r.existing("keys", "pkcs11_module", false);
+        s.pin_file = r.existing("keys", "pin_file", false);
+        if (s.pkcs11_module.empty())
+            r.problem("keys", "pkcs11_module", "is required with pkcs11_uri");
+        if (s.pin_file.empty()) r.problem("keys", "pin_file", "is required with pkcs11_uri");
+    }
+    std::string protocol = c.get("keys", "signature_protocol", "pkcs7-signature");
+    if (protocol == "x-pkcs7-signature")
+        s.protocol = pec::SignatureProtocol::x_pkcs7_signature;
+    else if (protocol != "pkcs7-signature")
+        r.problem("keys", "signature_protocol", "must be pkcs7-signature or x-pkcs7-signature");
+
+    r.only_known("trust", {"ca_files", "ca_dirs", "crl_files", "check_crl"});
+    // Comma lists of paths, relative ones resolved like get_path (against the file's directory).
+    Config resolver = c;
+    auto paths = [&](std::string_view key, bool dirs, std::vector<fs::path>& into) {
+        for (const auto& item : split_list(c.get("trust", key))) {
+            resolver.set("trust", "path.item", item);
+            fs::path p = resolver.get_path("trust", "path.item");
+            std::error_code ec;
+            if (dirs ? !fs::is_directory(p, ec) : !fs::is_regular_file(p, ec))
+                r.problem("trust", key, p.string() + " does not exist");
+            into.push_back(p);
+        }
+    };
+    paths("ca_files", false, s.trust.ca_files);
+    paths("ca_dirs", true, s.trust.ca_dirs);
+    paths("crl_files", false, s.trust.crl_files);
+    if (s.trust.ca_files.empty() && s.trust.ca_dirs.empty())
+        r.problem("trust", "ca_files", "is required (the trust anchors of the PEC providers)");
+    if (auto crl = c.get_bool("trust", "check_crl", true); crl)
+        s.trust.check_crl = *crl;
+    else
+        r.problem("trust", "check_crl", "must be yes or no");
+    // Without a CRL every signature check would end in crl_unavailable.
+    if (s.trust.check_crl && s.trust.crl_files.empty() && s.trust.ca_dirs.empty())
+        r.problem("trust", "crl_files", "is required while check_crl = yes");
+
+    r.only_known("index", {"source", "ldif", "uri", "base", "bind_dn", "bind_password_file",
+                           "cache_file", "timeout"});
+    std::string source = c.get("index", "source", "ldif");
+    if (source == "ldif") {
+        s.index_source = ProviderSettings::IndexSource::ldif;
+        s.ldif = r.existing("index", "ldif", false);
+        if (s.ldif.empty()) r.problem("index", "ldif", "is required with source = ldif");
+    } else if (source == "ldap") {
+        s.index_source = ProviderSettings::IndexSource::ldap;
+        s.ldap.uri = r.required("index", "uri");
+        s.ldap.base_dn = c.get("index", "base", s.ldap.base_dn);
+        s.ldap.bind_dn = c.get("index", "bind_dn");
+        s.ldap.cache_file = c.get_path("index", "cache_file");
+        if (fs::path pw = r.existing("index", "bind_password_file", false); !pw.empty()) {
+            std::ifstream in(pw);
+            std::getline(in, s.ldap.bind_password);
+        }
+        if (auto t = c.get_duration("index", "timeout", s.ldap.timeout); t)
+            s.ldap.timeout = *t;
+        else
+            r.problem("index", "timeout", "must be a duration such as 5s");
+    } else {
+        r.problem("index", "source", "must be ldif or ldap");
+    }
+
+    r.only_known("limits", {"max_size_times_recipients"});
+    if (auto limit = c.get_size("limits", "max_size_times_recipients", s.max_size_times_recipients);
+        limit)
+        s.max_size_times_recipients = *limit;
+    else
+        r.problem("limits", "max_size_times_recipients", "must be a size such as 30M");
+
+    r.only_known("policy", {"ordinary_mail"}, "ordinary_mail.");
+    for (const auto& key : c.keys("policy")) {
+        std::string value = c.get("policy", key);
+        auto policy = policy_from(value);
+        if (!policy) {
+            r.problem("policy", key, "must be anomaly or reject, not '" + value + "'");
+            continue;
+        }
+        if (key == "ordinary_mail") {
+            s.ordinary_mail = *policy;
+        } else if (key.starts_with("ordinary_mail.")) {
+            std::string domain = lower(key.substr(std::string_view("ordinary_mail.").size()));
+            if (!s.manages(domain))
+                r.problem("policy", key, "'" + domain + "' is not one of [provider] domains");
+            s.ordinary_mail_per_domain[domain] = *policy;
+        }
+    }
+
+    r.only_known("mailbox", {"maildir"});
+    s.maildir_root = r.existing("mailbox", "maildir", true);
+    if (s.maildir_root.empty()) r.problem("mailbox", "maildir", "is required");
+    r.only_known("outbound", {"directory"});
+    s.outbox = c.get_path("outbound", "directory");
+    if (s.outbox.empty()) {
+        fs::path spool = c.get_path("spool", "directory");
+        if (!spool.empty()) s.outbox = spool / "outbox";
+    }
+    r.only_known("antivirus", {"type"});
+    s.antivirus = c.get("antivirus", "type", "none");
+    if (s.antivirus != "none" && s.antivirus != "eicar")
+        r.problem("antivirus", "type", "must be none or eicar");
+    return s;
+}
+
+}  // namespace
+
+Result<ProviderSettings> read_settings(const Config& config) {
+    Reader r{config, {}, {}};
+    ProviderSettings s = read_all(r);
+    if (!r.problems.empty())
+        return fail(ErrorKind::config, config.source() + ":" + std::to_string(r.problems[0].line) +
+                                           ": " + r.problems[0].message);
+    return s;
+}
+
+namespace {
+
+Result<std::shared_ptr<const pec::SigningKey>> load_key(const ProviderSettings& s) {
+    if (!s.pkcs11_uri.empty())
+        return pec::load_pkcs11_key(s.pkcs11_uri, s.pkcs11_module, s.pin_file, s.cert);
+    return pec::load_pem_key(s.cert, s.key, s.chain);
+}
+
+// Every message we sign has From: posta-certificata@<mail_domain>, which must be the address in
+// the signing certificate (pec-rules.md §2.2, RFC 6109 §2.1).
+Status check_service_address(const pec::SigningKey& key, const std::string& mail_domain) {
+    const std::string wanted = "posta-certificata@" + mail_domain;
+    auto* names = static_cast<GENERAL_NAMES*>(
+        X509_get_ext_d2i(key.certificate(), NID_subject_alt_name, nullptr, nullptr));
+    bool found = false;
+    for (int i = 0; names && i < sk_GENERAL_NAME_num(names); ++i) {
+        const GENERAL_NAME* name = sk_GENERAL_NAME_value(names, i);
+        if (name->type != GEN_EMAIL) continue;
+        const ASN1_IA5STRING* email = name->d.rfc822Name;
+        std::string_view value(reinterpret_cast<const char*>(ASN1_STRING_get0_data(email)),
+                               static_cast<size_t>(ASN1_STRING_length(email)));
+        found = found || lower(value) == wanted;
+    }
+    GENERAL_NAMES_free(names);
+    if (!found)
+        return fail(ErrorKind::config,
+                    "the signing certificate has no subjectAltName email " + wanted);
+    return {};
+}
+
+Result<pec::IndexSnapshot> load_index(const ProviderSettings& s) {
+    if (s.index_source == ProviderSettings::IndexSource::ldap) return pec::load_ldap(s.ldap);
+    return pec::load_ldif(s.ldif);
+}
+
+}  // namespace
+
+std::vector<ConfigProblem> check(const Config& config) {
+    Reader r{config, {}, {}};
+    ProviderSettings s = read_all(r);
+    // Then load what the sound sections point at, each failure on its own line; a section
+    // whose values are wrong is not loaded (its problems are already listed).
+    const auto value_problems = r.bad_sections;
+    auto sound = [&value_problems](std::initializer_list<std::string_view> sections) {
+        for (auto section : sections)
+            if (value_problems.contains(section)) return false;
+        return true;
+    };
+    auto loaded = [&](std::string_view section, std::string_view key, const Error& e) {
+        r.problem(section, key, e.message);
+    };
+    Result<std::shared_ptr<const pec::SigningKey>> key =
+        fail(ErrorKind::config, "not loaded: [keys] has problems");
+    if (sound({"keys", "provider"})) {
+        key = load_key(s);
+        if (!key) loaded("keys", s.pkcs11_uri.empty() ? "key" : "pkcs11_uri", key.error());
+    }
+    if (key) {
+        // A test signature proves the key works (a token PIN, a key that fits the certificate).
+        auto signer = pec::make_entity_signer(*key, {});
+        if (auto signed_entity = signer("Content-Type: text/plain\r\n\r\ncheck\r\n");
+            !signed_entity)
+            loaded("keys", "cert", signed_entity.error());
+        if (auto san = check_service_address(**key, s.mail_domain); !san)
+            loaded("keys", "cert", san.error());
+    }
+    if (!s.templates.empty())
+        if (auto t = pec::TemplateSet::load(s.templates); !t)
+            loaded("provider", "templates", t.error());
+    if (sound({"trust"}))
+        if (auto v = pec::SmimeVerifier::create(s.trust); !v)
+            loaded("trust", "ca_files", v.error());
+    if (sound({"provider"}))
+        if (auto ids = pec::IdentificativoGenerator::create(s.mail_domain, s.node); !ids)
+            loaded("provider", "node", ids.error());
+    if (!sound({"index"})) return r.problems;
+    auto index = load_index(s);
+    if (!index) {
+        loaded("index", s.index_source == ProviderSettings::IndexSource::ldif ? "ldif" : "uri",
+               index.error());
+    } else if (key && sound({"provider"})) {
+        // The index must know us as the network sees us: our certificate, our mail domain.
+        auto sha1 = pec::cert_sha1_hex((*key)->certificate());
+        const pec::ProviderRecord* self = sha1 ? index->find_by_cert_hash(*sha1) : nullptr;
+        if (self == nullptr)
+            r.problem("keys", "cert", "the signing certificate is not in the providers index");
+        else if (std::find(self->managed_domains.begin(), self->managed_domains.end(),
+                           s.mail_domain) == self->managed_domains.end())
+            r.problem("provider", "mail_domain",
+                      "'" + s.mail_domain + "' is not among our managedDomains in the index");
+    }
+    return r.problems;
+}
+
+Result<std::shared_ptr<const Provider>> Provider::create(const Config& config,
+                                                         std::optional<ProviderServices> services) {
+    auto settings = read_settings(config);
+    if (!settings) return std::unexpected(settings.error());
+    std::shared_ptr<Provider> p(new Provider());
+    p->settings_ = std::move(*settings);
+    const ProviderSettings& s = p->settings_;
+    p->identity_ = pec::ProviderIdentity{s.name, s.mail_domain};
+
+    auto key = load_key(s);
+    if (!key) return context(key.error(), "[keys]");
+    p->key_ = *key;
+    if (auto san = check_service_address(*p->key_, s.mail_domain); !san)
+        return context(san.error(), "[keys]");
+    auto templates = pec::TemplateSet::load(s.templates);
+    if (!templates) return context(templates.error(), "[provider] templates");
+    auto verifier = pec::SmimeVerifier::create(s.trust);
+    if (!verifier) return context(verifier.error(), "[trust]");
+    p->verifier_ = *verifier;
+    auto index = load_index(s);
+    if (!index) return context(index.error(), "[index]");
+    p->index_ = std::make_shared<pec::ProvidersIndex>(std::move(*index));
+    auto ids = pec::IdentificativoGenerator::create(s.mail_domain, s.node);
+    if (!ids) return context(ids.error(), "[provider]");
+    p->ids_ = std::shared_ptr<pec::IdentificativoGenerator>(std::move(*ids));
+    pec::SignOptions sign;
+    sign.protocol = s.protocol;
+    p->builder_ = std::make_unique<pec::MessageBuilder>(
+        p->identity_, std::make_shared<const pec::TemplateSet>(std::move(*templates)),
+        pec::make_entity_signer(p->key_, sign), p->ids_);
+    p->services_ = services ? std::move(*services) : make_embedded_services(s);
+    return std::shared_ptr<const Provider>(std::move(p));
+}
+
+bool Provider::is_local(std::string_view address) const {
+    return settings_.manages(domain_of(address));
+}
+
+Status ProviderHandle::reload(const Config& config, std::optional<ProviderServices> services) {
+    // A file caught half-edited must not replace a working configuration.
+    if (!config.problems().empty())
+        return fail(ErrorKind::config, config.source() + ":" +
+                                           std::to_string(config.problems()[0].line) + ": " +
+                                           config.problems()[0].message);
+    auto next = Provider::create(config, std::move(services));
+    if (!next) return std::unexpected(next.error());
+    replace(std::move(*next));
+    return {};
+}
+
+}  // namespace pecd::provider

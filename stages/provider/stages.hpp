@@ -1,0 +1,63 @@
+// The provider's stage functions (pec-rules.md §5): classify, wrap (access point), verify
+// (receipt point), deliver (delivery point), receipt, outbound.
+//
+// Every function is a pure function of its input and the Provider snapshot it takes for that
+// message, except for the calls into ProviderServices: mailbox delivery (deliver), sending
+// (outbound) and keeping infected messages (wrap, verify; stored under the queue id, so a
+// re-run replaces instead of duplicating). Outputs are named by the input id or
+// derived_queue_id(input, tag), so a re-run after a crash rewrites the same files.
+//
+// Decisions:
+//  * The identificativo is minted once, by classify, and stored in the attr `pec.id`: every
+//    later attempt at the same submission (a deferral of wrap, a crash re-run) uses the same
+//    one, so logs written along the way name one transaction.
+//  * The busta goes to `outbound` with all the original recipients, ours included: it comes
+//    back through the MTA (pec-enqueue -> classify -> verify) like any received busta, since
+//    processing happens even when sender and recipient share the domain (DM6 c.5).
+//  * Receipts and notices for our own users are delivered directly (`deliver`); those for other
+//    providers leave through `outbound`.
+//  * A subset of recipients that needs a different fate than the rest (refused by policy,
+//    refused by the next hop) is written back to the same stage under a derived id, and that
+//    file alone is quarantined on its next pass: quarantine works on whole inputs.
+//  * Mailbox delivery is at least once: a crash after a delivery and before the commit delivers
+//    again on the re-run (as LMTP does); the receipt is issued once, from the committed outputs.
+#pragma once
+
+#include <memory>
+#include <string_view>
+
+#include "stages/provider/provider_config.hpp"
+#include "stages/runner/runner.hpp"
+
+namespace pecd::provider {
+
+// Envelope attrs written by the stages (what the scheduler and the legal log will read).
+namespace attr {
+inline constexpr const char* route = "pec.route";          // submission | incoming | relay
+inline constexpr const char* id = "pec.id";                // identificativo of the transaction
+inline constexpr const char* kind = "pec.kind";            // MessageType name of the file's body
+inline constexpr const char* time = "pec.time";            // event time, microseconds
+inline constexpr const char* sender = "pec.sender";        // original sender of the transaction
+inline constexpr const char* certified = "pec.certified";  // certificato recipients, comma list
+inline constexpr const char* parent = "pec.parent";        // queue id this message came from
+inline constexpr const char* refused = "pec.refused";      // reason: quarantine this subset
+inline constexpr const char* delivery_prefix =
+    "dlv.";  // dlv.<rcpt> = "ok <us>" | "fail <us> <code> <text>"
+}  // namespace attr
+
+using runner::StageFunction;
+
+StageFunction classify_stage(std::shared_ptr<ProviderHandle> provider);
+StageFunction wrap_stage(std::shared_ptr<ProviderHandle> provider);
+StageFunction verify_stage(std::shared_ptr<ProviderHandle> provider);
+StageFunction deliver_stage(std::shared_ptr<ProviderHandle> provider);
+StageFunction receipt_stage(std::shared_ptr<ProviderHandle> provider);
+StageFunction outbound_stage(std::shared_ptr<ProviderHandle> provider);
+
+// The function of a stage by name (spool::kStages).
+Result<StageFunction> make_stage(std::string_view stage, std::shared_ptr<ProviderHandle> provider);
+
+// The postacert.eml carried by a busta, as its bytes (CRLF).
+Result<std::string> extract_postacert(std::string_view busta);
+
+}  // namespace pecd::provider
