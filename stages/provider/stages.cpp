@@ -9,7 +9,7 @@
 #include "spool-layout/queue_id.hpp"
 #include "spool-layout/spool.hpp"
 #include "stages/common/log.hpp"
-#include "stages/pec/gmime_build_util.hpp"
+#include "stages/pec/gmime_util.hpp"
 #include "stages/pec/gmime_util.hpp"
 #include "stages/pec/postacert.hpp"
 #include "stages/pec/reader.hpp"
@@ -211,7 +211,7 @@ Submission check_submission(const Provider& p, const spool::Envelope& env, std::
     };
 
     auto info = pec::read_pec_message(raw);
-    auto headers = pec::raw::split(pec::gmb::to_crlf(raw));
+    auto headers = pec::raw::split(pec::to_crlf(raw));
     if (!info || !headers) {
         note("messaggio non conforme allo standard RFC 5322/MIME");
         for (const auto& r : env.recipients) o.recipients.push_back({r});
@@ -685,7 +685,7 @@ Result<std::string> extract_postacert(std::string_view busta) {
         if (!name || g_ascii_strcasecmp(name, "postacert.eml") != 0) continue;
         GMimeMessage* inner = g_mime_message_part_get_message(GMIME_MESSAGE_PART(part));
         if (!inner) break;
-        return pec::gmb::serialize_crlf(GMIME_OBJECT(inner));
+        return pec::serialize_crlf(GMIME_OBJECT(inner));
     }
     return fail(ErrorKind::corrupt, "busta without postacert.eml");
 }
