@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "spool-layout/durable.hpp"
+#include "tests/support/temp_dir.hpp"
 #include "spool-layout/queue_file.hpp"
 #include "spool-layout/queue_id.hpp"
 #include "spool-layout/spool.hpp"
@@ -32,23 +33,7 @@ namespace {
 
 const std::string kBin = PECD_BINARY_DIR "/bin/";
 
-class TempDir {
-public:
-    TempDir() {
-        std::string templ = (fs::temp_directory_path() / "spool_programs_test.XXXXXX").string();
-        char* made = ::mkdtemp(templ.data());
-        EXPECT_NE(made, nullptr);
-        path_ = templ;
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(path_, ec);
-    }
-    const fs::path& path() const { return path_; }
-
-private:
-    fs::path path_;
-};
+using TempDir = pecd::test::TempDir;
 
 std::string slurp(const fs::path& p) {
     std::ifstream in(p, std::ios::binary);

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "spool-layout/durable.hpp"
+#include "tests/support/temp_dir.hpp"
 #include "spool-layout/queue_file.hpp"
 #include "spool-layout/queue_id.hpp"
 
@@ -23,23 +24,7 @@ using namespace pecd::spool;
 
 namespace {
 
-class TempDir {
-public:
-    TempDir() {
-        std::string templ = (fs::temp_directory_path() / "spool_queue_file_test.XXXXXX").string();
-        char* made = ::mkdtemp(templ.data());
-        EXPECT_NE(made, nullptr);
-        path_ = templ;
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(path_, ec);
-    }
-    const fs::path& path() const { return path_; }
-
-private:
-    fs::path path_;
-};
+using TempDir = pecd::test::TempDir;
 
 std::string slurp(const fs::path& p) {
     std::ifstream in(p, std::ios::binary);
