@@ -8,6 +8,7 @@
 
 #include "spool-layout/durable.hpp"
 #include "spool-layout/queue_id.hpp"
+#include "stages/common/json.hpp"
 #include "stages/common/log.hpp"
 
 extern char** environ;
@@ -309,6 +310,89 @@ Handler command_handler(std::map<std::string, std::vector<std::string>> commands
                                                                         : ErrorKind::permanent;
         return fail(kind, args[0] + ": " + how);
     };
+}
+
+Result<size_t> ensure_periodic_tasks(TaskStore& store, const Config& config, std::string_view node,
+                                     int64_t now_us) {
+    auto commands = configured_commands(config);
+    size_t created = 0;
+    for (const auto& key : config.keys("scheduler")) {
+        if (!key.starts_with("every.") || key.size() == 6) continue;
+        std::string name = key.substr(6);
+        if (!commands.contains(name))
+            return fail(ErrorKind::config,
+                        config.source() + ": [scheduler] " + key + " without command." + name);
+        auto every = config.get_duration("scheduler", key, std::chrono::milliseconds(0));
+        if (!every) return std::unexpected(every.error());
+        if (every->count() <= 0)
+            return fail(ErrorKind::config,
+                        config.source() + ": [scheduler] " + key + " must be > 0");
+        Task t;
+        t.key = "periodic." + name;
+        if (!is_valid_key(t.key))
+            return fail(ErrorKind::config, "[scheduler] " + key + ": bad name");
+        auto existing = store.find(t.key);
+        if (existing) continue;  // pending, running, or failed (left for a human)
+        if (existing.error().kind != ErrorKind::not_found) return std::unexpected(existing.error());
+        t.op = "command";
+        t.due_us = now_us;
+        t.set_arg("command", name);
+        t.set_arg("every", config.get("scheduler", key));
+        auto st = store.schedule(t, node);
+        if (!st && st.error().kind != ErrorKind::conflict) return std::unexpected(st.error());
+        if (st) ++created;
+    }
+    return created;
+}
+
+std::string task_json(const TaskInfo& info) {
+    json::Writer w;
+    w.begin_object().key("key").value(info.task.key).key("state").value(to_string(info.state));
+    w.key("path").value(info.path.string());
+    if (!info.problem.empty()) {
+        w.key("problem").value(info.problem).end_object();
+        return w.str();
+    }
+    const Task& t = info.task;
+    w.key("op").value(t.op).key("due_us").value(t.due_us).key("attempts").value(t.attempts);
+    w.key("created_us").value(t.created_us).key("created_by").value(t.created_by);
+    w.key("last_error").value(t.last_error);
+    w.key("args").begin_object();
+    for (const auto& [k, v] : t.args) w.key(k).value(v);
+    w.end_object();
+    if (info.claim)
+        w.key("claim")
+            .begin_object()
+            .key("node")
+            .value(info.claim->node)
+            .key("pid")
+            .value(info.claim->pid)
+            .key("claimed_us")
+            .value(info.claim->claimed_us)
+            .end_object();
+    w.end_object();
+    return w.str();
+}
+
+std::string task_text(const TaskInfo& info, int64_t now_us) {
+    auto when = [&](int64_t at) {
+        int64_t s = (at - now_us) / 1'000'000;
+        return s >= 0 ? "in " + std::to_string(s) + "s" : std::to_string(-s) + "s ago";
+    };
+    std::string out = "key:         " + info.task.key + "\nstate:       " + to_string(info.state) +
+                      "\nfile:        " + info.path.string() + "\n";
+    if (!info.problem.empty()) return out + "unreadable:  " + info.problem + "\n";
+    const Task& t = info.task;
+    out += "op:          " + t.op + "\ndue:         " + std::to_string(t.due_us) + " (" +
+           when(t.due_us) + ")\n";
+    out += "attempts:    " + std::to_string(t.attempts) +
+           "\ncreated:     " + std::to_string(t.created_us) + " by " + t.created_by + "\n";
+    if (!t.last_error.empty()) out += "last error:  " + t.last_error + "\n";
+    if (info.claim)
+        out += "claimed by:  " + info.claim->node + " pid " + std::to_string(info.claim->pid) +
+               ", " + when(info.claim->claimed_us) + "\n";
+    for (const auto& [k, v] : t.args) out += "arg:         " + k + " = " + v + "\n";
+    return out;
 }
 
 }  // namespace pecd::scheduler

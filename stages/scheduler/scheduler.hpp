@@ -102,5 +102,14 @@ class Scheduler {
 Handler command_handler(std::map<std::string, std::vector<std::string>> commands, Clock clock);
 // command.<name> entries of [scheduler], split on white space.
 std::map<std::string, std::vector<std::string>> configured_commands(const Config& config);
+// For each `every.<name> = <duration>` of [scheduler] (with a command.<name>), makes sure a task
+// "periodic.<name>" exists (op `command`), due now: index-refresh, crl-refresh and the like.
+// A failed one is left for the administrator. Returns how many were created.
+Result<size_t> ensure_periodic_tasks(TaskStore& store, const Config& config, std::string_view node,
+                                     int64_t now_us);
+
+// For pecq: one task as a JSON object, and as "field: value" lines.
+std::string task_json(const TaskInfo& info);
+std::string task_text(const TaskInfo& info, int64_t now_us);
 
 }  // namespace pecd::scheduler

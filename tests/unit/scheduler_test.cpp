@@ -493,3 +493,73 @@ TEST_F(SchedulerTest, WriteFailuresLeaveNothingHalfWritten) {
     EXPECT_TRUE(fs::is_empty(store_->tmp_dir()));
     EXPECT_EQ(store_->find("y").error().kind, ErrorKind::not_found);
 }
+
+// The daemons: two `pecd scheduler` processes over one directory run 300 `command` tasks once
+// each; a failing command lands in failed/; `pecq tasks` shows and cancels.
+TEST_F(SchedulerTest, PecdSchedulerDaemonsAndPecqTasks) {
+    const std::string bin = std::string(PECD_BINARY_DIR) + "/bin/";
+    fs::path conf = dir_ / "pecd.conf";
+    fs::path script = dir_ / "append.sh";
+    std::ofstream(script) << "#!/bin/sh\necho \"$PECD_TASK_KEY\" >> " << (dir_ / "ran").string()
+                          << "\n";
+    fs::permissions(script, fs::perms::owner_all);
+    std::ofstream(conf) << "[spool]\ndirectory = " << (dir_ / "spool").string()
+                        << "\n[scheduler]\ndirectory = " << store_->root().string()
+                        << "\nlease = 10m\npoll_interval = 100ms\ncommand.append = "
+                        << script.string() << "\ncommand.fail = /bin/false\n";
+    int64_t now = spool::now_us();
+    std::vector<Task> tasks;
+    for (int i = 0; i < 300; ++i) {
+        Task t = make("cmd." + std::to_string(i), now - (i % 20) * kSec, "command");
+        t.set_arg("command", "append");
+        tasks.push_back(std::move(t));
+    }
+    Task broken = make("cmd.broken", now, "command");
+    broken.set_arg("command", "fail");
+    tasks.push_back(broken);
+    tasks.push_back(make("later", now + 3600 * kSec, "command"));
+    ASSERT_TRUE(store_->schedule(tasks, "test"));
+
+    std::vector<pecd::testing::ProcessGuard> daemons;
+    pecd::testing::SpawnOptions quiet;
+    quiet.stderr_path = (dir_ / "daemons.log").string();
+    for (int n = 0; n < 2; ++n)
+        daemons.emplace_back(
+            pecd::testing::spawn({bin + "pecd", "-c", conf.string(), "scheduler"}, quiet));
+    for (auto& d : daemons) ASSERT_GT(d.pid(), 0);
+    // Wait (not a timing assertion) until only the future task is pending and nothing runs.
+    auto busy = [&] {
+        return count_files(store_->pending_dir()) != 1 || !fs::is_empty(store_->claimed_dir());
+    };
+    for (int i = 0; i < 6000 && busy(); ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    daemons.clear();  // SIGTERM, waited for
+
+    std::map<std::string, int> seen;
+    for (const auto& l : read_lines(dir_ / "ran")) ++seen[l];
+    EXPECT_EQ(seen.size(), 300u);
+    for (const auto& [key, n] : seen) EXPECT_EQ(n, 1) << key;
+    auto failed = store_->find("cmd.broken");
+    ASSERT_TRUE(failed);
+    EXPECT_EQ(failed->state, TaskState::failed);
+    EXPECT_NE(failed->task.last_error.find("exit 1"), std::string::npos) << failed->task.last_error;
+
+    fs::path out = dir_ / "pecq.out";
+    auto pecq = [&](std::vector<std::string> args) {
+        args.insert(args.begin(), {bin + "pecq", "-c", conf.string(), "tasks"});
+        fs::remove(out);
+        pecd::testing::SpawnOptions capture;
+        capture.stdout_path = capture.stderr_path = out.string();
+        return pecd::testing::run(args, capture);
+    };
+    EXPECT_EQ(pecq({"list", "--state", "failed", "--json"}), 0);
+    auto listed = read_lines(out);
+    ASSERT_EQ(listed.size(), 3u);  // "[", one task, "]"
+    EXPECT_NE(listed[1].find("\"key\":\"cmd.broken\""), std::string::npos);
+    EXPECT_EQ(pecq({"show", "later"}), 0);
+    EXPECT_NE(read_lines(out).at(1).find("pending"), std::string::npos);
+    EXPECT_EQ(pecq({"cancel", "later"}), 0);
+    EXPECT_EQ(pecq({"show", "later"}), 3);  // not found
+    EXPECT_EQ(pecq({"list"}), 0);
+    EXPECT_EQ(read_lines(out).back(), "-- 1 task(s)");  // the failed one
+}
