@@ -79,8 +79,10 @@ int run_scheduler(const Config& config, bool once) {
         return 75;
     }
     scheduler::Scheduler sched(std::move(*store), *options);
-    sched.register_op("command", scheduler::command_handler(scheduler::configured_commands(config), {}));
-    auto periodic = scheduler::ensure_periodic_tasks(sched.store(), config, options->node, sched.now());
+    auto commands = scheduler::configured_commands(config);
+    sched.register_op("command", scheduler::command_handler(std::move(commands), {}));
+    auto periodic =
+        scheduler::ensure_periodic_tasks(sched.store(), config, options->node, sched.now());
     if (!periodic) {
         std::fprintf(stderr, "pecd: %s\n", periodic.error().message.c_str());
         return periodic.error().kind == ErrorKind::config ? 78 : 75;

@@ -110,16 +110,16 @@ int main(int argc, char** argv) {
     std::string task_state, task_prefix;
     std::vector<std::string> task_keys;
     bool by_prefix = false;
-    auto* tasks = app.add_subcommand("tasks", "scheduled tasks ([scheduler] directory): list, show, cancel");
+    auto* tasks = app.add_subcommand("tasks", "scheduled tasks ([scheduler] directory)");
     tasks->require_subcommand(1);
-    auto* tasks_list = tasks->add_subcommand("list", "list tasks (pending in due order, claimed, failed)");
+    auto* tasks_list = tasks->add_subcommand("list", "pending (in due order), claimed, failed");
     tasks_list->add_option("--state", task_state, "pending, claimed or failed");
     tasks_list->add_option("--prefix", task_prefix, "only keys starting with this");
     tasks_list->add_flag("--json", as_json, "JSON output (one array)");
     auto* tasks_show = tasks->add_subcommand("show", "show one task");
     tasks_show->add_option("key", id)->required();
     tasks_show->add_flag("--json", as_json, "JSON output");
-    auto* tasks_cancel = tasks->add_subcommand("cancel", "cancel pending tasks (a running one is not rescheduled)");
+    auto* tasks_cancel = tasks->add_subcommand("cancel", "cancel tasks (a running one is not run again)");
     tasks_cancel->add_option("keys", task_keys)->required();
     tasks_cancel->add_flag("--prefix", by_prefix, "the arguments are key prefixes");
 
@@ -165,7 +165,8 @@ int main(int argc, char** argv) {
         if (*tasks_show) {
             auto info = store->find(id);
             if (!info) return fail_with(info.error());
-            std::fputs((as_json ? scheduler::task_json(*info) + "\n" : scheduler::task_text(*info, at)).c_str(), stdout);
+            auto text = as_json ? scheduler::task_json(*info) + "\n" : scheduler::task_text(*info, at);
+            std::fputs(text.c_str(), stdout);
             return 0;
         }
         if (*tasks_cancel) {
@@ -192,20 +193,10 @@ int main(int argc, char** argv) {
             else return fail_with({ErrorKind::permanent, "unknown state " + task_state, 0});
         }
         size_t n = 0;
-        if (as_json) std::fputs("[", stdout);
-        else std::printf("%-48s %-8s %-16s %12s %4s  %s\n", "KEY", "STATE", "OP", "DUE", "TRY", "LAST ERROR / OWNER");
+        std::fputs(as_json ? "[" : scheduler::task_row_header().c_str(), stdout);
         auto st = store->for_each(opts, [&](const scheduler::TaskInfo& info) {
-            if (as_json) {
-                std::printf("%s%s", n ? ",\n" : "\n", scheduler::task_json(info).c_str());
-            } else {
-                std::string due = info.problem.empty() ? age_text(at, info.task.due_us) : "?";
-                if (info.problem.empty() && info.task.due_us < at) due = "-" + age_text(info.task.due_us, at);
-                std::string note = !info.problem.empty() ? "(unreadable: " + info.problem + ")"
-                                   : info.claim ? "claimed by " + info.claim->node + " pid " + std::to_string(info.claim->pid)
-                                                : info.task.last_error;
-                std::printf("%-48s %-8s %-16s %12s %4d  %s\n", info.task.key.c_str(), scheduler::to_string(info.state),
-                            info.task.op.c_str(), due.c_str(), info.task.attempts, note.c_str());
-            }
+            if (as_json) std::printf("%s%s", n ? ",\n" : "\n", scheduler::task_json(info).c_str());
+            else std::fputs(scheduler::task_row(info, at).c_str(), stdout);
             ++n;
             return true;
         });

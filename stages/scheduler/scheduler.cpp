@@ -395,4 +395,37 @@ std::string task_text(const TaskInfo& info, int64_t now_us) {
     return out;
 }
 
+namespace {
+std::string relative(int64_t at_us, int64_t now_us) {
+    int64_t s = (at_us - now_us) / 1'000'000;
+    std::string sign = s < 0 ? "-" : "";
+    s = s < 0 ? -s : s;
+    if (s < 120) return sign + std::to_string(s) + "s";
+    if (s < 7200) return sign + std::to_string(s / 60) + "m";
+    if (s < 172800) return sign + std::to_string(s / 3600) + "h";
+    return sign + std::to_string(s / 86400) + "d";
+}
+}  // namespace
+
+std::string task_row_header() {
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "%-48s %-8s %-16s %6s %4s  %s\n", "KEY", "STATE", "OP", "DUE",
+                  "TRY", "LAST ERROR / OWNER");
+    return buf;
+}
+
+std::string task_row(const TaskInfo& info, int64_t now_us) {
+    const Task& t = info.task;
+    std::string note = t.last_error;
+    if (!info.problem.empty())
+        note = "(unreadable: " + info.problem + ")";
+    else if (info.claim)
+        note = "claimed by " + info.claim->node + " pid " + std::to_string(info.claim->pid);
+    std::string due = info.problem.empty() ? relative(t.due_us, now_us) : "?";
+    char buf[512];
+    std::snprintf(buf, sizeof buf, "%-48s %-8s %-16s %6s %4d  ", t.key.c_str(),
+                  to_string(info.state), t.op.c_str(), due.c_str(), t.attempts);
+    return buf + note + "\n";
+}
+
 }  // namespace pecd::scheduler

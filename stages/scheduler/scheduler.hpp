@@ -111,5 +111,7 @@ Result<size_t> ensure_periodic_tasks(TaskStore& store, const Config& config, std
 // For pecq: one task as a JSON object, and as "field: value" lines.
 std::string task_json(const TaskInfo& info);
 std::string task_text(const TaskInfo& info, int64_t now_us);
+std::string task_row_header();
+std::string task_row(const TaskInfo& info, int64_t now_us);  // one line of `pecq tasks list`
 
 }  // namespace pecd::scheduler

@@ -410,23 +410,43 @@ Status TaskStore::schedule(std::span<const Task> tasks, std::string_view node) {
             return st;
         }
     }
-    // 3. Rename into the buckets; then the buckets' directories durable.
+    // 3. New buckets made (one fsync of pending/ for all), renames, then each bucket's
+    //    directory durable.
     std::set<std::string> touched;
+    bool created = false;
+    for (const auto& t : tasks) {
+        std::string bucket = bucket_name(t.due_us);
+        if (!touched.insert(bucket).second) continue;
+        fs::path dir = bucket_dir(pending_dir(), bucket);
+        int rc = durable::inject(durable::Op::mkdir) ? -1 : ::mkdir(dir.c_str(), 0755);
+        if (rc == 0) {
+            created = true;
+        } else if (errno != EEXIST) {
+            auto err = fail_errno("mkdir " + dir.string());
+            drop_tmps();
+            return err;
+        }
+    }
+    if (created)
+        if (auto st = durable::sync_dir(pending_dir()); !st) {
+            drop_tmps();
+            return st;
+        }
     for (size_t i = 0; i < tasks.size(); ++i) {
         std::string bucket = bucket_name(tasks[i].due_us);
         fs::path dest = bucket_dir(pending_dir(), bucket) / tasks[i].key;
         Status st;
         // A past bucket may be removed by a concurrent tidy between mkdir and rename: retry.
         for (int round = 0; round < 3; ++round) {
-            st = ensure_bucket(bucket);
-            if (st) st = durable::rename_file(tmps[i], dest);
+            st = durable::rename_file(tmps[i], dest);
             if (st || st.error().kind != ErrorKind::not_found) break;
+            st = ensure_bucket(bucket);
+            if (!st) break;
         }
         if (!st) {
             for (size_t j = i; j < tmps.size(); ++j) (void)::unlink(tmps[j].c_str());
             return st;
         }
-        touched.insert(bucket);
     }
     for (const auto& b : touched)
         if (auto st = durable::sync_dir(bucket_dir(pending_dir(), b)); !st) return st;
