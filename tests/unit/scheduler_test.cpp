@@ -563,3 +563,48 @@ TEST_F(SchedulerTest, PecdSchedulerDaemonsAndPecqTasks) {
     EXPECT_EQ(pecq({"list"}), 0);
     EXPECT_EQ(read_lines(out).back(), "-- 1 task(s)");  // the failed one
 }
+
+// The `command` operation and the periodic tasks pecd keeps scheduled from pecd.conf.
+TEST_F(SchedulerTest, PeriodicCommandsFromTheConfiguration) {
+    fs::path tempfail = dir_ / "tempfail.sh";
+    std::ofstream(tempfail) << "#!/bin/sh\nexit 75\n";
+    fs::permissions(tempfail, fs::perms::owner_all);
+    auto config = Config::parse(
+        "[scheduler]\ndirectory = /unused\ncommand.tick = /bin/true\nevery.tick = 1h\n"
+        "command.busy = " +
+        tempfail.string() + "\nevery.busy = 10m\n");
+    ASSERT_TRUE(config);
+    auto commands = configured_commands(*config);
+    ASSERT_EQ(commands.size(), 2u);
+    EXPECT_EQ(commands["tick"], std::vector<std::string>{"/bin/true"});
+
+    auto created = ensure_periodic_tasks(*store_, *config, "n1", kT0);
+    ASSERT_TRUE(created) << created.error().message;
+    EXPECT_EQ(*created, 2u);
+    created = ensure_periodic_tasks(*store_, *config, "n1", kT0 + kSec);
+    ASSERT_TRUE(created);
+    EXPECT_EQ(*created, 0u);  // already there
+
+    int64_t clock = kT0 + 5000 * kSec;  // the scheduler was down for a while: runs were missed
+    auto o = options();
+    o.clock = [&] { return clock; };
+    Scheduler s(std::move(*store_), o);
+    s.register_op("command", command_handler(commands, o.clock));
+    auto pass = s.run_due(clock);
+    ASSERT_TRUE(pass) << pass.error().message;
+    EXPECT_EQ(pass->rescheduled, 1u);
+    EXPECT_EQ(pass->retried, 1u);
+    auto tick = s.store().find("periodic.tick");
+    ASSERT_TRUE(tick);
+    EXPECT_EQ(tick->task.due_us, kT0 + 2 * 3600 * kSec);  // the next whole hour after now, once
+    auto busy = s.store().find("periodic.busy");
+    ASSERT_TRUE(busy);
+    EXPECT_EQ(busy->task.attempts, 1);
+    EXPECT_NE(busy->task.last_error.find("exit 75"), std::string::npos);
+
+    auto bad = Config::parse("[scheduler]\ndirectory = /x\nevery.nothing = 1h\n");
+    ASSERT_TRUE(bad);
+    auto refused = ensure_periodic_tasks(s.store(), *bad, "n1", kT0);
+    ASSERT_FALSE(refused);
+    EXPECT_EQ(refused.error().kind, ErrorKind::config);
+}
