@@ -498,6 +498,9 @@ TEST_F(SchedulerTest, WriteFailuresLeaveNothingHalfWritten) {
 // each; a failing command lands in failed/; `pecq tasks` shows and cancels.
 TEST_F(SchedulerTest, PecdSchedulerDaemonsAndPecqTasks) {
     const std::string bin = std::string(PECD_BINARY_DIR) + "/bin/";
+    for (auto program : {"pecd", "pecq"})
+        ASSERT_TRUE(fs::exists(bin + program))
+            << bin << program << " is missing: build the pecd and pecq targets first";
     fs::path conf = dir_ / "pecd.conf";
     fs::path script = dir_ / "append.sh";
     std::ofstream(script) << "#!/bin/sh\necho \"$PECD_TASK_KEY\" >> " << (dir_ / "ran").string()
