@@ -16,6 +16,7 @@
 #include "stages/registry.hpp"
 #include "stages/runner/runner.hpp"
 #include "stages/runner/settings.hpp"
+#include "stages/scheduler/scheduler.hpp"
 
 using namespace pecd;
 
@@ -41,6 +42,10 @@ int check_config(const Config& config) {
     if (!provider::provider_configured(config))
         std::printf("%s: no [provider] section: the stages pass messages along unchanged\n",
                     config.source().c_str());
+    if (!config.keys("scheduler").empty()) {
+        std::filesystem::path directory;
+        if (auto o = scheduler::scheduler_options(config, directory); !o) report(o.error());
+    }
     if (problems == 0) std::printf("%s: OK\n", config.source().c_str());
     return problems == 0 ? 0 : 1;
 }
@@ -65,6 +70,57 @@ int run_once(const spool::Spool& spool, std::vector<std::unique_ptr<runner::Stag
     }
 }
 
+// `pecd scheduler`: runs due tasks of the [scheduler] directory (shared by several nodes, each
+// running its own scheduler); --once runs one pass.
+int run_scheduler(const Config& config, bool once) {
+    std::filesystem::path directory;
+    auto options = scheduler::scheduler_options(config, directory);
+    if (!options) {
+        std::fprintf(stderr, "pecd: %s\n", options.error().message.c_str());
+        return 78;
+    }
+    auto store = scheduler::TaskStore::open(directory, /*create=*/true);
+    if (!store) {
+        std::fprintf(stderr, "pecd: %s\n", store.error().message.c_str());
+        return 75;
+    }
+    scheduler::Scheduler sched(std::move(*store), *options);
+    auto commands = scheduler::configured_commands(config);
+    sched.register_op("command", scheduler::command_handler(std::move(commands), {}));
+    auto periodic =
+        scheduler::ensure_periodic_tasks(sched.store(), config, options->node, sched.now());
+    if (!periodic) {
+        std::fprintf(stderr, "pecd: %s\n", periodic.error().message.c_str());
+        return periodic.error().kind == ErrorKind::config ? 78 : 75;
+    }
+    if (once) {
+        auto pass = sched.run_due(sched.now());
+        if (!pass) {
+            std::fprintf(stderr, "pecd: scheduler: %s\n", pass.error().message.c_str());
+            return 75;
+        }
+        return 0;
+    }
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+    std::atomic<bool> stop{false};
+    std::thread loop([&] { (void)sched.run(stop); });
+    PECD_LOG(info) << "scheduler " << options->node << " running on " << directory.string();
+    while (true) {
+        int sig = 0;
+        sigwait(&signals, &sig);
+        if (sig != SIGHUP) break;
+    }
+    stop = true;
+    sched.wake();
+    loop.join();
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -74,7 +130,7 @@ int main(int argc, char** argv) {
     app.add_option("-c,--config", config_file, "configuration file (default $PECD_CONFIG or /etc/pecd/pecd.conf)");
     app.add_flag("--once", once, "drain the queues and exit (cron, systemd path units)");
     app.add_flag("--debug", debug, "debug logging on stderr");
-    app.add_option("what", what, "a stage (classify wrap verify deliver receipt outbound), all, init or check-config")
+    app.add_option("what", what, "a stage (classify wrap verify deliver receipt outbound), all, scheduler, init or check-config")
         ->required();
     CLI11_PARSE(app, argc, argv);
 
@@ -92,6 +148,7 @@ int main(int argc, char** argv) {
     if (what == "check-config") return check_config(*config);
     for (const auto& p : config->problems())
         PECD_LOG(warn) << config->source() << ":" << p.line << ": " << p.message;
+    if (what == "scheduler") return run_scheduler(*config, once);
 
     auto settings = runner::spool_settings(*config);
     auto options = runner::runner_options(*config);

@@ -16,6 +16,7 @@
 #include "stages/legallog/seal.hpp"
 #include "stages/pec/inspect.hpp"
 #include "stages/runner/settings.hpp"
+#include "stages/scheduler/scheduler.hpp"
 
 using namespace pecd;
 
@@ -284,6 +285,21 @@ int main(int argc, char** argv) {
                          "legal log directory (default: [legallog] directory)");
     log_seal->add_option("--tsa-url", log_args.tsa_url, "TSA URL (default: [legallog] tsa_url)");
     log_seal->add_option("--ca", log_args.ca, "TSA trust anchor (default: [legallog] tsa_ca)");
+    std::string task_state, task_prefix;
+    std::vector<std::string> task_keys;
+    bool by_prefix = false;
+    auto* tasks = app.add_subcommand("tasks", "scheduled tasks ([scheduler] directory)");
+    tasks->require_subcommand(1);
+    auto* tasks_list = tasks->add_subcommand("list", "pending (in due order), claimed, failed");
+    tasks_list->add_option("--state", task_state, "pending, claimed or failed");
+    tasks_list->add_option("--prefix", task_prefix, "only keys starting with this");
+    tasks_list->add_flag("--json", as_json, "JSON output (one array)");
+    auto* tasks_show = tasks->add_subcommand("show", "show one task");
+    tasks_show->add_option("key", id)->required();
+    tasks_show->add_flag("--json", as_json, "JSON output");
+    auto* tasks_cancel = tasks->add_subcommand("cancel", "cancel tasks (a running one is not run again)");
+    tasks_cancel->add_option("keys", task_keys)->required();
+    tasks_cancel->add_flag("--prefix", by_prefix, "the arguments are key prefixes");
 
     CLI11_PARSE(app, argc, argv);
 
@@ -319,6 +335,56 @@ int main(int argc, char** argv) {
 
     auto config = Config::load(runner::config_path(config_file));
     if (!config) return fail_with(config.error());
+    if (*tasks) {
+        std::filesystem::path directory;
+        auto sopts = scheduler::scheduler_options(*config, directory);
+        if (!sopts) return fail_with(sopts.error());
+        auto store = scheduler::TaskStore::open(directory, /*create=*/false);
+        if (!store) return fail_with(store.error());
+        int64_t at = spool::now_us();
+        if (*tasks_show) {
+            auto info = store->find(id);
+            if (!info) return fail_with(info.error());
+            auto text = as_json ? scheduler::task_json(*info) + "\n" : scheduler::task_text(*info, at);
+            std::fputs(text.c_str(), stdout);
+            return 0;
+        }
+        if (*tasks_cancel) {
+            int rc = 0;
+            for (const auto& k : task_keys) {
+                if (by_prefix) {
+                    auto n = store->cancel_prefix(k);
+                    if (!n) rc = fail_with(n.error());
+                    else std::printf("%s*: %zu cancelled\n", k.c_str(), *n);
+                } else if (auto st = store->cancel(k); !st) {
+                    rc = fail_with(st.error());
+                } else {
+                    std::printf("%s: cancelled\n", k.c_str());
+                }
+            }
+            return rc;
+        }
+        scheduler::ListOptions opts;
+        opts.key_prefix = task_prefix;
+        if (!task_state.empty()) {
+            if (task_state == "pending") opts.state = scheduler::TaskState::pending;
+            else if (task_state == "claimed") opts.state = scheduler::TaskState::claimed;
+            else if (task_state == "failed") opts.state = scheduler::TaskState::failed;
+            else return fail_with({ErrorKind::permanent, "unknown state " + task_state, 0});
+        }
+        size_t n = 0;
+        std::fputs(as_json ? "[" : scheduler::task_row_header().c_str(), stdout);
+        auto st = store->for_each(opts, [&](const scheduler::TaskInfo& info) {
+            if (as_json) std::printf("%s%s", n ? ",\n" : "\n", scheduler::task_json(info).c_str());
+            else std::fputs(scheduler::task_row(info, at).c_str(), stdout);
+            ++n;
+            return true;
+        });
+        if (as_json) std::fputs(n ? "\n]\n" : "]\n", stdout);
+        else std::printf("-- %zu task(s)\n", n);
+        if (!st) return fail_with(st.error());
+        return 0;
+    }
     auto settings = runner::spool_settings(*config);
     if (!settings) return fail_with(settings.error());
     auto spool = spool::Spool::open(settings->root, /*create=*/false);
