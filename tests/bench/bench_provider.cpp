@@ -110,6 +110,21 @@ size_t relay(const spool::Spool& from, const spool::Spool& alpha, const spool::S
     return moved;
 }
 
+// utime + stime of a live process, in seconds.
+double cpu_seconds(pid_t pid) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    size_t close = line.rfind(')');
+    if (close == std::string::npos) return 0;
+    std::istringstream rest(line.substr(close + 2));
+    std::string field;
+    double ticks = 0;
+    for (int i = 3; i <= 15 && rest >> field; ++i)
+        if (i == 14 || i == 15) ticks += std::stod(field);
+    return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
 // "rsa 2048 bits 0.000127s 0.000004s 7905.1 266666.7" -> 7905.1 (sign/s of all processes).
 double openssl_rsa2048_signs() {
     FILE* p = ::popen("openssl speed -multi 2 -seconds 3 rsa2048 2>/dev/null", "r");
@@ -213,6 +228,7 @@ int main(int argc, char** argv) {
         if (moved == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     double total_s = std::chrono::duration<double>(Clock::now() - start).count();
+    double alpha_cpu = cpu_seconds(daemons[0].pid()), beta_cpu = cpu_seconds(daemons[1].pid());
     for (auto& d : daemons) pecd::testing::stop_pid(d.release());
     size_t got_mario = count_files(mario), got_service = count_files(service),
            got_anna = count_files(anna);
@@ -225,6 +241,8 @@ int main(int argc, char** argv) {
         return 1;
     }
     double rate = static_cast<double>(messages) / total_s;
+    std::printf("CPU: pecd alpha %.2f s, beta %.2f s (%.1f ms per message for both)\n", alpha_cpu,
+                beta_cpu, 1000 * (alpha_cpu + beta_cpu) / static_cast<double>(messages));
     std::printf("end to end: %.2f s, %.1f messages/s (%.1f signatures/s by the providers)\n",
                 total_s, rate, 4 * rate);
     double rsa = openssl_rsa2048_signs();
