@@ -274,15 +274,18 @@ ProviderSettings read_all(Reader& r) {
     s.antivirus = c.get("antivirus", "type", "none");
     if (s.antivirus != "none" && s.antivirus != "eicar" && s.antivirus != "clamd")
         r.problem("antivirus", "type", "must be none, eicar or clamd, not '" + s.antivirus + "'");
-    // lmtp, relay, clamd and the timeouts: what the adapter factories say, with their lines.
-    if (!r.bad_sections.contains("mailbox") && !r.bad_sections.contains("outbound") &&
-        !r.bad_sections.contains("antivirus"))
-        for (auto& p : check_services(c, s)) {
-            for (std::string_view section : {"mailbox", "outbound", "antivirus"})
-                if (p.message.starts_with("[" + std::string(section) + "]"))
-                    r.bad_sections.emplace(section);
-            r.problems.push_back(std::move(p));
-        }
+    // lmtp, relay, clamd and the timeouts: what the adapter factories say, with their lines,
+    // for each of the three sections whose type is sound.
+    ProviderSettings sound = s;
+    if (r.bad_sections.contains("mailbox")) sound.mailbox_type = "maildir";
+    if (r.bad_sections.contains("outbound")) sound.outbound_type = "outbox";
+    if (r.bad_sections.contains("antivirus")) sound.antivirus = "none";
+    for (auto& p : check_services(c, sound)) {
+        for (std::string_view section : {"mailbox", "outbound", "antivirus"})
+            if (p.message.starts_with("[" + std::string(section) + "]"))
+                r.bad_sections.emplace(section);
+        r.problems.push_back(std::move(p));
+    }
     return s;
 }
 

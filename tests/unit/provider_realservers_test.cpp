@@ -361,6 +361,11 @@ TEST(RealServicesConfig, BadValuesAreReportedWithTheirLines) {
     EXPECT_NE(kinds[base + 2].find("[mailbox] type"), std::string::npos);
     EXPECT_NE(kinds[base + 4].find("[outbound] type"), std::string::npos);
     EXPECT_NE(kinds[base + 6].find("[antivirus] type"), std::string::npos);
+    // A bad type in one section does not hide a bad value in another.
+    auto mixed =
+        problems_of("[mailbox]\ntype = lmtp\nlmtp = 127.0.0.1:0\n[antivirus]\ntype = clamav\n");
+    EXPECT_NE(mixed[base + 3].find("[mailbox] lmtp"), std::string::npos) << mixed[base + 3];
+    EXPECT_NE(mixed[base + 5].find("[antivirus] type"), std::string::npos) << mixed[base + 5];
     auto good = problems_of(
         "[mailbox]\ntype = lmtp\nlmtp = unix:/run/dovecot/lmtp\n"
         "[outbound]\ntype = smtp\nrelay = 127.0.0.1:10025\n"
