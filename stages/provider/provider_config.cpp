@@ -9,6 +9,7 @@
 
 #include "stages/pec/templates.hpp"
 #include "stages/provider/embedded.hpp"
+#include "stages/provider/real_services.hpp"
 
 namespace pecd::provider {
 
@@ -240,19 +241,51 @@ ProviderSettings read_all(Reader& r) {
         }
     }
 
-    r.only_known("mailbox", {"maildir"});
-    s.maildir_root = r.existing("mailbox", "maildir", true);
-    if (s.maildir_root.empty()) r.problem("mailbox", "maildir", "is required");
-    r.only_known("outbound", {"directory"});
-    s.outbox = c.get_path("outbound", "directory");
-    if (s.outbox.empty()) {
-        fs::path spool = c.get_path("spool", "directory");
-        if (!spool.empty()) s.outbox = spool / "outbox";
+    // The services. One vocabulary with stages/transport/factory.hpp (docs/transports.md).
+    const std::set<std::string, std::less<>> timeouts = {"connect_timeout", "command_timeout",
+                                                         "data_timeout"};
+    auto with = [](std::set<std::string, std::less<>> keys,
+                   const std::set<std::string, std::less<>>& more) {
+        keys.insert(more.begin(), more.end());
+        return keys;
+    };
+    r.only_known("mailbox",
+                 with({"type", "maildir", "lmtp", "lmtp_sender", "helo_name"}, timeouts));
+    s.mailbox_type = c.get("mailbox", "type", "maildir");
+    if (s.mailbox_type == "maildir") {
+        s.maildir_root = r.existing("mailbox", "maildir", true);
+        if (s.maildir_root.empty())
+            r.problem("mailbox", "maildir", "is required with type = maildir");
+    } else if (s.mailbox_type != "lmtp") {
+        r.problem("mailbox", "type", "must be maildir or lmtp, not '" + s.mailbox_type + "'");
     }
-    r.only_known("antivirus", {"type"});
+    r.only_known("outbound", with({"type", "directory", "relay", "helo_name"}, timeouts));
+    s.outbound_type = c.get("outbound", "type", "outbox");
+    if (s.outbound_type == "outbox") {
+        s.outbox = c.get_path("outbound", "directory");
+        if (s.outbox.empty()) {
+            fs::path spool = c.get_path("spool", "directory");
+            if (!spool.empty()) s.outbox = spool / "outbox";
+        }
+    } else if (s.outbound_type != "smtp") {
+        r.problem("outbound", "type", "must be outbox or smtp, not '" + s.outbound_type + "'");
+    }
+    r.only_known("antivirus", {"type", "clamd", "connect_timeout", "clamd_timeout"});
     s.antivirus = c.get("antivirus", "type", "none");
-    if (s.antivirus != "none" && s.antivirus != "eicar")
-        r.problem("antivirus", "type", "must be none or eicar");
+    if (s.antivirus != "none" && s.antivirus != "eicar" && s.antivirus != "clamd")
+        r.problem("antivirus", "type", "must be none, eicar or clamd, not '" + s.antivirus + "'");
+    // lmtp, relay, clamd and the timeouts: what the adapter factories say, with their lines,
+    // for each of the three sections whose type is sound.
+    ProviderSettings sound = s;
+    if (r.bad_sections.contains("mailbox")) sound.mailbox_type = "maildir";
+    if (r.bad_sections.contains("outbound")) sound.outbound_type = "outbox";
+    if (r.bad_sections.contains("antivirus")) sound.antivirus = "none";
+    for (auto& p : check_services(c, sound)) {
+        for (std::string_view section : {"mailbox", "outbound", "antivirus"})
+            if (p.message.starts_with("[" + std::string(section) + "]"))
+                r.bad_sections.emplace(section);
+        r.problems.push_back(std::move(p));
+    }
     return s;
 }
 
@@ -391,7 +424,13 @@ Result<std::shared_ptr<const Provider>> Provider::create(const Config& config,
     p->builder_ = std::make_unique<pec::MessageBuilder>(
         p->identity_, std::make_shared<const pec::TemplateSet>(std::move(*templates)),
         pec::make_entity_signer(p->key_, sign), p->ids_);
-    p->services_ = services ? std::move(*services) : make_embedded_services(s);
+    if (services) {
+        p->services_ = std::move(*services);
+    } else {
+        auto built = make_services(config, s);
+        if (!built) return std::unexpected(built.error());
+        p->services_ = std::move(*built);
+    }
     return std::shared_ptr<const Provider>(std::move(p));
 }
 

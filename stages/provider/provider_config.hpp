@@ -55,10 +55,13 @@ struct ProviderSettings {
     OrdinaryPolicy ordinary_mail = OrdinaryPolicy::anomaly;          // [policy]
     std::map<std::string, OrdinaryPolicy> ordinary_mail_per_domain;  // ordinary_mail.<domain>
 
-    // Embedded services: [mailbox] maildir, [outbound] directory, [antivirus] type.
-    fs::path maildir_root;
-    fs::path outbox;
-    std::string antivirus = "none";  // none | eicar
+    // Services (real_services.hpp): [mailbox] type, [outbound] type, [antivirus] type; the
+    // keys of the real adapters (lmtp, relay, clamd, timeouts) are read by their factories.
+    std::string mailbox_type = "maildir";  // maildir | lmtp
+    fs::path maildir_root;                 // maildir
+    std::string outbound_type = "outbox";  // outbox | smtp
+    fs::path outbox;                       // outbox
+    std::string antivirus = "none";        // none | eicar | clamd
 
     bool manages(std::string_view domain) const;
     OrdinaryPolicy policy_for(std::string_view domain) const;

@@ -47,12 +47,12 @@ Result<MailSession::Timeouts> timeouts(const Config& cfg, std::string_view secti
 
 Result<std::unique_ptr<MailboxDelivery>> make_delivery(const Config& cfg,
                                                        std::string_view section) {
-    auto kind = choice(cfg, section, "delivery", {"maildir", "lmtp"});
+    auto kind = choice(cfg, section, "type", {"maildir", "lmtp"});
     if (!kind) return std::unexpected(kind.error());
     if (*kind == "maildir") {
         MaildirOptions o;
-        o.root = cfg.get_path(section, "maildir_root");
-        if (o.root.empty()) return std::unexpected(at(cfg, section, "maildir_root", "required"));
+        o.root = cfg.get_path(section, "maildir");
+        if (o.root.empty()) return std::unexpected(at(cfg, section, "maildir", "required"));
         auto ac = cfg.get_bool(section, "maildir_auto_create", false);
         if (!ac) return std::unexpected(ac.error());
         o.auto_create = *ac;
@@ -74,11 +74,11 @@ Result<std::unique_ptr<MailboxDelivery>> make_delivery(const Config& cfg,
 
 Result<std::unique_ptr<OutboundTransport>> make_outbound(const Config& cfg,
                                                          std::string_view section) {
-    auto kind = choice(cfg, section, "outbound", {"outbox", "smtp"});
+    auto kind = choice(cfg, section, "type", {"outbox", "smtp"});
     if (!kind) return std::unexpected(kind.error());
     if (*kind == "outbox") {
-        auto dir = cfg.get_path(section, "outbox_dir");
-        if (dir.empty()) return std::unexpected(at(cfg, section, "outbox_dir", "required"));
+        auto dir = cfg.get_path(section, "directory");
+        if (dir.empty()) return std::unexpected(at(cfg, section, "directory", "required"));
         return std::make_unique<OutboxTransport>(std::move(dir));
     }
     SmtpOptions o;
@@ -93,9 +93,12 @@ Result<std::unique_ptr<OutboundTransport>> make_outbound(const Config& cfg,
 }
 
 Result<std::unique_ptr<Antivirus>> make_antivirus(const Config& cfg, std::string_view section) {
-    auto kind = choice(cfg, section, "antivirus", {"none", "clamd"});
+    auto kind = choice(cfg, section, "type", {"none", "eicar", "clamd"});
     if (!kind) return std::unexpected(kind.error());
     if (*kind == "none") return std::make_unique<NoAntivirus>();
+    if (*kind == "eicar")
+        return std::unexpected(at(cfg, section, "type",
+                                  "eicar is the provider's built-in test scanner, not an adapter"));
     ClamdOptions o;
     auto ep = endpoint(cfg, section, "clamd", 3310);
     if (!ep) return std::unexpected(ep.error());

@@ -14,12 +14,12 @@
 
 namespace pecd::transport {
 
-// delivery = maildir | lmtp
+// type = maildir | lmtp (the [mailbox] section)
 Result<std::unique_ptr<MailboxDelivery>> make_delivery(const Config& cfg, std::string_view section);
-// outbound = outbox | smtp
+// type = outbox | smtp (the [outbound] section)
 Result<std::unique_ptr<OutboundTransport>> make_outbound(const Config& cfg,
                                                          std::string_view section);
-// antivirus = none | clamd
+// type = none | clamd (the [antivirus] section; "eicar" is the provider's built-in scanner)
 Result<std::unique_ptr<Antivirus>> make_antivirus(const Config& cfg, std::string_view section);
 
 }  // namespace pecd::transport

@@ -265,6 +265,10 @@ Result<std::unique_ptr<ServerFixture>> start_dovecot(const std::vector<std::stri
             "  unix_listener lmtp {\n    mode = 0666\n  }\n"
             "}\n"
             "lmtp_save_to_detail_mailbox = no\n"
+            // SASL for Postfix submissions (dovecot_auth_socket): the same users and passwords.
+            "auth_mechanisms = plain login\n"
+            "disable_plaintext_auth = no\n"
+            "service auth {\n  unix_listener auth-postfix {\n    mode = 0666\n  }\n}\n"
             "protocol lmtp {\n  postmaster_address = postmaster@pec.test\n}\n";
         if (auto st = write_text(d / "dovecot.conf", conf); !st) return std::unexpected(st.error());
         // -F: the master stays in the foreground, so the PID we hold is Dovecot's.
@@ -402,6 +406,132 @@ Result<std::unique_ptr<ServerFixture>> start_postfix(const std::vector<std::stri
     if (auto st = (*f)->launch(prepare, greets, d / "maillog"); !st)
         return std::unexpected(st.error());
     return f;
+}
+
+Result<std::unique_ptr<ServerFixture>> start_pec_postfix(const PecPostfixOptions& o,
+                                                         PecPostfixPorts& ports) {
+    auto f = ServerFixture::create("postfix-" + o.hostname);
+    if (!f) return std::unexpected(f.error());
+    const fs::path d = (*f)->dir();
+    std::error_code ec;
+    for (const char* sub : {"etc", "spool", "data"}) fs::create_directories(d / sub, ec);
+    if (auto st = chown_to(d / "data", "postfix"); !st) return std::unexpected(st.error());
+    auto snippet = [](const char* name) -> Result<std::string> {
+        std::ifstream in(fs::path(PECD_SOURCE_DIR) / "conf" / "postfix" / name);
+        std::stringstream text;
+        text << in.rdbuf();
+        if (!in) return fail(ErrorKind::config, std::string("cannot read conf/postfix/") + name);
+        return text.str();
+    };
+    auto main_snippet = snippet("main.cf");
+    if (!main_snippet) return std::unexpected(main_snippet.error());
+    auto master_snippet = snippet("master.cf");
+    if (!master_snippet) return std::unexpected(master_snippet.error());
+    const std::string etc = (d / "etc").string();
+    auto replace_all = [](std::string text, std::string_view from, const std::string& to) {
+        for (size_t at = text.find(from); at != std::string::npos;
+             at = text.find(from, at + to.size()))
+            text.replace(at, from.size(), to);
+        return text;
+    };
+    std::string tables;
+    for (const auto& dom : o.domains) tables += dom + " OK\n";
+    if (auto st = write_text(d / "etc" / "pec_domains", tables); !st)
+        return std::unexpected(st.error());
+    std::string senders;
+    for (const auto& s : o.senders) senders += s + " " + s + "\n";
+    if (auto st = write_text(d / "etc" / "pec_senders", senders); !st)
+        return std::unexpected(st.error());
+    if (auto st = set_pec_routes(**f, o.domains, {}); !st) return std::unexpected(st.error());
+    auto prepare = [=, &ports](int port) -> Result<std::vector<std::string>> {
+        auto submission = free_loopback_port();
+        if (!submission) return std::unexpected(submission.error());
+        auto reinjection = free_loopback_port();
+        if (!reinjection) return std::unexpected(reinjection.error());
+        ports = {port, *submission, *reinjection};
+        // The instance around the snippet: its own directories and log, loopback only, no
+        // chroot (a plain master start does not populate a jail); then conf/postfix/main.cf.
+        std::string main_cf =
+            "compatibility_level = 3.6\nqueue_directory = " + (d / "spool").string() +
+            "\ndata_directory = " + (d / "data").string() +
+            "\nmail_owner = postfix\nsetgid_group = postdrop\n"
+            "maillog_file = " +
+            (d / "maillog").string() + "\nmaillog_file_prefixes = /var, /dev/stdout, " +
+            d.string() + "\nmyhostname = " + o.hostname +
+            "\nmyorigin = $myhostname\ninet_interfaces = 127.0.0.1\n"
+            "inet_protocols = ipv4\nmydestination =\nrelayhost =\n"
+            "alias_maps =\nalias_database =\nlocal_recipient_maps =\n"
+            "biff = no\nsmtpd_banner = $myhostname ESMTP\n"
+            "smtp_host_lookup = native\n\n";
+        std::string pec_main = replace_all(*main_snippet, "/etc/postfix/", etc + "/");
+        pec_main = replace_all(pec_main, "smtpd_sasl_path = private/auth",
+                               "smtpd_sasl_path = " + o.sasl_socket.string());
+        main_cf += pec_main;
+        // conf/postfix/master.cf with this instance's ports, paths and pipe user.
+        std::string pec_master = *master_snippet;
+        pec_master = replace_all(pec_master, "\nsmtp      inet  n",
+                                 "\n127.0.0.1:" + std::to_string(port) + " inet n");
+        pec_master = replace_all(pec_master, "\nsubmission inet n",
+                                 "\n127.0.0.1:" + std::to_string(*submission) + " inet n");
+        pec_master =
+            replace_all(pec_master, "127.0.0.1:10025", "127.0.0.1:" + std::to_string(*reinjection));
+        pec_master = replace_all(pec_master, "/usr/local/bin/pec-enqueue", o.pec_enqueue.string());
+        pec_master = replace_all(pec_master, "/etc/pecd/pecd.conf", o.pecd_conf.string());
+        pec_master = replace_all(pec_master, "user=pecd", "user=" + o.pipe_user);
+        std::string master_cf = pec_master +
+                                "pickup unix n - n 60 1 pickup\n"
+                                "cleanup unix n - n - 0 cleanup\n"
+                                "qmgr unix n - n 300 1 qmgr\n"
+                                "rewrite unix - - n - - trivial-rewrite\n"
+                                "bounce unix - - n - 0 bounce\n"
+                                "defer unix - - n - 0 bounce\n"
+                                "trace unix - - n - 0 bounce\n"
+                                "verify unix - - n - 1 verify\n"
+                                "flush unix n - n 1000? 0 flush\n"
+                                "proxymap unix - - n - - proxymap\n"
+                                "proxywrite unix - - n - 1 proxymap\n"
+                                "smtp unix - - n - - smtp\n"
+                                "relay unix - - n - - smtp\n"
+                                "showq unix n - n - - showq\n"
+                                "error unix - - n - - error\n"
+                                "retry unix - - n - - error\n"
+                                "discard unix - - n - - discard\n"
+                                "anvil unix - - n - 1 anvil\n"
+                                "scache unix - - n - 1 scache\n"
+                                "postlog unix-dgram n - n - 1 postlogd\n";
+        if (auto st = write_text(d / "etc" / "main.cf", main_cf); !st)
+            return std::unexpected(st.error());
+        if (auto st = write_text(d / "etc" / "master.cf", master_cf); !st)
+            return std::unexpected(st.error());
+        auto check = run_command({"/usr/sbin/postfix", "-c", etc, "check"});
+        if (!check) return std::unexpected(check.error());
+        if (check->exit_code != 0)
+            return fail(ErrorKind::config, "postfix check failed: " + check->output);
+        return std::vector<std::string>{"/usr/lib/postfix/sbin/master", "-c", etc, "-d"};
+    };
+    if (auto st = (*f)->launch(prepare, greets, d / "maillog"); !st)
+        return std::unexpected(st.error());
+    return f;
+}
+
+Status set_pec_routes(const ServerFixture& postfix, const std::vector<std::string>& domains,
+                      const std::vector<std::string>& routes) {
+    std::string table;
+    for (const auto& dom : domains) table += dom + " pecd:\n";
+    for (const auto& r : routes) table += r + "\n";
+    const fs::path etc = postfix.dir() / "etc";
+    if (auto st = write_text(etc / "pec_transport", table); !st) return st;
+    if (!postfix.running()) return {};
+    // texthash tables are read when a Postfix daemon starts: reload them.
+    auto reload = run_command({"/usr/sbin/postfix", "-c", etc.string(), "reload"});
+    if (!reload) return std::unexpected(reload.error());
+    if (reload->exit_code != 0)
+        return fail(ErrorKind::transient, "postfix reload failed: " + reload->output);
+    return {};
+}
+
+fs::path dovecot_auth_socket(const ServerFixture& f) {
+    return f.dir() / "run" / "auth-postfix";
 }
 
 // ---- clamd -----------------------------------------------------------------------------------

@@ -64,6 +64,32 @@ Result<std::unique_ptr<ServerFixture>> start_smtp_sink(const std::vector<std::st
 Result<std::unique_ptr<ServerFixture>> start_postfix(const std::vector<std::string>& mailboxes,
                                                      const std::vector<std::string>& access);
 
+// Dovecot's SASL socket for Postfix (smtpd_sasl_type = dovecot): the users of start_dovecot,
+// password "secret".
+std::filesystem::path dovecot_auth_socket(const ServerFixture& f);
+
+// A Postfix instance built from the snippets an administrator installs, conf/postfix/main.cf and
+// conf/postfix/master.cf, with only paths, ports and the pipe user replaced: port() is the
+// smtp (25) listener; the submission (587) and reinjection (10025) ports go into `ports`.
+struct PecPostfixOptions {
+    std::string hostname;               // myhostname, distinct per instance (loop detection)
+    std::filesystem::path pec_enqueue;  // the binary the pipe runs
+    std::filesystem::path pecd_conf;    // its -c
+    std::filesystem::path sasl_socket;  // dovecot_auth_socket()
+    std::vector<std::string> domains;   // the PEC domains (pec_domains, pec_transport -> pecd:)
+    std::vector<std::string> senders;   // pec_senders: each login may send as itself
+    std::string pipe_user = "nobody";   // pipe(8) refuses root; no pecd account here
+};
+struct PecPostfixPorts {
+    int smtp = 0, submission = 0, reinjection = 0;
+};
+Result<std::unique_ptr<ServerFixture>> start_pec_postfix(const PecPostfixOptions& options,
+                                                         PecPostfixPorts& ports);
+// Writes pec_transport: `domains` to pecd, then `routes` ("pec.beta.test smtp:[127.0.0.1]:2525",
+// what DNS MX records would say) and reloads a running instance.
+Status set_pec_routes(const ServerFixture& postfix, const std::vector<std::string>& domains,
+                      const std::vector<std::string>& routes);
+
 // clamd with the private two-signature EICAR DB; reachable on the TCP port and on
 // dir()/clamd.sock. `stream_max` is clamd's StreamMaxLength ("100M").
 Result<std::unique_ptr<ServerFixture>> start_clamd(std::string stream_max = "100M");

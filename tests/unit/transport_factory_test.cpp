@@ -16,9 +16,9 @@ Config parse(std::string_view text) {
 }
 
 TEST(TransportFactory, DefaultsAreTheEmbeddedAdapters) {
-    Config c = parse(
-        "[delivery]\nmaildir_root = /srv/mail\n[outbound]\noutbox_dir = /var/spool/pecd/outbox\n");
-    auto d = make_delivery(c, "delivery");
+    Config c =
+        parse("[mailbox]\nmaildir = /srv/mail\n[outbound]\ndirectory = /var/spool/pecd/outbox\n");
+    auto d = make_delivery(c, "mailbox");
     ASSERT_TRUE(d) << d.error().message;
     EXPECT_EQ((*d)->describe(), "maildir /srv/mail");
     auto o = make_outbound(c, "outbound");
@@ -31,43 +31,44 @@ TEST(TransportFactory, DefaultsAreTheEmbeddedAdapters) {
 
 TEST(TransportFactory, RealAdaptersFromTheirKeys) {
     Config c = parse(
-        "[x]\n"
-        "delivery = lmtp\nlmtp = unix:/run/dovecot/lmtp\n"
-        "outbound = smtp\nrelay = 127.0.0.1:10025\n"
-        "antivirus = clamd\nclamd = 127.0.0.1\nclamd_timeout = 30s\ncommand_timeout = 500ms\n");
-    auto d = make_delivery(c, "x");
+        "[mailbox]\ntype = lmtp\nlmtp = unix:/run/dovecot/lmtp\n"
+        "[outbound]\ntype = smtp\nrelay = 127.0.0.1:10025\ncommand_timeout = 500ms\n"
+        "[antivirus]\ntype = clamd\nclamd = 127.0.0.1\nclamd_timeout = 30s\n");
+    auto d = make_delivery(c, "mailbox");
     ASSERT_TRUE(d) << d.error().message;
     EXPECT_EQ((*d)->describe(), "lmtp unix:/run/dovecot/lmtp");
-    auto o = make_outbound(c, "x");
+    auto o = make_outbound(c, "outbound");
     ASSERT_TRUE(o) << o.error().message;
     EXPECT_EQ((*o)->describe(), "smtp 127.0.0.1:10025");
-    auto a = make_antivirus(c, "x");
+    auto a = make_antivirus(c, "antivirus");
     ASSERT_TRUE(a) << a.error().message;
     EXPECT_EQ((*a)->describe(), "clamd 127.0.0.1:3310");
 }
 
 TEST(TransportFactory, MistakesAreConfigErrorsNamingFileAndLine) {
     Config c = parse(
-        "[x]\n"
-        "delivery = mbox\n"
-        "outbound = smtp\n"
+        "[mailbox]\n"
+        "type = mbox\n"
+        "[outbound]\n"
+        "type = smtp\n"
         "relay = 127.0.0.1:99999\n"
-        "antivirus = clamd\n"
+        "[antivirus]\n"
+        "type = clamd\n"
         "clamd_timeout = soon\n"
         "clamd = 127.0.0.1:3310\n");
-    auto d = make_delivery(c, "x");
+    auto d = make_delivery(c, "mailbox");
     ASSERT_FALSE(d);
     EXPECT_EQ(d.error().kind, ErrorKind::config);
     EXPECT_NE(d.error().message.find("/etc/pecd/pecd.conf:2:"), std::string::npos)
         << d.error().message;
-    auto o = make_outbound(c, "x");
+    auto o = make_outbound(c, "outbound");
     ASSERT_FALSE(o);
-    EXPECT_NE(o.error().message.find("pecd.conf:4:"), std::string::npos) << o.error().message;
-    auto a = make_antivirus(c, "x");
+    EXPECT_NE(o.error().message.find("pecd.conf:5:"), std::string::npos) << o.error().message;
+    auto a = make_antivirus(c, "antivirus");
     ASSERT_FALSE(a);
-    EXPECT_NE(a.error().message.find("pecd.conf:6:"), std::string::npos) << a.error().message;
-    EXPECT_FALSE(make_delivery(parse("[x]\n"), "x")) << "maildir without maildir_root";
-    EXPECT_FALSE(make_outbound(parse("[x]\noutbound = smtp\n"), "x")) << "smtp without relay";
+    EXPECT_NE(a.error().message.find("pecd.conf:8:"), std::string::npos) << a.error().message;
+    EXPECT_FALSE(make_delivery(parse("[x]\n"), "x")) << "maildir without maildir";
+    EXPECT_FALSE(make_outbound(parse("[x]\ntype = smtp\n"), "x")) << "smtp without relay";
 }
 
 TEST(TransportFactory, BuiltAdaptersWork) {
@@ -76,16 +77,16 @@ TEST(TransportFactory, BuiltAdaptersWork) {
     auto clamd = test::start_clamd();
     ASSERT_TRUE(clamd) << clamd.error().message;
     Config c;
-    c.set("x", "maildir_root", dir->path().string());
-    c.set("x", "maildir_auto_create", "yes");
-    c.set("x", "antivirus", "clamd");
-    c.set("x", "clamd", (*clamd)->address());
-    auto d = make_delivery(c, "x");
+    c.set("mailbox", "maildir", dir->path().string());
+    c.set("mailbox", "maildir_auto_create", "yes");
+    c.set("antivirus", "type", "clamd");
+    c.set("antivirus", "clamd", (*clamd)->address());
+    auto d = make_delivery(c, "mailbox");
     ASSERT_TRUE(d);
     auto r = (*d)->deliver("utente@pec.test", "Subject: x\r\n\r\ny\r\n");
     ASSERT_TRUE(r);
     EXPECT_TRUE(r->accepted()) << r->describe();
-    auto a = make_antivirus(c, "x");
+    auto a = make_antivirus(c, "antivirus");
     ASSERT_TRUE(a);
     auto v = (*a)->scan(test::eicar());
     ASSERT_TRUE(v) << v.error().message;
