@@ -194,10 +194,10 @@ std::string strip_angles(std::string_view id) {
     return std::string(id);
 }
 
-// What the legal log says about a message taken in, from its head alone (the first 64 KiB):
-// Subject, Message-ID and the identificativo its headers name (a busta's Message-ID, a receipt's
-// X-Riferimento-Message-ID). Whatever cannot be read stays empty: the receipt point logs the
-// verified data.
+// What the legal log says about a message taken in, from its head alone (the first 64 KiB): the
+// Subject; the client's Message-ID (a PEC message carries it in X-Riferimento-Message-ID); the
+// identificativo when the head names it (a busta's Message-ID; a receipt names it only in its
+// body). Whatever cannot be read stays empty: the receipt point logs the verified data.
 struct HeadFacts {
     std::string subject, message_id, identificativo;
 };
@@ -217,8 +217,9 @@ HeadFacts head_facts(const StageInput& in) {
     if (id && *id) f.message_id = "<" + std::string(id) + ">";
     GMimeObject* object = GMIME_OBJECT(message.get());
     if (const char* ref = g_mime_object_get_header(object, "X-Riferimento-Message-ID"))
-        f.identificativo = strip_angles(ref);
-    else if (g_mime_object_get_header(object, "X-Trasporto") && id)
+        f.message_id = "<" + strip_angles(ref) + ">";
+    const char* transport = g_mime_object_get_header(object, "X-Trasporto");
+    if (transport && id && *id && strip_angles(transport) == "posta-certificata")
         f.identificativo = id;
     return f;
 }
