@@ -393,6 +393,7 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
     // are durable first (one append, one fdatasync), so no output exists without its record. A
     // crash after this and before the commit re-runs the inputs, which logs their events again:
     // the log is at-least-once (docs/legal-log.md).
+    if (log_hook_) log_hook_(LogPoint::before_append);
     if (legal_log_) {
         std::vector<legallog::Record> records;
         for (auto& c : items)
@@ -404,7 +405,7 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
             if (!st) return abandon(st.error());
         }
     }
-    if (after_log_sync_) after_log_sync_();
+    if (log_hook_) log_hook_(LogPoint::after_sync);
     for (auto& c : items) {
         if (c.outcome == Claimed::Outcome::route) {
             if (append_route(c))

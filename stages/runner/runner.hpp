@@ -116,9 +116,11 @@ public:
     Status rotate_legal_log();
     // Closes the log's file now (SIGTERM): a close line, fdatasync.
     Status close_legal_log(std::string_view reason = "shutdown");
-    // Test hook: called after the batch's records are durable and before any of its outputs is
-    // committed (crash tests kill the process here).
-    void set_after_log_sync(std::function<void()> hook) { after_log_sync_ = std::move(hook); }
+    // Test hook around the batch's legal-log step (crash tests kill the process there): before
+    // the records are appended (nothing of the batch may be committed yet) and after they are
+    // durable (nothing committed yet either: the commits follow).
+    enum class LogPoint { before_append, after_sync };
+    void set_log_hook(std::function<void(LogPoint)> hook) { log_hook_ = std::move(hook); }
 
     // Event loop (libuv): inotify on the queue dir as a hint, plus periodic rescans. Returns when
     // `stop` is set and `wake()` is called; the batch in hand is finished first.
@@ -147,7 +149,7 @@ private:
     std::mutex wake_mutex_;
     void* loop_async_ = nullptr;  // uv_async_t of the running loop, guarded by wake_mutex_
     std::unique_ptr<legallog::Writer> legal_log_;
-    std::function<void()> after_log_sync_;
+    std::function<void(LogPoint)> log_hook_;
 };
 
 }  // namespace pecd::runner
