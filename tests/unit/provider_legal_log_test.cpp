@@ -107,8 +107,9 @@ std::set<StageEvent> distinct(const std::multiset<StageEvent>& events) {
 }
 
 // Every file a stage of `n` has committed and that still waits in the spool (a queue or deferral
-// of a later stage, a committed output set, an input committed in place) is named among the related ids of a record of
-// `n`'s legal log. Files in queue/classify come from outside; the outbox belongs to the transport.
+// of a later stage, a committed output set, an input committed in place) is named among the related
+// ids of a record of `n`'s legal log. Files in queue/classify come from outside; the outbox belongs
+// to the transport.
 void expect_every_output_logged(const Node& n, const std::string& when) {
     std::set<std::string> related;
     for (const auto& r : records_of(n)) related.insert(r.related.begin(), r.related.end());
@@ -128,8 +129,7 @@ void expect_every_output_logged(const Node& n, const std::string& when) {
             // A claimed input whose last record routes it on is committed in place.
             if (spool::is_valid_queue_id(name)) {
                 auto info = spool::read_header(e.path());
-                if (info && !info->env.history.empty() &&
-                    info->env.history.back().stage == stage &&
+                if (info && !info->env.history.empty() && info->env.history.back().stage == stage &&
                     info->env.history.back().note.starts_with("-> "))
                     outputs.emplace_back(e.path(), name);
                 continue;
@@ -389,4 +389,52 @@ TEST(ProviderLegalLog, AFailedLogWriteHoldsTheBatchBackAndAFailedStageLogsNothin
     EXPECT_EQ(records_of(net.alpha).size(), 1u);
     auto quarantined = net.leftovers(net.alpha, spool::Area::quarantine);
     EXPECT_NE(std::find(quarantined.begin(), quarantined.end(), "wrap/" + bad), quarantined.end());
+}
+
+// `pecq log expire` (cron, until the scheduler does it): closed files past the retention go, with
+// their seals; younger closed files and open ones stay.
+TEST(ProviderLegalLog, PecqLogExpireRemovesOnlyClosedFilesPastRetention) {
+    TempDir dir("legallog-expire");
+    const int64_t now = legallog::system_now_us();
+    const int64_t old = now - 31LL * 31 * 86'400'000'000LL;  // 31 months of 31 days ago
+    auto write = [&](const std::string& stage, int64_t at, bool close) {
+        legallog::WriterOptions o;
+        o.directory = dir.path();
+        o.node = "n1";
+        o.stage = stage;
+        o.clock = [at] { return at; };
+        auto w = legallog::Writer::open(std::move(o));
+        ASSERT_TRUE(w.has_value()) << w.error().message;
+        Record r;
+        r.time_us = at;
+        r.event = Event::consegna;
+        r.identificativo = stage + "@pec.alpha.test";
+        ASSERT_TRUE((*w)->append(r).has_value());
+        ASSERT_TRUE((*w)->sync().has_value());
+        if (close) {
+            ASSERT_TRUE((*w)->close().has_value());
+        }
+    };
+    write("wrap", old, true);      // closed 31 months ago: expired
+    write("verify", now, true);    // closed today: kept
+    write("deliver", old, false);  // never closed: kept whatever its age
+    auto before = legallog::list_files(dir.path());
+    ASSERT_TRUE(before.has_value());
+    ASSERT_EQ(before->size(), 3u);
+    fs::path expired;
+    for (const auto& f : *before)
+        if (f.filename().string().find(".wrap.") != std::string::npos) expired = f;
+    ASSERT_FALSE(expired.empty());
+    write_file(fs::path(expired.string() + ".seal"), "seal\n");
+
+    auto r = run(kPecq + " log expire --dir " + quote(dir.path()) + " --retention 30months");
+    EXPECT_EQ(r.status, 0) << r.output;
+    EXPECT_NE(r.output.find("removed: " + expired.string()), std::string::npos) << r.output;
+    EXPECT_FALSE(fs::exists(expired));
+    EXPECT_FALSE(fs::exists(expired.string() + ".seal"));
+    auto after = legallog::list_files(dir.path());
+    ASSERT_TRUE(after.has_value());
+    EXPECT_EQ(after->size(), 2u);
+    r = run(kPecq + " log --dir " + quote(dir.path()));
+    EXPECT_NE(r.output.find("-- 2 record(s)"), std::string::npos) << r.output;
 }
