@@ -438,3 +438,63 @@ TEST(ProviderLegalLog, PecqLogExpireRemovesOnlyClosedFilesPastRetention) {
     r = run(kPecq + " log --dir " + quote(dir.path()));
     EXPECT_NE(r.output.find("-- 2 record(s)"), std::string::npos) << r.output;
 }
+
+// The runner without a provider: any stage function's records reach the stage's stream, and
+// rotate_legal_log() (run()'s timer) closes the file once its day is over, not before.
+TEST(ProviderLegalLog, RunnerRotatesTheStageLogWhenItsDayIsOver) {
+    TempDir dir("legallog-rotate");
+    auto spool = spool::Spool::open(dir.path() / "spool", true);
+    ASSERT_TRUE(spool.has_value());
+    std::atomic<int64_t> clock{1'795'348'800'000'000LL};  // 22/11/2026 13:00 in Rome
+    legallog::WriterOptions o;
+    o.directory = dir.path() / "legallog";
+    o.node = "n1";
+    o.stage = "classify";
+    o.clock = [&clock] { return clock.load(); };
+    auto w = legallog::Writer::open(std::move(o));
+    ASSERT_TRUE(w.has_value()) << w.error().message;
+    runner::StageFunction fn =
+        [&clock](const runner::StageInput& in) -> Result<runner::StageResult> {
+        runner::StageResult res;
+        res.outputs.push_back({"wrap", in.env, in.body_source(), true, 0});
+        Record r;
+        r.time_us = clock.load();
+        r.event = Event::ricezione;
+        r.identificativo = in.env.id + "@pec.alpha.test";
+        r.related = {in.env.id};
+        res.records.push_back(std::move(r));
+        return res;
+    };
+    runner::StageRunner r(*spool, "classify", fn, runner::RunnerOptions{});
+    r.set_legal_log(std::move(*w));
+    spool::Envelope env;
+    env.arrival_us = spool::now_us();
+    env.id = spool::new_queue_id(env.arrival_us);
+    env.sender = "a@pec.alpha.test";
+    env.recipients = {"b@pec.beta.test"};
+    ASSERT_TRUE(spool::write_queue_file(spool->queue_dir("classify") / env.id, env,
+                                        spool::BodySource::from_bytes("Subject: x\r\n\r\nx\r\n"))
+                    .has_value());
+    std::atomic<bool> stop{false};
+    auto n = r.drain(stop);
+    ASSERT_TRUE(n.has_value()) << n.error().message;
+    EXPECT_EQ(*n, 1u);
+    EXPECT_TRUE(fs::exists(spool->queue_dir("wrap") / env.id));
+    const fs::path file = r.legal_log()->current_file();
+    ASSERT_FALSE(file.empty());
+
+    clock += 10LL * 3'600'000'000LL;  // 23:00 the same day
+    ASSERT_TRUE(r.rotate_legal_log().has_value());
+    EXPECT_FALSE(legallog::file_state(file)->closed);
+    clock += 2LL * 3'600'000'000LL;  // 01:00 the next day
+    ASSERT_TRUE(r.rotate_legal_log().has_value());
+    auto state = legallog::file_state(file);
+    ASSERT_TRUE(state.has_value());
+    EXPECT_TRUE(state->closed);
+    EXPECT_TRUE(read_file(file).ends_with("\tday\n"));
+    legallog::Query by_queue_id;
+    by_queue_id.id = env.id;
+    auto found = legallog::search(dir.path() / "legallog", by_queue_id);
+    ASSERT_TRUE(found.has_value());
+    EXPECT_EQ(found->size(), 1u);
+}
