@@ -34,6 +34,8 @@ int check_config(const Config& config) {
     };
     if (auto s = runner::spool_settings(config); !s) report(s.error());
     if (auto r = runner::runner_options(config); !r) report(r.error());
+    if (legal_log_configured(config))
+        if (auto l = legallog::settings(config); !l) report(l.error());
     // The provider sections: every problem with its line, then whether everything loads.
     for (const auto& p : check_stage_config(config)) {
         std::fprintf(stderr, "%s:%d: %s\n", config.source().c_str(), p.line, p.message.c_str());
@@ -206,6 +208,14 @@ int main(int argc, char** argv) {
             return 78;
         }
         auto r = std::make_unique<runner::StageRunner>(*spool, stage, std::move(*fn), *options);
+        // The stage's legal-log stream, opened under the stage lock (one writer per stream).
+        auto legal_log = open_legal_log(*config, stage);
+        if (!legal_log) {
+            std::fprintf(stderr, "pecd: %s: legal log: %s\n", stage.c_str(),
+                         legal_log.error().message.c_str());
+            return legal_log.error().kind == ErrorKind::config ? 78 : 75;
+        }
+        r->set_legal_log(std::move(*legal_log));
         if (stage == spool::kStages.front())
             if (auto cleaned = spool::clean_stale_tmp(*spool); cleaned && *cleaned > 0)
                 PECD_LOG(info) << "removed " << *cleaned << " temporary files of dead pec-enqueue runs";
@@ -247,5 +257,13 @@ int main(int argc, char** argv) {
     stop = true;
     for (auto& r : runners) r->wake();
     for (auto& t : threads) t.join();
-    return 0;
+    // The legal log's files are closed (close line, fdatasync) so that they can be sealed; a
+    // --once run leaves them open for the next run to continue.
+    int rc = 0;
+    for (auto& r : runners)
+        if (auto st = r->close_legal_log("shutdown"); !st) {
+            PECD_LOG(error) << r->stage() << ": legal log: " << st.error().message;
+            rc = 75;
+        }
+    return rc;
 }

@@ -58,13 +58,13 @@ int fail_with(const Error& e) {
 
 // `pecq log`: the legal log needs no spool, only its directory (--dir or [legallog] directory).
 struct LogArgs {
-    std::string dir, id, sender, recipient, since, until, ca, tsa_url;
+    std::string dir, id, sender, recipient, since, until, ca, tsa_url, retention;
     bool json = false;
 };
 
-int run_log(const std::string& config_file, LogArgs& a, bool verify, bool seal) {
+int run_log(const std::string& config_file, LogArgs& a, bool verify, bool seal, bool expire) {
     legallog::Settings settings;
-    if (a.dir.empty() || (seal && a.tsa_url.empty())) {
+    if (a.dir.empty() || (seal && a.tsa_url.empty()) || (expire && a.retention.empty())) {
         auto config = Config::load(runner::config_path(config_file));
         if (!config) return fail_with(config.error());
         auto s = legallog::settings(*config);
@@ -130,6 +130,18 @@ int run_log(const std::string& config_file, LogArgs& a, bool verify, bool seal) 
         if (!report->pending.empty())
             std::fprintf(stderr, "pecq: %s\n", report->last_error.c_str());
         return report->pending.empty() ? 0 : 1;
+    }
+    if (expire) {
+        legallog::Retention retention = settings.retention;
+        if (!a.retention.empty()) {
+            auto r = legallog::parse_retention(a.retention);
+            if (!r) return fail_with(r.error()), 2;
+            retention = *r;
+        }
+        auto report = legallog::remove_expired(dir, retention, legallog::system_now_us());
+        if (!report) return fail_with(report.error());
+        for (const auto& f : report->removed) std::printf("removed: %s\n", f.c_str());
+        return 0;
     }
     legallog::Query q;
     q.id = a.id;
@@ -301,9 +313,18 @@ int main(int argc, char** argv) {
     tasks_cancel->add_option("keys", task_keys)->required();
     tasks_cancel->add_flag("--prefix", by_prefix, "the arguments are key prefixes");
 
+    auto* log_expire = log_cmd->add_subcommand(
+        "expire", "remove closed files older than the retention period, with their seals");
+    log_expire->add_option("--dir", log_args.dir,
+                           "legal log directory (default: [legallog] directory)");
+    log_expire->add_option("--retention", log_args.retention,
+                           "e.g. 30months, 900d (default: [legallog] retention)");
+
     CLI11_PARSE(app, argc, argv);
 
-    if (*log_cmd) return run_log(config_file, log_args, log_verify->parsed(), log_seal->parsed());
+    if (*log_cmd)
+        return run_log(config_file, log_args, log_verify->parsed(), log_seal->parsed(),
+                       log_expire->parsed());
 
     if (*inspect) {
         // Needs no spool: administrators run it on anything a user forwards them.

@@ -1,5 +1,7 @@
 #include "stages/registry.hpp"
 
+#include <algorithm>
+
 #include "spool-layout/spool.hpp"
 #include "stages/provider/stages.hpp"
 
@@ -40,6 +42,23 @@ Status reload_stage_context(const StageContext& context, const Config& config) {
         return fail(ErrorKind::config,
                     "the [provider] section is gone: keeping the running provider");
     return context.provider->reload(config);
+}
+
+bool legal_log_configured(const Config& config) {
+    auto sections = config.sections();
+    return std::find(sections.begin(), sections.end(), "legallog") != sections.end();
+}
+
+Result<std::unique_ptr<legallog::Writer>> open_legal_log(const Config& config,
+                                                         std::string_view stage) {
+    if (!legal_log_configured(config)) return std::unique_ptr<legallog::Writer>();
+    auto settings = legallog::settings(config);
+    if (!settings) return std::unexpected(settings.error());
+    return legallog::Writer::open({.directory = settings->directory,
+                                   .node = settings->node,
+                                   .stage = std::string(stage),
+                                   .max_file_size = settings->max_file_size,
+                                   .clock = {}});
 }
 
 std::vector<ConfigProblem> check_stage_config(const Config& config) {

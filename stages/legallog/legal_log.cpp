@@ -17,7 +17,7 @@
 namespace pecd::legallog {
 namespace {
 
-constexpr std::array<std::pair<Event, std::string_view>, 12> kEvents{{
+constexpr std::array<std::pair<Event, std::string_view>, 15> kEvents{{
     {Event::accettazione, "accettazione"},
     {Event::non_accettazione, "non-accettazione"},
     {Event::busta_inviata, "busta-inviata"},
@@ -30,6 +30,9 @@ constexpr std::array<std::pair<Event, std::string_view>, 12> kEvents{{
     {Event::preavviso_12h, "preavviso-12h"},
     {Event::preavviso_24h, "preavviso-24h"},
     {Event::ricevuta_ricevuta, "ricevuta-ricevuta"},
+    {Event::ricevuta_consegna, "ricevuta-consegna"},
+    {Event::avviso_mancata_consegna, "avviso-mancata-consegna"},
+    {Event::invio, "invio"},
 }};
 
 constexpr size_t kRecordFields = 16;

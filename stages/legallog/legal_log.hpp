@@ -25,15 +25,18 @@ enum class Event {
     accettazione,
     non_accettazione,
     busta_inviata,
-    ricezione,  // a busta received from another provider (receipt point)
+    ricezione,  // a message taken in: a submission, or mail from outside for our users
     presa_in_carico,
-    consegna,
-    mancata_consegna,
+    consegna,          // a message stored in a recipient's mailbox
+    mancata_consegna,  // a recipient's mailbox refused it for good
     anomalia,
     virus,
     preavviso_12h,
     preavviso_24h,
-    ricevuta_ricevuta,  // a receipt received back for one of our senders
+    ricevuta_ricevuta,        // a valid receipt or notice received (receipt point)
+    ricevuta_consegna,        // an avvenuta consegna emitted (delivery point)
+    avviso_mancata_consegna,  // an avviso di mancata consegna emitted
+    invio,                    // a PEC message handed to the next hop (outbound)
 };
 std::string_view to_string(Event event);  // "accettazione", "non-accettazione", ...
 std::optional<Event> event_from_string(std::string_view name);

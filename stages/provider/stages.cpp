@@ -10,7 +10,6 @@
 #include "spool-layout/spool.hpp"
 #include "stages/common/log.hpp"
 #include "stages/pec/gmime_util.hpp"
-#include "stages/pec/gmime_util.hpp"
 #include "stages/pec/postacert.hpp"
 #include "stages/pec/reader.hpp"
 
@@ -18,6 +17,7 @@ namespace pecd::provider {
 
 using runner::StageInput;
 using runner::StageOutput;
+using runner::StageResult;
 using Outputs = std::vector<StageOutput>;
 
 namespace {
@@ -137,6 +137,93 @@ std::string status_summary(const std::vector<RecipientStatus>& list) {
     return out;
 }
 
+// ------------------------------------------------------------------------ legal log records
+
+using legallog::Event;
+using legallog::Record;
+
+// A record about the transaction a queue file belongs to, from the attrs the stages carry along
+// (pec.id, pec.msgid, pec.sender, pec.subject, pec.provider), else from its envelope.
+Record file_record(const Provider& p, Event event, const spool::Envelope& env, int64_t time_us) {
+    Record r;
+    r.time_us = time_us;
+    r.event = event;
+    r.identificativo = env.attr(attr::id).value_or("");
+    r.message_id = env.attr(attr::message_id).value_or("");
+    r.sender = env.attr(attr::sender).value_or(env.sender);
+    r.recipients = env.recipients;
+    r.subject = env.attr(attr::subject).value_or("");
+    r.provider = env.attr(attr::provider).value_or(p.identity().name);
+    return r;
+}
+
+// A record about a transaction known from its certification data.
+Record transaction_record(Event event, const pec::Transaction& t, int64_t time_us,
+                          std::string provider) {
+    Record r;
+    r.time_us = time_us;
+    r.event = event;
+    r.identificativo = t.identificativo;
+    r.message_id = t.original.message_id.value_or("");
+    r.sender = t.original.sender;
+    for (const auto& x : t.original.recipients) r.recipients.push_back(x.address);
+    r.subject = t.original.subject;
+    r.provider = std::move(provider);
+    return r;
+}
+
+// Names a produced message among a record's related ids: its queue id and its Message-ID.
+void add_related(Record& r, const StageOutput& out, std::string_view message_id = {}) {
+    r.related.push_back(out.env.id);
+    if (!message_id.empty()) r.related.emplace_back(message_id);
+}
+
+// What later stages need to log the transaction a produced file belongs to.
+void carry_transaction(StageOutput& out, const pec::Transaction& t) {
+    out.env.set_attr(attr::id, t.identificativo);
+    out.env.set_attr(attr::sender, t.original.sender);
+    out.env.set_attr(attr::subject, t.original.subject);
+    if (t.original.message_id) out.env.set_attr(attr::message_id, *t.original.message_id);
+}
+
+std::string strip_angles(std::string_view id) {
+    while (!id.empty() && (id.front() == ' ' || id.front() == '\t' || id.front() == '<'))
+        id.remove_prefix(1);
+    while (!id.empty() && (id.back() == ' ' || id.back() == '\t' || id.back() == '>'))
+        id.remove_suffix(1);
+    return std::string(id);
+}
+
+// What the legal log says about a message taken in, from its head alone (the first 64 KiB): the
+// Subject; the client's Message-ID (a PEC message carries it in X-Riferimento-Message-ID); the
+// identificativo when the head names it (a busta's Message-ID; a receipt names it only in its
+// body). Whatever cannot be read stays empty: the receipt point logs the verified data.
+struct HeadFacts {
+    std::string subject, message_id, identificativo;
+};
+
+HeadFacts head_facts(const StageInput& in) {
+    HeadFacts f;
+    auto head =
+        durable::pread_exact(in.fd, in.body_offset, std::min<uint64_t>(in.body_size, 64 * 1024));
+    if (!head) return f;
+    pec::ensure_gmime();
+    pec::GPtr<GMimeStream> stream(g_mime_stream_mem_new_with_buffer(head->data(), head->size()));
+    pec::GPtr<GMimeParser> parser(g_mime_parser_new_with_stream(stream.get()));
+    pec::GPtr<GMimeMessage> message(g_mime_parser_construct_message(parser.get(), nullptr));
+    if (!message) return f;
+    if (const char* subject = g_mime_message_get_subject(message.get())) f.subject = subject;
+    const char* id = g_mime_message_get_message_id(message.get());
+    if (id && *id) f.message_id = "<" + std::string(id) + ">";
+    GMimeObject* object = GMIME_OBJECT(message.get());
+    if (const char* ref = g_mime_object_get_header(object, "X-Riferimento-Message-ID"))
+        f.message_id = "<" + strip_angles(ref) + ">";
+    const char* transport = g_mime_object_get_header(object, "X-Trasporto");
+    if (transport && id && *id && strip_angles(transport) == "posta-certificata")
+        f.identificativo = id;
+    return f;
+}
+
 // ------------------------------------------------------------------ certification data
 
 // The transaction a received busta (or a notice about it) certifies, from its daticert.xml;
@@ -168,15 +255,37 @@ Result<pec::Transaction> transaction_from(const pec::PecMessageInfo& info) {
 
 // --------------------------------------------------------------------------------- classify
 
-Result<Outputs> classify(const Provider& p, const StageInput& in) {
+Result<StageResult> classify(const Provider& p, const StageInput& in) {
     const spool::Envelope& env = in.env;
-    Outputs out;
+    StageResult res;
+    Outputs& out = res.outputs;
+    // ricezione: what was taken in, as its envelope and head say (relayed mail is not PEC).
+    auto received = [&](const StageOutput& to, std::string identificativo, std::string provider,
+                        std::string detail) {
+        HeadFacts head = head_facts(in);
+        Record r;
+        r.time_us = spool::now_us();
+        r.event = Event::ricezione;
+        r.identificativo =
+            identificativo.empty() ? std::move(head.identificativo) : std::move(identificativo);
+        r.message_id = std::move(head.message_id);
+        r.sender = env.sender;
+        r.recipients = to.env.recipients;
+        r.subject = std::move(head.subject);
+        r.provider = std::move(provider);
+        r.detail = std::move(detail);
+        add_related(r, to);
+        res.records.push_back(std::move(r));
+    };
     // Authenticated local submission: our user sending through the access point.
     if (!env.user.empty() && p.is_local(env.sender)) {
         auto stored = env.attr(attr::id);
         std::string id = stored ? *stored : p.ids().next();
         out.push_back(in_place(in, "wrap", {{attr::route, "submission"}, {attr::id, id}}));
-        return out;
+        received(
+            out.back(), id, p.identity().name,
+            "submission, user " + env.user + (env.client.empty() ? "" : ", client " + env.client));
+        return res;
     }
     std::vector<std::string> local, foreign;
     for (const auto& r : env.recipients) (p.is_local(r) ? local : foreign).push_back(r);
@@ -184,14 +293,16 @@ Result<Outputs> classify(const Provider& p, const StageInput& in) {
         out.push_back(in_place(in, "outbound", {{attr::route, "relay"}}));
     } else if (foreign.empty()) {
         out.push_back(in_place(in, "verify", {{attr::route, "incoming"}}));
+        received(out.back(), "", "", "incoming");
     } else {
         // Mail from outside for our users and others: ours are verified, the rest passes on.
         out.push_back(copy_of_input(in, "verify", "in", std::move(local)));
         out.back().env.set_attr(attr::route, "incoming");
+        received(out.back(), "", "", "incoming");
         out.push_back(copy_of_input(in, "outbound", "out", std::move(foreign)));
         out.back().env.set_attr(attr::route, "relay");
     }
-    return out;
+    return res;
 }
 
 // ------------------------------------------------------------------------------------- wrap
@@ -259,7 +370,7 @@ Submission check_submission(const Provider& p, const spool::Envelope& env, std::
     return s;
 }
 
-Result<Outputs> wrap(const Provider& p, const StageInput& in) {
+Result<StageResult> wrap(const Provider& p, const StageInput& in) {
     const spool::Envelope& env = in.env;
     auto raw = in.body();
     if (!raw) return std::unexpected(raw.error());
@@ -273,12 +384,21 @@ Result<Outputs> wrap(const Provider& p, const StageInput& in) {
     t.identificativo = stored_id ? *stored_id : p.ids().next();
     const std::string service = p.identity().service_address();
     const std::string time = std::to_string(now);
-    Outputs out;
+    StageResult res;
+    Outputs& out = res.outputs;
+    // The legal log: the transaction's single instant, our provider; related = what was made.
+    auto log = [&](Event event, std::string detail = {}) -> Record& {
+        res.records.push_back(transaction_record(event, t, now, p.identity().name));
+        res.records.back().detail = std::move(detail);
+        return res.records.back();
+    };
+    std::string notice_id;  // Message-ID of the last notice made
     auto notice = [&](Result<pec::BuiltMessage> built, std::string_view tag) -> Status {
         if (!built) return context(built.error(), "wrap");
+        notice_id = built->message_id;
         out.push_back(new_message(in, "deliver", tag, service, {t.original.sender},
                                   std::move(built->bytes), pec::to_string(built->type)));
-        out.back().env.set_attr(attr::id, t.identificativo);
+        carry_transaction(out.back(), t);
         out.back().env.set_attr(attr::time, time);
         return {};
     };
@@ -287,7 +407,8 @@ Result<Outputs> wrap(const Provider& p, const StageInput& in) {
         PECD_LOG(info) << env.id << ": not accepted: " << sub.problem;
         if (auto st = notice(p.builder().non_accettazione(t, sub.problem), "na"); !st)
             return std::unexpected(st.error());
-        return out;
+        add_related(log(Event::non_accettazione, sub.problem), out.back(), notice_id);
+        return res;
     }
     auto scan = p.services().scan(*raw);
     if (!scan) return fail(ErrorKind::transient, "antivirus: " + scan.error().message);
@@ -297,7 +418,8 @@ Result<Outputs> wrap(const Provider& p, const StageInput& in) {
             return fail(ErrorKind::transient, "virus store: " + kept.error().message);
         if (auto st = notice(p.builder().non_accettazione_virus(t, scan->virus), "nav"); !st)
             return std::unexpected(st.error());
-        return out;
+        add_related(log(Event::non_accettazione, "virus: " + scan->virus), out.back(), notice_id);
+        return res;
     }
 
     auto busta = p.builder().busta_trasporto(t, *raw);
@@ -308,23 +430,29 @@ Result<Outputs> wrap(const Provider& p, const StageInput& in) {
         PECD_LOG(info) << env.id << ": not accepted: " << reason;
         if (auto st = notice(p.builder().non_accettazione(t, reason), "na"); !st)
             return std::unexpected(st.error());
-        return out;
+        add_related(log(Event::non_accettazione, reason), out.back(), notice_id);
+        return res;
     }
     if (!busta) return context(busta.error(), "wrap");
     if (auto st = notice(p.builder().accettazione(t), "acc"); !st)
         return std::unexpected(st.error());
-    std::vector<std::string> certified;
+    std::vector<std::string> certified, external;
     for (const auto& r : t.original.recipients)
-        if (r.kind == pec::RecipientKind::certificato) certified.push_back(r.address);
+        (r.kind == pec::RecipientKind::certificato ? certified : external).push_back(r.address);
+    const std::string busta_id = busta->message_id;
     out.push_back(new_message(in, "outbound", "b", t.original.sender, env.recipients,
                               std::move(busta->bytes), pec::to_string(busta->type)));
-    // What the scheduler needs for the 12 h / 24 h timers (DECISIONS #5).
+    // What the scheduler needs for the 12 h / 24 h timers (DECISIONS #5), and the legal log.
+    carry_transaction(out.back(), t);
     auto& benv = out.back().env;
-    benv.set_attr(attr::id, t.identificativo);
     benv.set_attr(attr::time, time);
-    benv.set_attr(attr::sender, t.original.sender);
     benv.set_attr(attr::certified, join(certified));
-    return out;
+    Record& accepted = log(Event::accettazione);
+    add_related(accepted, out[0], notice_id);
+    add_related(accepted, out[1], busta_id);
+    add_related(log(Event::busta_inviata, external.empty() ? "" : "esterno: " + join(external)),
+                out[1], busta_id);
+    return res;
 }
 
 // ----------------------------------------------------------------------------------- verify
@@ -356,8 +484,8 @@ Result<Verdict> judge(const Provider& p, std::string_view raw, const pec::IndexS
     return v;
 }
 
-Result<Outputs> anomaly_or_refusal(const Provider& p, const StageInput& in, std::string_view raw,
-                                   const Verdict& v) {
+Result<StageResult> anomaly_or_refusal(const Provider& p, const StageInput& in,
+                                       std::string_view raw, const Verdict& v) {
     const spool::Envelope& env = in.env;
     std::vector<std::string> wrap_them, refuse_them;
     for (const auto& r : env.recipients)
@@ -367,9 +495,11 @@ Result<Outputs> anomaly_or_refusal(const Provider& p, const StageInput& in, std:
         // Refusing belongs to the SMTP dialogue (the MTA); after queueing, dropping is not an
         // option, so the message waits in quarantine with the reason.
         return fail(ErrorKind::permanent, "refused by [policy] ordinary_mail: " + v.problem);
-    Outputs out;
+    StageResult res;
+    Outputs& out = res.outputs;
+    const int64_t now = spool::now_us();
     pec::Transaction t;
-    t.time = pec_time(spool::now_us());
+    t.time = pec_time(now);
     t.original.sender = env.sender;
     if (t.original.sender.empty() && v.info) t.original.sender = v.info->from_address;
     if (t.original.sender.empty()) t.original.sender = "MAILER-DAEMON";
@@ -388,11 +518,19 @@ Result<Outputs> anomaly_or_refusal(const Provider& p, const StageInput& in, std:
     PECD_LOG(info) << env.id << ": anomaly: " << v.problem;
     out.push_back(new_message(in, "deliver", "an", p.identity().service_address(), wrap_them,
                               std::move(anomaly->bytes), pec::to_string(anomaly->type)));
+    // The busta di anomalia is a PEC message of ours: its Message-ID names the event.
+    t.identificativo = anomaly->message_id;
+    carry_transaction(out.back(), t);
+    Record r = transaction_record(Event::anomalia, t, now, v.report.provider_name);
+    r.recipients = wrap_them;
+    r.detail = v.problem;
+    add_related(r, out.back(), anomaly->message_id);
+    res.records.push_back(std::move(r));
     if (!refuse_them.empty()) out.push_back(copy_of_input(in, "verify", "rj", refuse_them));
-    return out;
+    return res;
 }
 
-Result<Outputs> verify(const Provider& p, const StageInput& in) {
+Result<StageResult> verify(const Provider& p, const StageInput& in) {
     const spool::Envelope& env = in.env;
     auto raw = in.body();
     if (!raw) return std::unexpected(raw.error());
@@ -403,7 +541,11 @@ Result<Outputs> verify(const Provider& p, const StageInput& in) {
 
     const pec::PecMessageInfo& info = *verdict->info;
     const std::string service = p.identity().service_address();
-    Outputs out;
+    const int64_t now = spool::now_us();
+    // The sending provider: the index record of the signer.
+    const std::string& sender_provider = verdict->report.provider_name;
+    StageResult res;
+    Outputs& out = res.outputs;
     if (info.type == pec::MessageType::busta_trasporto) {
         auto t = transaction_from(info);
         if (!t) return std::unexpected(t.error());
@@ -418,6 +560,9 @@ Result<Outputs> verify(const Provider& p, const StageInput& in) {
                            << scan->virus;
             if (auto kept = p.services().keep_infected(env.id, *raw); !kept)
                 return fail(ErrorKind::transient, "virus store: " + kept.error().message);
+            Record r = transaction_record(Event::virus, *t, now, sender_provider);
+            r.recipients = env.recipients;
+            r.detail = scan->virus;
             for (size_t i = 0; i < env.recipients.size(); ++i) {
                 auto built =
                     p.builder().rilevazione_virus(*t, receipt_box, env.recipients[i], scan->virus);
@@ -425,20 +570,28 @@ Result<Outputs> verify(const Provider& p, const StageInput& in) {
                 out.push_back(new_message(in, "outbound", "rv" + std::to_string(i), service,
                                           {receipt_box}, std::move(built->bytes),
                                           pec::to_string(built->type)));
-                out.back().env.set_attr(attr::id, t->identificativo);
+                carry_transaction(out.back(), *t);
+                add_related(r, out.back(), built->message_id);
             }
-            return out;
+            res.records.push_back(std::move(r));
+            return res;
         }
         auto taken = p.builder().presa_in_carico(*t, receipt_box, env.recipients);
         if (!taken) return context(taken.error(), "verify");
         out.push_back(new_message(in, "outbound", "pic", service, {receipt_box},
                                   std::move(taken->bytes), pec::to_string(taken->type)));
-        out.back().env.set_attr(attr::id, t->identificativo);
+        carry_transaction(out.back(), *t);
         out.push_back(copy_of_input(in, "deliver", "", env.recipients));
         out.back().env.set_attr(attr::kind, std::string(pec::to_string(info.type)));
-        out.back().env.set_attr(attr::id, t->identificativo);
-        out.back().env.set_attr(attr::sender, t->original.sender);
-        return out;
+        carry_transaction(out.back(), *t);
+        out.back().env.set_attr(attr::provider, sender_provider);
+        // presa in carico of the busta for our recipients; related: the receipt, the busta.
+        Record r = transaction_record(Event::presa_in_carico, *t, now, sender_provider);
+        r.recipients = env.recipients;
+        add_related(r, out[0], taken->message_id);
+        add_related(r, out[1], t->identificativo);
+        res.records.push_back(std::move(r));
+        return res;
     }
     if (info.type == pec::MessageType::rilevazione_virus) {
         // The recipient's provider found a virus in our busta: tell our sender (#11), and keep
@@ -452,17 +605,44 @@ Result<Outputs> verify(const Provider& p, const StageInput& in) {
         std::string where = p.is_local(t->original.sender) ? "deliver" : "outbound";
         out.push_back(new_message(in, where, "ecv", service, {t->original.sender},
                                   std::move(built->bytes), pec::to_string(built->type)));
-        out.back().env.set_attr(attr::id, t->identificativo);
+        carry_transaction(out.back(), *t);
         out.push_back(copy_of_input(in, "deliver", "", env.recipients));
         out.back().env.set_attr(attr::kind, std::string(pec::to_string(info.type)));
-        return out;
+        carry_transaction(out.back(), *t);
+        out.back().env.set_attr(attr::provider, sender_provider);
+        Record got = transaction_record(Event::ricevuta_ricevuta, *t, now, sender_provider);
+        got.detail = std::string(pec::to_string(info.type)) + ": " + recipient + ": " + virus;
+        add_related(got, out[1]);
+        res.records.push_back(std::move(got));
+        Record notice =
+            transaction_record(Event::avviso_mancata_consegna, *t, now, p.identity().name);
+        notice.recipients = {recipient};
+        notice.detail = "virus: " + virus;
+        add_related(notice, out[0], built->message_id);
+        res.records.push_back(std::move(notice));
+        return res;
     }
     // Receipts and notices for our users (presa in carico: for our service mailbox).
     std::vector<std::pair<std::string, std::string>> attrs{
-        {attr::kind, std::string(pec::to_string(info.type))}};
-    if (info.daticert) attrs.emplace_back(attr::id, info.daticert->identificativo);
+        {attr::kind, std::string(pec::to_string(info.type))}, {attr::provider, sender_provider}};
+    Record got;
+    got.time_us = now;
+    got.event = Event::ricevuta_ricevuta;
+    got.provider = sender_provider;
+    got.detail = std::string(pec::to_string(info.type));
+    if (auto t = transaction_from(info); t) {
+        got = transaction_record(Event::ricevuta_ricevuta, *t, now, sender_provider);
+        got.detail = std::string(pec::to_string(info.type));
+        attrs.emplace_back(attr::id, t->identificativo);
+        attrs.emplace_back(attr::sender, t->original.sender);
+        attrs.emplace_back(attr::subject, t->original.subject);
+        if (t->original.message_id) attrs.emplace_back(attr::message_id, *t->original.message_id);
+        if (info.daticert->consegna) got.detail += ": " + *info.daticert->consegna;
+    }
     out.push_back(in_place(in, "deliver", std::move(attrs)));
-    return out;
+    add_related(got, out.back(), info.headers.message_id.value_or(""));
+    res.records.push_back(std::move(got));
+    return res;
 }
 
 // ---------------------------------------------------------------------------------- deliver
@@ -501,13 +681,16 @@ Result<DeliveryRecord> parse_delivery(std::string_view record) {
     return d;
 }
 
-Result<Outputs> deliver(const Provider& p, const StageInput& in) {
+Result<StageResult> deliver(const Provider& p, const StageInput& in) {
     const spool::Envelope& env = in.env;
     auto raw = in.body();
     if (!raw) return std::unexpected(raw.error());
     std::vector<std::pair<std::string, std::string>> records;
     std::vector<std::string> done, pending;
     std::vector<RecipientStatus> retry;
+    StageResult res;
+    Outputs& out = res.outputs;
+    const std::string kind = env.attr(attr::kind).value_or("");
     for (const auto& r : env.recipients) {
         auto st = p.services().deliver_to_mailbox(r, *raw);
         if (!st) st = RecipientStatus{r, Outcome::transient, "4.0.0", st.error().message};
@@ -517,26 +700,35 @@ Result<Outputs> deliver(const Provider& p, const StageInput& in) {
             continue;
         }
         done.push_back(r);
-        std::string value = format_delivery(*st, spool::now_us());
-        if (st->outcome == Outcome::permanent)
+        int64_t at = spool::now_us();
+        std::string value = format_delivery(*st, at);
+        bool delivered = st->outcome == Outcome::ok;
+        if (!delivered)
             PECD_LOG(info) << env.id << ": not delivered to " << r << ": " << st->code << " "
                            << st->text;
         records.emplace_back(attr::delivery_prefix + lower(r), value);
+        // One event per recipient, at the instant of its delivery.
+        Record logged =
+            file_record(p, delivered ? Event::consegna : Event::mancata_consegna, env, at);
+        logged.recipients = {r};
+        logged.detail = kind + (delivered ? "" : ": " + st->code + " " + st->text);
+        res.records.push_back(std::move(logged));
     }
     if (done.empty())
         return fail(ErrorKind::transient, "mailbox delivery: " + status_summary(retry));
-    Outputs out;
     if (pending.empty()) {
         out.push_back(in_place(in, "receipt", std::move(records)));
-        return out;
+        for (auto& r : res.records) add_related(r, out.back());
+        return res;
     }
     out.push_back(copy_of_input(in, "receipt", "d", done));
+    for (auto& r : res.records) add_related(r, out.back());
     for (auto& [k, v] : records) out.back().env.set_attr(k, v);
     out.push_back(copy_of_input(in, "deliver", "p", pending));
     out.back().env.attempts = env.attempts + 1;
     out.back().env.last_error = status_summary(retry);
     out.back().defer_until_us = retry_at_us(env.attempts);
-    return out;
+    return res;
 }
 
 // ---------------------------------------------------------------------------------- receipt
@@ -547,11 +739,12 @@ pec::DaticertError error_for(std::string_view code) {
     return pec::DaticertError::altro;
 }
 
-Result<Outputs> receipt(const Provider& p, const StageInput& in) {
+Result<StageResult> receipt(const Provider& p, const StageInput& in) {
     const spool::Envelope& env = in.env;
-    Outputs out;
+    StageResult res;
+    Outputs& out = res.outputs;
     // Only a delivered busta di trasporto earns receipts; anomalies and notices end here.
-    if (env.attr(attr::kind) != pec::to_string(pec::MessageType::busta_trasporto)) return out;
+    if (env.attr(attr::kind) != pec::to_string(pec::MessageType::busta_trasporto)) return res;
     auto raw = in.body();
     if (!raw) return std::unexpected(raw.error());
     auto info = pec::read_pec_message(*raw);
@@ -584,14 +777,22 @@ Result<Outputs> receipt(const Provider& p, const StageInput& in) {
         out.push_back(new_message(in, "outbound", "r" + std::to_string(i), service,
                                   {t->original.sender}, std::move(built->bytes),
                                   pec::to_string(built->type)));
-        out.back().env.set_attr(attr::id, t->identificativo);
+        carry_transaction(out.back(), *t);
+        Record r_log = transaction_record(
+            outcome->delivered ? Event::ricevuta_consegna : Event::avviso_mancata_consegna, *t,
+            outcome->at_us, p.identity().name);
+        r_log.recipients = {r};
+        r_log.detail = std::string(pec::to_string(built->type));
+        if (!outcome->delivered) r_log.detail += ": " + outcome->code + " " + outcome->text;
+        add_related(r_log, out.back(), built->message_id);
+        res.records.push_back(std::move(r_log));
     }
-    return out;
+    return res;
 }
 
 // --------------------------------------------------------------------------------- outbound
 
-Result<Outputs> outbound(const Provider& p, const StageInput& in) {
+Result<StageResult> outbound(const Provider& p, const StageInput& in) {
     const spool::Envelope& env = in.env;
     if (auto reason = env.attr(attr::refused)) return fail(ErrorKind::permanent, *reason);
     auto raw = in.body();
@@ -636,7 +837,18 @@ Result<Outputs> outbound(const Provider& p, const StageInput& in) {
         return fail(ErrorKind::transient, "send: " + status_summary(retry));
     if (ok.empty() && pending.empty())
         return fail(ErrorKind::permanent, "send: " + status_summary(refusals));
-    Outputs out;
+    StageResult res;
+    Outputs& out = res.outputs;
+    // invio: a PEC message (anything a stage of ours made or verified) handed to the next hop;
+    // relayed ordinary mail is not a PEC event.
+    if (env.attr(attr::kind) && !ok.empty()) {
+        Record r = file_record(p, Event::invio, env, spool::now_us());
+        r.provider = p.identity().name;
+        r.recipients = ok;
+        r.detail = *env.attr(attr::kind);
+        r.related.push_back(env.id);
+        res.records.push_back(std::move(r));
+    }
     if (!pending.empty()) {
         out.push_back(copy_of_input(in, "outbound", "p", pending));
         out.back().env.attempts = env.attempts + 1;
@@ -648,14 +860,14 @@ Result<Outputs> outbound(const Provider& p, const StageInput& in) {
         out.back().env.set_attr(attr::refused,
                                 "refused by the next hop: " + status_summary(refusals));
     }
-    return out;
+    return res;
 }
 
 // Wraps a stage body: one Provider snapshot per message, so a reload never changes the
 // configuration in the middle of one.
 StageFunction with_snapshot(std::shared_ptr<ProviderHandle> handle,
-                            Result<Outputs> (*body)(const Provider&, const StageInput&)) {
-    return [handle = std::move(handle), body](const StageInput& in) -> Result<Outputs> {
+                            Result<StageResult> (*body)(const Provider&, const StageInput&)) {
+    return [handle = std::move(handle), body](const StageInput& in) -> Result<StageResult> {
         std::shared_ptr<const Provider> p = handle->current();
         return body(*p, in);
     };

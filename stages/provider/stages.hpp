@@ -19,6 +19,12 @@
 //  * A subset of recipients that needs a different fate than the rest (refused by policy,
 //    refused by the next hop) is written back to the same stage under a derived id, and that
 //    file alone is quarantined on its next pass: quarantine works on whole inputs.
+//  * Legal log (pec-rules §8): each function returns, beside its outputs, one legallog::Record
+//    per PEC event it caused (StageResult::records): classify ricezione; wrap accettazione,
+//    non-accettazione, busta-inviata; verify presa-in-carico, anomalia, virus,
+//    ricevuta-ricevuta, avviso-mancata-consegna; deliver consegna, mancata-consegna; receipt
+//    ricevuta-consegna, avviso-mancata-consegna; outbound invio. Related ids are the queue ids
+//    and Message-IDs of what was produced. The runner makes them durable before the commit.
 //  * Mailbox delivery is at least once: a crash after a delivery and before the commit delivers
 //    again on the re-run (as LMTP does); the receipt is issued once, from the committed outputs.
 #pragma once
@@ -41,6 +47,11 @@ inline constexpr const char* sender = "pec.sender";        // original sender of
 inline constexpr const char* certified = "pec.certified";  // certificato recipients, comma list
 inline constexpr const char* parent = "pec.parent";        // queue id this message came from
 inline constexpr const char* refused = "pec.refused";      // reason: quarantine this subset
+// For the legal log of the later stages (pec-rules §8): the original's subject and client
+// Message-ID, and the sending provider (gestore) of a received busta.
+inline constexpr const char* subject = "pec.subject";
+inline constexpr const char* message_id = "pec.msgid";
+inline constexpr const char* provider = "pec.provider";
 inline constexpr const char* delivery_prefix =
     "dlv.";  // dlv.<rcpt> = "ok <us>" | "fail <us> <code> <text>"
 }  // namespace attr

@@ -25,11 +25,21 @@ bool ends_with(std::string_view s, std::string_view suffix) { return s.ends_with
 }  // namespace
 
 StageFunction pass_through(std::string destination) {
-    return [destination](const StageInput& in) -> Result<std::vector<StageOutput>> {
+    return [destination](const StageInput& in) -> Result<StageResult> {
         std::vector<StageOutput> out;
         out.push_back(StageOutput{destination, in.env, in.body_source(), /*in_place=*/true});
         return out;
     };
+}
+
+Status StageRunner::rotate_legal_log() {
+    if (!legal_log_) return {};
+    return legal_log_->rotate_if_due();
+}
+
+Status StageRunner::close_legal_log(std::string_view reason) {
+    if (!legal_log_) return {};
+    return legal_log_->close(reason);
 }
 
 StageRunner::StageRunner(spool::Spool spool, std::string stage, StageFunction fn,
@@ -221,12 +231,17 @@ struct StageRunner::Claimed {
     std::string reason;
     std::vector<durable::Fd> out_fds;
     durable::Fd defer_fd;
-    fs::path route_dir;  // Outcome::route: where the input itself goes
+    fs::path route_dir;                     // Outcome::route: where the input itself goes
+    std::string route_records;              // Outcome::route: the records to append
+    std::vector<StageOutput> outputs;       // Outcome::route: kept for the rewrite fallback
+    std::vector<legallog::Record> records;  // the stage's legal-log records
 };
 
-// The in-place hop: append this stage's records to the claimed file. The appended routing record,
-// once durable, is the commit (recover() moves such a file on instead of re-running it).
-bool StageRunner::try_route_in_place(Claimed& c, std::vector<StageOutput>& outputs, int64_t now) {
+// The in-place hop, planned: whether the single output can be this stage's records appended to
+// the claimed file. The append itself waits until the batch's legal-log records are durable,
+// because the appended routing record is the commit (recover() moves such a file on instead of
+// re-running it), and page cache survives a killed process.
+bool StageRunner::plan_route_in_place(Claimed& c, std::vector<StageOutput>& outputs, int64_t now) {
     if (outputs.size() != 1 || !outputs[0].in_place || outputs[0].defer_until_us > 0) return false;
     StageOutput& out = outputs[0];
     const spool::Envelope& in = c.info.env;
@@ -248,19 +263,72 @@ bool StageRunner::try_route_in_place(Claimed& c, std::vector<StageOutput>& outpu
     for (const auto& [key, value] : out.env.attrs)
         if (in.attr(key) != value) records += spool::encode_trailer_attr(key, value);
     records += spool::encode_trailer_hist({stage_, now, "-> " + out.destination});
+    c.outcome = Claimed::Outcome::route;
+    c.route_dir = *dest;
+    c.route_records = std::move(records);
+    return true;
+}
+
+// The planned in-place hop, done: one append to the claimed file.
+bool StageRunner::append_route(Claimed& c) {
     if (c.info.torn_size > 0 &&
         ::ftruncate(c.fd.get(), static_cast<off_t>(c.info.complete_size())) != 0)
         return false;
-    auto written =
-        durable::pwrite_all(c.fd.get(), records, static_cast<off_t>(c.info.complete_size()));
+    auto written = durable::pwrite_all(c.fd.get(), c.route_records,
+                                       static_cast<off_t>(c.info.complete_size()));
     if (!written) {
         // Cut a partial append off again; the rewrite path (or a deferral) takes over.
         (void)::ftruncate(c.fd.get(), static_cast<off_t>(c.info.complete_size()));
         return false;
     }
-    c.outcome = Claimed::Outcome::route;
-    c.route_dir = *dest;
     return true;
+}
+
+// Writes the output set under <id>.out.tmp; it becomes real only when renamed. On failure the
+// input is deferred or quarantined instead.
+void StageRunner::write_output_set(Claimed& c, std::vector<StageOutput>& outputs, int64_t now,
+                                   std::vector<int>& fds_to_sync) {
+    c.outcome = Claimed::Outcome::ok;
+    fs::path tmp = active_dir_ / (c.id + std::string(kOutTmpSuffix));
+    (void)durable::remove_tree(tmp);
+    Status st = durable::make_dir(tmp);
+    for (auto& out : outputs) {
+        if (!st) break;
+        if (!spool::is_valid_queue_id(out.env.id) || !out.env.id.starts_with(c.id) ||
+            !spool_.destination_dir(out.destination) ||
+            (out.defer_until_us > 0 && !spool::is_stage(out.destination))) {
+            st = fail(ErrorKind::permanent, "stage produced an invalid output (" + out.destination +
+                                                ", " + out.env.id + ")");
+            break;
+        }
+        std::string set_name = out.destination;
+        if (out.defer_until_us > 0) {
+            // A deferred output keeps its retry state: the stage decides attempts/last_error.
+            out.env.next_attempt_us = out.defer_until_us;
+            out.env.history.push_back({stage_, now, "-> " + out.destination + " (deferred)"});
+            set_name += kDeferredMark;
+        } else {
+            out.env.attempts = 0;
+            out.env.next_attempt_us = 0;
+            out.env.last_error.clear();
+            out.env.history.push_back({stage_, now, "-> " + out.destination});
+        }
+        auto written = spool::write_queue_file(tmp / (set_name + kDestSeparator + out.env.id),
+                                               out.env, out.body);
+        if (!written)
+            st = std::unexpected(written.error());
+        else
+            c.out_fds.push_back(std::move(*written));
+    }
+    if (!st) {
+        (void)durable::remove_tree(tmp);
+        c.out_fds.clear();
+        c.outcome = st.error().kind == ErrorKind::transient ? Claimed::Outcome::defer
+                                                            : Claimed::Outcome::quarantine;
+        c.reason = st.error().message;
+        return;
+    }
+    for (auto& f : c.out_fds) fds_to_sync.push_back(f.get());
 }
 
 Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
@@ -293,53 +361,57 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
             continue;
         }
         StageInput in{c.info.env, c.fd.get(), c.info.body_offset(), c.info.body_size, c.input};
-        auto outputs = fn_(in);
-        if (!outputs) {
-            c.outcome = outputs.error().kind == ErrorKind::transient ? Claimed::Outcome::defer
-                                                                       : Claimed::Outcome::quarantine;
-            c.reason = outputs.error().message;
-        } else if (auto routed = try_route_in_place(c, *outputs, now); routed) {
-            fds_to_sync.push_back(c.fd.get());
-        } else {
-            // Write the output set under <id>.out.tmp; it becomes real only when renamed.
-            fs::path tmp = active_dir_ / (c.id + std::string(kOutTmpSuffix));
-            (void)durable::remove_tree(tmp);
-            Status st = durable::make_dir(tmp);
-            for (auto& out : *outputs) {
-                if (!st) break;
-                if (!spool::is_valid_queue_id(out.env.id) || !out.env.id.starts_with(c.id) ||
-                    !spool_.destination_dir(out.destination) ||
-                    (out.defer_until_us > 0 && !spool::is_stage(out.destination))) {
-                    st = fail(ErrorKind::permanent, "stage produced an invalid output (" +
-                                                        out.destination + ", " + out.env.id + ")");
-                    break;
-                }
-                std::string set_name = out.destination;
-                if (out.defer_until_us > 0) {
-                    // A deferred output keeps its retry state: the stage decides attempts/last_error.
-                    out.env.next_attempt_us = out.defer_until_us;
-                    out.env.history.push_back({stage_, now, "-> " + out.destination + " (deferred)"});
-                    set_name += kDeferredMark;
-                } else {
-                    out.env.attempts = 0;
-                    out.env.next_attempt_us = 0;
-                    out.env.last_error.clear();
-                    out.env.history.push_back({stage_, now, "-> " + out.destination});
-                }
-                auto written = spool::write_queue_file(tmp / (set_name + kDestSeparator + out.env.id),
-                                                       out.env, out.body);
-                if (!written) st = std::unexpected(written.error());
-                else c.out_fds.push_back(std::move(*written));
-            }
-            if (!st) {
-                (void)durable::remove_tree(tmp);
-                c.out_fds.clear();
-                c.outcome = st.error().kind == ErrorKind::transient ? Claimed::Outcome::defer
-                                                                     : Claimed::Outcome::quarantine;
-                c.reason = st.error().message;
-            } else {
-                for (auto& f : c.out_fds) fds_to_sync.push_back(f.get());
-            }
+        auto result = fn_(in);
+        if (!result) {
+            c.outcome = result.error().kind == ErrorKind::transient ? Claimed::Outcome::defer
+                                                                    : Claimed::Outcome::quarantine;
+            c.reason = result.error().message;
+            continue;
+        }
+        c.records = std::move(result->records);
+        if (plan_route_in_place(c, result->outputs, now))
+            c.outputs = std::move(result->outputs);
+        else
+            write_output_set(c, result->outputs, now, fds_to_sync);
+    }
+
+    auto abandon = [&](const Error& e) -> Result<size_t> {
+        // The batch could not be made durable: discard uncommitted output sets and rewrites;
+        // claimed inputs stay in active/ and the next recover() puts them back.
+        for (auto& c : items) {
+            (void)durable::remove_tree(active_dir_ / (c.id + std::string(kOutTmpSuffix)));
+            (void)durable::unlink_file(active_dir_ / (c.id + std::string(kDeferTmpSuffix)));
+            // An in-place hop that could not be made durable is undone, so that recovery
+            // returns the file to the queue instead of moving it on.
+            if (c.outcome == Claimed::Outcome::route)
+                (void)::ftruncate(c.fd.get(), static_cast<off_t>(c.info.complete_size()));
+        }
+        return std::unexpected(e);
+    };
+
+    // The legal log before any commit: the records of everything this batch is about to commit
+    // are durable first (one append, one fdatasync), so no output exists without its record. A
+    // crash after this and before the commit re-runs the inputs, which logs their events again:
+    // the log is at-least-once (docs/legal-log.md).
+    if (log_hook_) log_hook_(LogPoint::before_append);
+    if (legal_log_) {
+        std::vector<legallog::Record> records;
+        for (auto& c : items)
+            if (c.outcome == Claimed::Outcome::ok || c.outcome == Claimed::Outcome::route)
+                std::move(c.records.begin(), c.records.end(), std::back_inserter(records));
+        if (!records.empty()) {
+            Status st = legal_log_->append(records);
+            if (st) st = legal_log_->sync();
+            if (!st) return abandon(st.error());
+        }
+    }
+    if (log_hook_) log_hook_(LogPoint::after_sync);
+    for (auto& c : items) {
+        if (c.outcome == Claimed::Outcome::route) {
+            if (append_route(c))
+                fds_to_sync.push_back(c.fd.get());
+            else
+                write_output_set(c, c.outputs, now, fds_to_sync);
         }
         if (c.outcome == Claimed::Outcome::defer) {
             spool::Envelope env = c.info.env;
@@ -367,20 +439,6 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
             }
         }
     }
-
-    auto abandon = [&](const Error& e) -> Result<size_t> {
-        // The batch could not be made durable: discard uncommitted output sets and rewrites;
-        // claimed inputs stay in active/ and the next recover() puts them back.
-        for (auto& c : items) {
-            (void)durable::remove_tree(active_dir_ / (c.id + std::string(kOutTmpSuffix)));
-            (void)durable::unlink_file(active_dir_ / (c.id + std::string(kDeferTmpSuffix)));
-            // An in-place hop that could not be made durable is undone, so that recovery
-            // returns the file to the queue instead of moving it on.
-            if (c.outcome == Claimed::Outcome::route)
-                (void)::ftruncate(c.fd.get(), static_cast<off_t>(c.info.complete_size()));
-        }
-        return std::unexpected(e);
-    };
 
     // Ordering point 1: output sets and rewrites are on disk, names included (in strict mode
     // the directory of each set is synced too, or a committed set could come back empty).
@@ -517,12 +575,15 @@ void StageRunner::detach_wake() {
 }
 
 namespace {
+constexpr uint64_t kLegalLogRotateMs = 60'000;
+
 struct LoopContext {
     StageRunner* runner;
     const std::atomic<bool>* stop;
     uv_timer_t kick;
     uv_timer_t rescan;
     uv_timer_t deferred;
+    uv_timer_t rotate;
     uv_fs_event_t watch;
     uv_async_t async;
     bool watching = false;
@@ -533,6 +594,7 @@ void close_all(LoopContext* ctx) {
     uv_close(reinterpret_cast<uv_handle_t*>(&ctx->kick), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&ctx->rescan), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&ctx->deferred), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&ctx->rotate), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&ctx->async), nullptr);
     if (ctx->watching) uv_close(reinterpret_cast<uv_handle_t*>(&ctx->watch), nullptr);
 }
@@ -552,11 +614,13 @@ void schedule_drain(LoopContext* ctx) {
 Status StageRunner::run(const std::atomic<bool>& stop) {
     uv_loop_t loop;
     if (uv_loop_init(&loop) != 0) return fail(ErrorKind::transient, "uv_loop_init failed");
-    LoopContext ctx{this, &stop, {}, {}, {}, {}, {}};
+    LoopContext ctx{this, &stop, {}, {}, {}, {}, {}, {}};
     uv_timer_init(&loop, &ctx.kick);
     uv_timer_init(&loop, &ctx.rescan);
     uv_timer_init(&loop, &ctx.deferred);
-    ctx.kick.data = ctx.rescan.data = ctx.deferred.data = ctx.async.data = ctx.watch.data = &ctx;
+    uv_timer_init(&loop, &ctx.rotate);
+    ctx.kick.data = ctx.rescan.data = ctx.deferred.data = ctx.rotate.data = ctx.async.data =
+        ctx.watch.data = &ctx;
     uv_async_init(&loop, &ctx.async, [](uv_async_t* a) {
         auto* c = static_cast<LoopContext*>(a->data);
         if (c->stop->load()) close_all(c);
@@ -585,6 +649,16 @@ Status StageRunner::run(const std::atomic<bool>& stop) {
         else if (*n > 0) schedule_drain(c);
     }, static_cast<uint64_t>(options_.deferred_scan_interval.count()),
                    static_cast<uint64_t>(options_.deferred_scan_interval.count()));
+    // The legal log's file of the day is closed once the day is over, even on an idle stage
+    // (a busy one closes it at the first record of the new day), so that it can be sealed.
+    uv_timer_start(
+        &ctx.rotate,
+        [](uv_timer_t* t) {
+            auto* c = static_cast<LoopContext*>(t->data);
+            if (auto st = c->runner->rotate_legal_log(); !st)
+                PECD_LOG(error) << c->runner->stage() << ": legal log: " << st.error().message;
+        },
+        kLegalLogRotateMs, kLegalLogRotateMs);
     schedule_drain(&ctx);  // the start-up scan
     if (stop.load()) close_all(&ctx);
     uv_run(&loop, UV_RUN_DEFAULT);

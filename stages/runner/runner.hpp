@@ -15,6 +15,7 @@
 #include "spool-layout/queue_file.hpp"
 #include "spool-layout/spool.hpp"
 #include "stages/common/result.hpp"
+#include "stages/legallog/legal_log.hpp"
 
 namespace pecd::runner {
 
@@ -46,8 +47,23 @@ struct StageOutput {
     int64_t defer_until_us = 0;
 };
 
+// What a stage made of one input: its outputs, and the legal-log records of the PEC events it
+// caused (pec-rules §8). The stage only describes the events; the runner makes the records of a
+// whole batch durable (one append, one fdatasync) before it commits any output of that batch, so
+// that no output exists without its record. A failed stage (an error) logs nothing.
+struct StageResult {
+    std::vector<StageOutput> outputs;
+    std::vector<legallog::Record> records;
+
+    StageResult() = default;
+    // Implicit: a stage without events returns its outputs alone.
+    StageResult(std::vector<StageOutput> o) : outputs(std::move(o)) {}  // NOLINT
+    StageResult(std::vector<StageOutput> o, std::vector<legallog::Record> r)
+        : outputs(std::move(o)), records(std::move(r)) {}
+};
+
 // Returning an error: ErrorKind::transient -> deferred with backoff; anything else -> quarantine.
-using StageFunction = std::function<Result<std::vector<StageOutput>>(const StageInput&)>;
+using StageFunction = std::function<Result<StageResult>(const StageInput&)>;
 
 // The pass-through stage used until a stage has real logic: same envelope, same bytes, next queue.
 StageFunction pass_through(std::string destination);
@@ -91,6 +107,21 @@ public:
     Result<size_t> drain(const std::atomic<bool>& stop);
     // Moves deferred files whose next attempt is due back into the queue.
     Result<size_t> release_due_deferred();
+    // The legal log of this stage process (null: none). The runner appends the records of each
+    // batch and syncs them before the batch's commit; run() rotates it daily and closes it on
+    // stop.
+    void set_legal_log(std::unique_ptr<legallog::Writer> writer) { legal_log_ = std::move(writer); }
+    legallog::Writer* legal_log() { return legal_log_.get(); }
+    // Closes the log's file when its day is over (run() calls it on a timer).
+    Status rotate_legal_log();
+    // Closes the log's file now (SIGTERM): a close line, fdatasync.
+    Status close_legal_log(std::string_view reason = "shutdown");
+    // Test hook around the batch's legal-log step (crash tests kill the process there): before
+    // the records are appended (nothing of the batch may be committed yet) and after they are
+    // durable (nothing committed yet either: the commits follow).
+    enum class LogPoint { before_append, after_sync };
+    void set_log_hook(std::function<void(LogPoint)> hook) { log_hook_ = std::move(hook); }
+
     // Event loop (libuv): inotify on the queue dir as a hint, plus periodic rescans. Returns when
     // `stop` is set and `wake()` is called; the batch in hand is finished first.
     Status run(const std::atomic<bool>& stop);
@@ -100,7 +131,10 @@ public:
 private:
     struct Claimed;
     Result<size_t> process_batch(std::vector<std::string>& names);
-    bool try_route_in_place(Claimed& c, std::vector<StageOutput>& outputs, int64_t now);
+    bool plan_route_in_place(Claimed& c, std::vector<StageOutput>& outputs, int64_t now);
+    bool append_route(Claimed& c);
+    void write_output_set(Claimed& c, std::vector<StageOutput>& outputs, int64_t now,
+                          std::vector<int>& fds_to_sync);
     Status sync_point(const std::vector<int>& fds, const std::vector<fs::path>& dirs);
     Status deliver_output_set(const fs::path& out_dir, std::vector<fs::path>* touched_dirs);
     Status quarantine_file(const fs::path& file, const std::string& id, const std::string& reason);
@@ -114,6 +148,8 @@ private:
     fs::path active_dir_;
     std::mutex wake_mutex_;
     void* loop_async_ = nullptr;  // uv_async_t of the running loop, guarded by wake_mutex_
+    std::unique_ptr<legallog::Writer> legal_log_;
+    std::function<void(LogPoint)> log_hook_;
 };
 
 }  // namespace pecd::runner

@@ -9,6 +9,7 @@
 #include <set>
 #include <thread>
 
+#include "stages/legallog/legal_log.hpp"
 #include "tests/support/process.hpp"
 #include "tests/support/provider_net.hpp"
 
@@ -23,10 +24,27 @@ namespace {
 
 const fs::path kBin = fs::path(PECD_BINARY_DIR) / "bin";
 
+// Fast retries, and a legal log in <node>/legallog.
 NodeOptions fast() {
     return NodeOptions{"eicar",
                        "[runner]\nrescan_interval = 200ms\ndeferred_scan_interval = 100ms\n"
-                       "backoff_base = 100ms\nbackoff_max = 500ms\n"};
+                       "backoff_base = 100ms\nbackoff_max = 500ms\n"
+                       "[legallog]\ndirectory = legallog\nnode = n1\n"};
+}
+
+std::vector<legallog::Record> legal_log(const Node& n) {
+    std::vector<legallog::Record> out;
+    auto found = legallog::search(n.dir / "legallog", {});
+    EXPECT_TRUE(found.has_value()) << found.error().message;
+    if (found)
+        for (auto& f : *found) out.push_back(std::move(f.record));
+    return out;
+}
+
+// The legal log of a node: every chain holds (pecq log verify, as cron would run it).
+void expect_legal_log_verifies(const Node& n) {
+    auto r = run(std::string(PECD_BINARY_DIR) + "/bin/pecq -c " + quote(n.conf) + " log verify");
+    EXPECT_EQ(r.status, 0) << r.output;
 }
 
 std::string log_of(const fs::path& p) {
@@ -94,6 +112,32 @@ TEST(ProviderPecd, TwoDaemonsDeliverAndCertify) {
     EXPECT_NE(log_of(beta_log).find("SIGHUP: configuration reloaded"), std::string::npos)
         << log_of(beta_log);
     net.expect_clean();
+
+    // The legal logs: the exchange's events, and SIGTERM closed every stage's file.
+    const std::string id = box[0].info.daticert->identificativo;
+    std::multiset<std::string> alpha_events, beta_events;
+    for (const auto& r : legal_log(net.alpha))
+        if (r.identificativo == id) alpha_events.insert(std::string(legallog::to_string(r.event)));
+    for (const auto& r : legal_log(net.beta))
+        if (r.identificativo == id) beta_events.insert(std::string(legallog::to_string(r.event)));
+    EXPECT_EQ(alpha_events.count("accettazione"), 1u);
+    EXPECT_EQ(alpha_events.count("busta-inviata"), 1u);
+    EXPECT_EQ(beta_events.count("presa-in-carico"), 1u);
+    EXPECT_EQ(beta_events.count("consegna"), 2u);  // anna, luca
+    EXPECT_EQ(beta_events.count("ricevuta-consegna"), 2u);
+    for (const Node* n : {&net.alpha, &net.beta}) {
+        auto files = legallog::list_files(n->dir / "legallog");
+        ASSERT_TRUE(files.has_value());
+        EXPECT_FALSE(files->empty());
+        for (const auto& f : *files) {
+            auto state = legallog::file_state(f);
+            ASSERT_TRUE(state.has_value());
+            EXPECT_TRUE(state->closed) << f;
+            EXPECT_NE(read_file(f).find("\tC\t"), std::string::npos);
+            EXPECT_TRUE(read_file(f).ends_with("\tshutdown\n")) << f;
+        }
+        expect_legal_log_verifies(*n);
+    }
 }
 
 TEST(ProviderPecd, CheckConfigListsEveryProblem) {
@@ -193,4 +237,19 @@ TEST(ProviderPecd, KilledDaemonsLoseNothingAndKeepOneIdentificativo) {
     pecd::testing::stop_pid(alpha.release());
     pecd::testing::stop_pid(beta.release());
     net.expect_clean();
+
+    // The legal logs survived every kill: the chains hold, and every submission's acceptance,
+    // taking in charge, delivery and receipt is logged (at least once) under its identificativo.
+    std::map<std::string, std::set<std::string>> events;  // identificativo -> events
+    for (const Node* n : {&net.alpha, &net.beta}) {
+        expect_legal_log_verifies(*n);
+        for (const auto& r : legal_log(*n))
+            events[r.identificativo].insert(std::string(legallog::to_string(r.event)));
+    }
+    for (const auto& [subject, set] : ids) {
+        const auto& logged = events[*set.begin()];
+        for (const char* e : {"ricezione", "accettazione", "busta-inviata", "presa-in-carico",
+                              "consegna", "ricevuta-consegna", "ricevuta-ricevuta", "invio"})
+            EXPECT_TRUE(logged.contains(e)) << subject << ": no " << e;
+    }
 }

@@ -73,28 +73,28 @@ TEST(ProviderStages, WrapRerunGivesTheSameNamesAndIdentificativo) {
              client_message(mario, anna + ", " + ext, "", "Prova", "x"));
     auto routed = (*classify)(in.get());
     ASSERT_TRUE(routed.has_value());
-    ASSERT_EQ(routed->size(), 1u);
-    EXPECT_EQ((*routed)[0].destination, "wrap");
-    EXPECT_TRUE((*routed)[0].in_place);
-    auto id = (*routed)[0].env.attr(provider::attr::id);
+    ASSERT_EQ(routed->outputs.size(), 1u);
+    EXPECT_EQ(routed->outputs[0].destination, "wrap");
+    EXPECT_TRUE(routed->outputs[0].in_place);
+    auto id = routed->outputs[0].env.attr(provider::attr::id);
     ASSERT_TRUE(id.has_value());
 
-    Input again(net.root() / "c", (*routed)[0].env,
+    Input again(net.root() / "c", routed->outputs[0].env,
                 client_message(mario, anna + ", " + ext, "", "Prova", "x"));
     auto first = (*wrap)(again.get());
     auto second = (*wrap)(again.get());
     ASSERT_TRUE(first && second);
-    ASSERT_EQ(first->size(), 2u);
-    ASSERT_EQ(second->size(), 2u);
+    ASSERT_EQ(first->outputs.size(), 2u);
+    ASSERT_EQ(second->outputs.size(), 2u);
     for (size_t i = 0; i < 2; ++i) {
-        EXPECT_EQ((*first)[i].env.id, (*second)[i].env.id);
-        EXPECT_EQ((*first)[i].destination, (*second)[i].destination);
-        EXPECT_EQ((*first)[i].env.recipients, (*second)[i].env.recipients);
-        EXPECT_EQ((*first)[i].env.attr(provider::attr::id), *id);
-        EXPECT_TRUE((*first)[i].env.id.starts_with(again.env.id + "-"));
+        EXPECT_EQ(first->outputs[i].env.id, second->outputs[i].env.id);
+        EXPECT_EQ(first->outputs[i].destination, second->outputs[i].destination);
+        EXPECT_EQ(first->outputs[i].env.recipients, second->outputs[i].env.recipients);
+        EXPECT_EQ(first->outputs[i].env.attr(provider::attr::id), *id);
+        EXPECT_TRUE(first->outputs[i].env.id.starts_with(again.env.id + "-"));
     }
     // the busta: to outbound, RCPT TO = the original recipients, timers' data recorded
-    const auto& busta = (*first)[1];
+    const auto& busta = first->outputs[1];
     EXPECT_EQ(busta.destination, "outbound");
     EXPECT_EQ(busta.env.recipients, (std::vector<std::string>{anna, ext}));
     EXPECT_EQ(busta.env.sender, mario);
@@ -102,8 +102,8 @@ TEST(ProviderStages, WrapRerunGivesTheSameNamesAndIdentificativo) {
     auto info = pec::read_pec_message(busta.body.bytes);
     ASSERT_TRUE(info.has_value());
     EXPECT_EQ(info->daticert->identificativo, *id);
-    EXPECT_EQ((*first)[0].destination, "deliver");
-    EXPECT_EQ((*first)[0].env.recipients, std::vector<std::string>{mario});
+    EXPECT_EQ(first->outputs[0].destination, "deliver");
+    EXPECT_EQ(first->outputs[0].env.recipients, std::vector<std::string>{mario});
 }
 
 TEST(ProviderStages, DeliverSplitsTransientRecipients) {
@@ -125,9 +125,9 @@ TEST(ProviderStages, DeliverSplitsTransientRecipients) {
              "Subject: x\r\n\r\nx\r\n");
     auto out = (*deliver)(in.get());
     ASSERT_TRUE(out.has_value()) << out.error().message;
-    ASSERT_EQ(out->size(), 2u);
-    const auto& done = (*out)[0];
-    const auto& later = (*out)[1];
+    ASSERT_EQ(out->outputs.size(), 2u);
+    const auto& done = out->outputs[0];
+    const auto& later = out->outputs[1];
     EXPECT_EQ(done.destination, "receipt");
     EXPECT_EQ(done.env.recipients, (std::vector<std::string>{anna, nobody}));
     EXPECT_TRUE(
@@ -172,13 +172,13 @@ TEST(ProviderStages, OutboundDefersAndQuarantinesSubsets) {
              "Subject: x\r\n\r\nx\r\n");
     auto out = (*outbound)(in.get());
     ASSERT_TRUE(out.has_value());
-    ASSERT_EQ(out->size(), 2u);
-    EXPECT_EQ((*out)[0].env.recipients, std::vector<std::string>{"later@pec.beta.test"});
-    EXPECT_GT((*out)[0].defer_until_us, 0);
-    EXPECT_EQ((*out)[1].env.recipients, std::vector<std::string>{"no@pec.beta.test"});
-    EXPECT_EQ((*out)[1].destination, "outbound");
+    ASSERT_EQ(out->outputs.size(), 2u);
+    EXPECT_EQ(out->outputs[0].env.recipients, std::vector<std::string>{"later@pec.beta.test"});
+    EXPECT_GT(out->outputs[0].defer_until_us, 0);
+    EXPECT_EQ(out->outputs[1].env.recipients, std::vector<std::string>{"no@pec.beta.test"});
+    EXPECT_EQ(out->outputs[1].destination, "outbound");
     // The refused subset is quarantined on its next pass, without being sent again.
-    Input refused(net.root() / "q", (*out)[1].env, "Subject: x\r\n\r\nx\r\n");
+    Input refused(net.root() / "q", out->outputs[1].env, "Subject: x\r\n\r\nx\r\n");
     auto q = (*outbound)(refused.get());
     ASSERT_FALSE(q.has_value());
     EXPECT_EQ(q.error().kind, ErrorKind::permanent);
@@ -190,7 +190,7 @@ TEST(ProviderStages, OutboundDefersAndQuarantinesSubsets) {
     Input busta(net.root() / "b", busta_env, "Subject: x\r\n\r\nx\r\n");
     auto b = (*outbound)(busta.get());
     ASSERT_TRUE(b.has_value());
-    EXPECT_TRUE(b->empty());
+    EXPECT_TRUE(b->outputs.empty());
 }
 
 TEST(ProviderStages, ClassifySplitsLocalAndForeignRecipients) {
@@ -201,21 +201,21 @@ TEST(ProviderStages, ClassifySplitsLocalAndForeignRecipients) {
              "Subject: x\r\n\r\nx\r\n");
     auto out = (*classify)(in.get());
     ASSERT_TRUE(out.has_value());
-    ASSERT_EQ(out->size(), 2u);
-    EXPECT_EQ((*out)[0].destination, "verify");
-    EXPECT_EQ((*out)[0].env.recipients, std::vector<std::string>{"anna@pec.beta.test"});
-    EXPECT_EQ((*out)[1].destination, "outbound");
-    EXPECT_EQ((*out)[1].env.recipients, std::vector<std::string>{"y@example.net"});
-    EXPECT_EQ((*out)[0].env.id, spool::derived_queue_id(in.env.id, "in"));
-    EXPECT_EQ((*out)[1].env.id, spool::derived_queue_id(in.env.id, "out"));
+    ASSERT_EQ(out->outputs.size(), 2u);
+    EXPECT_EQ(out->outputs[0].destination, "verify");
+    EXPECT_EQ(out->outputs[0].env.recipients, std::vector<std::string>{"anna@pec.beta.test"});
+    EXPECT_EQ(out->outputs[1].destination, "outbound");
+    EXPECT_EQ(out->outputs[1].env.recipients, std::vector<std::string>{"y@example.net"});
+    EXPECT_EQ(out->outputs[0].env.id, spool::derived_queue_id(in.env.id, "in"));
+    EXPECT_EQ(out->outputs[1].env.id, spool::derived_queue_id(in.env.id, "out"));
     // authenticated but not one of our senders: not a submission
     Input user(net.root() / "u", envelope("x@example.org", {"y@example.net"}, "x"),
                "Subject: x\r\n\r\nx\r\n");
     auto relay = (*classify)(user.get());
     ASSERT_TRUE(relay.has_value());
-    ASSERT_EQ(relay->size(), 1u);
-    EXPECT_EQ((*relay)[0].destination, "outbound");
-    EXPECT_EQ((*relay)[0].env.attr(provider::attr::route), "relay");
+    ASSERT_EQ(relay->outputs.size(), 1u);
+    EXPECT_EQ(relay->outputs[0].destination, "outbound");
+    EXPECT_EQ(relay->outputs[0].env.attr(provider::attr::route), "relay");
 }
 
 TEST(ProviderConfig, ReloadSwapsWithoutTouchingSnapshots) {
@@ -367,18 +367,18 @@ TEST(ProviderStages, MixedPolicyWrapsSomeAndQuarantinesTheOthers) {
              client_message("spam@example.org", anna + ", " + avv, "", "Offerta", "x"));
     auto out = (*verify)(in.get());
     ASSERT_TRUE(out.has_value()) << out.error().message;
-    ASSERT_EQ(out->size(), 2u);
-    EXPECT_EQ((*out)[0].destination, "deliver");
-    EXPECT_EQ((*out)[0].env.recipients, std::vector<std::string>{anna});
-    auto anomaly = pec::read_pec_message((*out)[0].body.bytes);
+    ASSERT_EQ(out->outputs.size(), 2u);
+    EXPECT_EQ(out->outputs[0].destination, "deliver");
+    EXPECT_EQ(out->outputs[0].env.recipients, std::vector<std::string>{anna});
+    auto anomaly = pec::read_pec_message(out->outputs[0].body.bytes);
     ASSERT_TRUE(anomaly.has_value());
     EXPECT_EQ(anomaly->type, pec::MessageType::busta_anomalia);
-    EXPECT_EQ((*out)[1].destination, "verify");
-    EXPECT_EQ((*out)[1].env.recipients, std::vector<std::string>{avv});
-    EXPECT_EQ((*out)[1].env.id, spool::derived_queue_id(in.env.id, "rj"));
+    EXPECT_EQ(out->outputs[1].destination, "verify");
+    EXPECT_EQ(out->outputs[1].env.recipients, std::vector<std::string>{avv});
+    EXPECT_EQ(out->outputs[1].env.id, spool::derived_queue_id(in.env.id, "rj"));
 
     // Its next pass: only refusing recipients left, so it goes to quarantine with the reason.
-    Input refused(net.root() / "rj", (*out)[1].env,
+    Input refused(net.root() / "rj", out->outputs[1].env,
                   client_message("spam@example.org", anna + ", " + avv, "", "Offerta", "x"));
     auto q = (*verify)(refused.get());
     ASSERT_FALSE(q.has_value());

@@ -759,7 +759,7 @@ TEST_P(RunnerTest, OtherNonTransientKindsQuarantineToo) {
 
 TEST_P(RunnerTest, CorruptFilesInQueueAreQuarantined) {
     std::atomic<int> calls{0};
-    StageFunction counting = [&calls](const StageInput& in) -> Result<std::vector<StageOutput>> {
+    StageFunction counting = [&calls](const StageInput& in) -> Result<StageResult> {
         calls++;
         return pass_through("wrap")(in);
     };
@@ -990,10 +990,13 @@ TEST_P(RecoveryTest, F_InputWithDurableInPlaceRouteMovesOn) {
         out << appended;
     }
     std::atomic<int> calls{0};
-    StageRunner r(spool_, "classify", [&calls](const StageInput& in) -> Result<std::vector<StageOutput>> {
-        calls++;
-        return pass_through("wrap")(in);
-    }, options_);
+    StageRunner r(
+        spool_, "classify",
+        [&calls](const StageInput& in) -> Result<StageResult> {
+            calls++;
+            return pass_through("wrap")(in);
+        },
+        options_);
     run_recover(r);
     EXPECT_TRUE(names_in(spool_.queue_dir("classify")).empty()) << "a committed hop must not be re-run";
     EXPECT_EQ(names_in(spool_.queue_dir("verify")), std::vector<std::string>{id});
@@ -1264,7 +1267,7 @@ TEST_P(RunnerTest, EventLoopProcessesFilesDroppedWhileRunning) {
 TEST_P(RunnerTest, EventLoopRetriesDeferredMessages) {
     options_.backoff_base = 0ms;
     std::atomic<int> calls{0};
-    StageFunction flaky = [&calls](const StageInput& in) -> Result<std::vector<StageOutput>> {
+    StageFunction flaky = [&calls](const StageInput& in) -> Result<StageResult> {
         if (calls++ == 0) return fail(ErrorKind::transient, "first try fails");
         return pass_through("wrap")(in);
     };
