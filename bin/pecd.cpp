@@ -16,6 +16,7 @@
 #include "stages/registry.hpp"
 #include "stages/runner/runner.hpp"
 #include "stages/runner/settings.hpp"
+#include "stages/provider/timeouts.hpp"
 #include "stages/scheduler/scheduler.hpp"
 
 using namespace pecd;
@@ -87,6 +88,10 @@ int run_scheduler(const Config& config, bool once) {
     scheduler::Scheduler sched(std::move(*store), *options);
     auto commands = scheduler::configured_commands(config);
     sched.register_op("command", scheduler::command_handler(std::move(commands), {}));
+    if (auto timers = provider::register_timeout_ops(sched, config); !timers) {
+        std::fprintf(stderr, "pecd: %s\n", timers.error().message.c_str());
+        return timers.error().kind == ErrorKind::config ? 78 : 75;
+    }
     auto periodic =
         scheduler::ensure_periodic_tasks(sched.store(), config, options->node, sched.now());
     if (!periodic) {

@@ -9,6 +9,7 @@
 
 #include "stages/pec/templates.hpp"
 #include "stages/provider/embedded.hpp"
+#include "stages/provider/timeouts.hpp"
 
 namespace pecd::provider {
 
@@ -392,6 +393,9 @@ Result<std::shared_ptr<const Provider>> Provider::create(const Config& config,
         p->identity_, std::make_shared<const pec::TemplateSet>(std::move(*templates)),
         pec::make_entity_signer(p->key_, sign), p->ids_);
     p->services_ = services ? std::move(*services) : make_embedded_services(s);
+    auto timeouts = Timeouts::from_config(config);
+    if (!timeouts) return context(timeouts.error(), "[scheduler]");
+    p->timeouts_ = std::move(*timeouts);
     return std::shared_ptr<const Provider>(std::move(p));
 }
 
