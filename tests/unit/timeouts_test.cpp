@@ -55,12 +55,13 @@ class Timeouts : public ::testing::Test {
         o.node = "test";
         o.clock = [this] { return now; };
         sched = std::make_unique<scheduler::Scheduler>(std::move(*store), o);
-        sched->register_op(std::string(provider::kTimeout12Op),
-                           provider::timeout_handler(pec::TimeoutStage::first_12h, net.alpha.handle,
-                                                     net.alpha.spool, o.clock));
-        sched->register_op(std::string(provider::kTimeout24Op),
-                           provider::timeout_handler(pec::TimeoutStage::final_24h, net.alpha.handle,
-                                                     net.alpha.spool, o.clock));
+        // As `pecd scheduler` does it: provider and spool from alpha's pecd.conf.
+        auto config = Config::load(net.alpha.conf);
+        EXPECT_TRUE(config.has_value());
+        if (config) {
+            auto registered = provider::register_timeout_ops(*sched, *config);
+            EXPECT_TRUE(registered.has_value()) << (registered ? "" : registered.error().message);
+        }
     }
 
     // mario -> `to`, run with `filter`; returns the identificativo (from the accettazione).
