@@ -219,6 +219,9 @@ Result<std::vector<scheduler::Task>> timeout_tasks(const spool::Envelope& env,
 }
 
 Status Timeouts::busta_leaving(const spool::Envelope& env, std::string_view busta) const {
+    // The outbound retry of a recipient subset ("<id>-p"): the run that wrote it had scheduled
+    // these recipients' timers already, and they may have fired or been cancelled since.
+    if (env.id.ends_with("-p")) return {};
     auto tasks = timeout_tasks(env, busta);
     if (!tasks) return std::unexpected(tasks.error());
     for (const auto& t : *tasks) {

@@ -54,7 +54,8 @@ class Timeouts {
     // A busta di trasporto leaving (the outbound stage, before it is sent): the two tasks per
     // certificato recipient. `env` carries pec.id, pec.time (dispatch µs), pec.sender and
     // pec.certified; the rest of what the notice needs comes from the busta's daticert.xml.
-    // Anything else than one of our bustas (no pec.certified attr) is ignored.
+    // Anything else than one of our bustas (no pec.certified attr) is ignored, and so is an
+    // outbound retry subset ("<id>-p": its timers were scheduled by the run that wrote it).
     Status busta_leaving(const spool::Envelope& env, std::string_view busta) const;
     // A valid receipt for our users (the receipt point): a presa in carico cancels timeout12 of
     // its <ricezione> recipients; an avvenuta consegna or errore consegna both timers of its
