@@ -13,10 +13,10 @@
 #include "spool-layout/spool.hpp"
 #include "stages/common/config.hpp"
 #include "stages/common/log.hpp"
+#include "stages/provider/timeouts.hpp"
 #include "stages/registry.hpp"
 #include "stages/runner/runner.hpp"
 #include "stages/runner/settings.hpp"
-#include "stages/provider/timeouts.hpp"
 #include "stages/scheduler/scheduler.hpp"
 
 using namespace pecd;
