@@ -13,6 +13,7 @@
 #include "spool-layout/spool.hpp"
 #include "stages/common/config.hpp"
 #include "stages/common/log.hpp"
+#include "stages/provider/timeouts.hpp"
 #include "stages/registry.hpp"
 #include "stages/runner/runner.hpp"
 #include "stages/runner/settings.hpp"
@@ -89,6 +90,10 @@ int run_scheduler(const Config& config, bool once) {
     scheduler::Scheduler sched(std::move(*store), *options);
     auto commands = scheduler::configured_commands(config);
     sched.register_op("command", scheduler::command_handler(std::move(commands), {}));
+    if (auto timers = provider::register_timeout_ops(sched, config); !timers) {
+        std::fprintf(stderr, "pecd: %s\n", timers.error().message.c_str());
+        return timers.error().kind == ErrorKind::config ? 78 : 75;
+    }
     auto periodic =
         scheduler::ensure_periodic_tasks(sched.store(), config, options->node, sched.now());
     if (!periodic) {

@@ -10,6 +10,7 @@
 #include "stages/pec/templates.hpp"
 #include "stages/provider/embedded.hpp"
 #include "stages/provider/real_services.hpp"
+#include "stages/provider/timeouts.hpp"
 
 namespace pecd::provider {
 
@@ -431,6 +432,9 @@ Result<std::shared_ptr<const Provider>> Provider::create(const Config& config,
         if (!built) return std::unexpected(built.error());
         p->services_ = std::move(*built);
     }
+    auto timeouts = Timeouts::from_config(config);
+    if (!timeouts) return context(timeouts.error(), "[scheduler]");
+    p->timeouts_ = std::move(*timeouts);
     return std::shared_ptr<const Provider>(std::move(p));
 }
 

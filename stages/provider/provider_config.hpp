@@ -25,6 +25,8 @@ namespace pecd::provider {
 
 namespace fs = std::filesystem;
 
+class Timeouts;  // timeouts.hpp: the 12 h / 24 h timers ([scheduler]), null without them
+
 // What happens to ordinary (non-PEC) or invalid mail for a mailbox (DECISIONS #12).
 enum class OrdinaryPolicy { anomaly, reject };
 
@@ -92,6 +94,7 @@ class Provider {
     std::shared_ptr<const pec::IndexSnapshot> index() const { return index_->snapshot(); }
     pec::IdentificativoGenerator& ids() const { return *ids_; }
     const ProviderServices& services() const { return services_; }
+    const Timeouts* timeouts() const { return timeouts_.get(); }
 
     // An address whose domain is one of our managed mailbox domains.
     bool is_local(std::string_view address) const;
@@ -106,6 +109,7 @@ class Provider {
     std::shared_ptr<pec::IdentificativoGenerator> ids_;
     std::unique_ptr<pec::MessageBuilder> builder_;
     ProviderServices services_;
+    std::shared_ptr<Timeouts> timeouts_;
 };
 
 // The current Provider of a process. reload() builds a new one first and swaps only on

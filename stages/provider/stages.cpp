@@ -12,6 +12,7 @@
 #include "stages/pec/gmime_util.hpp"
 #include "stages/pec/postacert.hpp"
 #include "stages/pec/reader.hpp"
+#include "stages/provider/timeouts.hpp"
 
 namespace pecd::provider {
 
@@ -623,6 +624,8 @@ Result<StageResult> verify(const Provider& p, const StageInput& in) {
         return res;
     }
     // Receipts and notices for our users (presa in carico: for our service mailbox).
+    if (const Timeouts* timers = p.timeouts())
+        if (auto st = timers->receipt_arrived(info); !st) return std::unexpected(st.error());
     std::vector<std::pair<std::string, std::string>> attrs{
         {attr::kind, std::string(pec::to_string(info.type))}, {attr::provider, sender_provider}};
     Record got;
@@ -797,6 +800,9 @@ Result<StageResult> outbound(const Provider& p, const StageInput& in) {
     if (auto reason = env.attr(attr::refused)) return fail(ErrorKind::permanent, *reason);
     auto raw = in.body();
     if (!raw) return std::unexpected(raw.error());
+    // Our busta leaving: the 12 h / 24 h timers first, so none is lost to a crash after sending.
+    if (const Timeouts* timers = p.timeouts())
+        if (auto st = timers->busta_leaving(env, *raw); !st) return std::unexpected(st.error());
     auto sent = p.services().send(env.sender, env.recipients, *raw);
     if (!sent) {
         if (sent.error().kind == ErrorKind::permanent) return std::unexpected(sent.error());
