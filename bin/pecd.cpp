@@ -14,6 +14,7 @@
 #include "stages/common/config.hpp"
 #include "stages/common/log.hpp"
 #include "stages/provider/timeouts.hpp"
+#include "stages/provider/refresh.hpp"
 #include "stages/registry.hpp"
 #include "stages/runner/runner.hpp"
 #include "stages/runner/settings.hpp"
@@ -137,7 +138,9 @@ int main(int argc, char** argv) {
     app.add_option("-c,--config", config_file, "configuration file (default $PECD_CONFIG or /etc/pecd/pecd.conf)");
     app.add_flag("--once", once, "drain the queues and exit (cron, systemd path units)");
     app.add_flag("--debug", debug, "debug logging on stderr");
-    app.add_option("what", what, "a stage (classify wrap verify deliver receipt outbound), all, scheduler, init or check-config")
+    app.add_option("what", what,
+                   "a stage (classify wrap verify deliver receipt outbound), all, scheduler, init, "
+                   "check-config, reload, refresh-index or refresh-crl")
         ->required();
     CLI11_PARSE(app, argc, argv);
 
@@ -170,6 +173,25 @@ int main(int argc, char** argv) {
     }
     if (what == "init") {
         std::printf("spool ready at %s\n", spool->root().c_str());
+        return 0;
+    }
+    // Upkeep commands, run by the scheduler as periodic command tasks or by hand. Exit 75 on a
+    // transient failure so that the scheduler retries, 78 on a configuration problem.
+    if (what == "reload" || what == "refresh-index" || what == "refresh-crl") {
+        if (what != "reload") {
+            auto done = what == "refresh-index" ? provider::refresh_index(*config) : provider::refresh_crls(*config);
+            if (!done) {
+                std::fprintf(stderr, "pecd %s: %s\n", what.c_str(), done.error().message.c_str());
+                return done.error().kind == ErrorKind::transient ? 75 : done.error().kind == ErrorKind::config ? 78 : 1;
+            }
+            std::printf("%s\n", done->c_str());
+        }
+        auto signalled = provider::signal_reload(*spool);
+        if (!signalled) {
+            std::fprintf(stderr, "pecd %s: %s\n", what.c_str(), signalled.error().message.c_str());
+            return 75;
+        }
+        std::printf("%zu running pecd process(es) told to reload\n", *signalled);
         return 0;
     }
 

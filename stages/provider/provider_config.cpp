@@ -166,7 +166,7 @@ ProviderSettings read_all(Reader& r) {
     else if (protocol != "pkcs7-signature")
         r.problem("keys", "signature_protocol", "must be pkcs7-signature or x-pkcs7-signature");
 
-    r.only_known("trust", {"ca_files", "ca_dirs", "crl_files", "check_crl"});
+    r.only_known("trust", {"ca_files", "ca_dirs", "crl_files", "crl_urls", "check_crl"});
     // Comma lists of paths, relative ones resolved like get_path (against the file's directory).
     Config resolver = c;
     auto paths = [&](std::string_view key, bool dirs, std::vector<fs::path>& into) {
@@ -182,6 +182,12 @@ ProviderSettings read_all(Reader& r) {
     paths("ca_files", false, s.trust.ca_files);
     paths("ca_dirs", true, s.trust.ca_dirs);
     paths("crl_files", false, s.trust.crl_files);
+    // crl_urls[i] is where `pecd refresh-crl` downloads crl_files[i] from.
+    s.crl_urls = split_list(c.get("trust", "crl_urls"));
+    if (!s.crl_urls.empty() && s.crl_urls.size() != s.trust.crl_files.size())
+        r.problem("trust", "crl_urls", "must list one URL per entry of crl_files, in the same order");
+    for (const auto& url : s.crl_urls)
+        if (!url.starts_with("http://")) r.problem("trust", "crl_urls", url + " is not an http:// URL");
     if (s.trust.ca_files.empty() && s.trust.ca_dirs.empty())
         r.problem("trust", "ca_files", "is required (the trust anchors of the PEC providers)");
     if (auto crl = c.get_bool("trust", "check_crl", true); crl)

@@ -46,6 +46,7 @@ struct ProviderSettings {
     pec::SignatureProtocol protocol = pec::SignatureProtocol::pkcs7_signature;
 
     pec::TrustConfig trust;  // [trust]
+    std::vector<std::string> crl_urls;  // [trust] crl_urls: where crl_files are refreshed from
 
     // [index]
     enum class IndexSource { ldif, ldap } index_source = IndexSource::ldif;

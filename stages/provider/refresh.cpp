@@ -1,0 +1,146 @@
+#include "stages/provider/refresh.hpp"
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+#include <signal.h>
+#include <sys/file.h>
+
+#include <memory>
+#include <set>
+
+#include "spool-layout/durable.hpp"
+#include "stages/common/http.hpp"
+#include "stages/pec/index.hpp"
+#include "stages/provider/provider_config.hpp"
+
+namespace pecd::provider {
+namespace {
+
+struct CrlFree {
+    void operator()(X509_CRL* c) const { X509_CRL_free(c); }
+};
+using Crl = std::unique_ptr<X509_CRL, CrlFree>;
+
+Crl parse_crl(std::string_view bytes) {
+    std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new_mem_buf(bytes.data(), static_cast<int>(bytes.size())),
+                                                  BIO_free);
+    if (!bio) return nullptr;
+    Crl crl(PEM_read_bio_X509_CRL(bio.get(), nullptr, nullptr, nullptr));
+    if (crl) return crl;
+    ERR_clear_error();
+    const unsigned char* p = reinterpret_cast<const unsigned char*>(bytes.data());
+    crl.reset(d2i_X509_CRL(nullptr, &p, static_cast<long>(bytes.size())));
+    ERR_clear_error();
+    return crl;
+}
+
+// True when a certificate of `anchors_pem` (a PEM bundle) is the CRL's issuer and signed it.
+bool signed_by_anchor(X509_CRL* crl, const std::string& anchors_pem) {
+    std::unique_ptr<BIO, decltype(&BIO_free)> bio(
+        BIO_new_mem_buf(anchors_pem.data(), static_cast<int>(anchors_pem.size())), BIO_free);
+    while (bio) {
+        std::unique_ptr<X509, decltype(&X509_free)> cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr),
+                                                         X509_free);
+        if (!cert) break;
+        if (X509_NAME_cmp(X509_get_subject_name(cert.get()), X509_CRL_get_issuer(crl)) != 0) continue;
+        EVP_PKEY* key = X509_get0_pubkey(cert.get());
+        if (key && X509_CRL_verify(crl, key) == 1) {
+            ERR_clear_error();
+            return true;
+        }
+    }
+    ERR_clear_error();
+    return false;
+}
+
+// RFC 5280 §5.2.3: the CRL number only grows; without it, compare thisUpdate.
+bool older_than(X509_CRL* fresh, X509_CRL* current) {
+    using Number = std::unique_ptr<ASN1_INTEGER, decltype(&ASN1_INTEGER_free)>;
+    Number a(static_cast<ASN1_INTEGER*>(X509_CRL_get_ext_d2i(fresh, NID_crl_number, nullptr, nullptr)),
+             ASN1_INTEGER_free);
+    Number b(static_cast<ASN1_INTEGER*>(X509_CRL_get_ext_d2i(current, NID_crl_number, nullptr, nullptr)),
+             ASN1_INTEGER_free);
+    if (a && b) return ASN1_INTEGER_cmp(a.get(), b.get()) < 0;
+    return ASN1_TIME_compare(X509_CRL_get0_lastUpdate(fresh), X509_CRL_get0_lastUpdate(current)) < 0;
+}
+
+}  // namespace
+
+Result<std::string> refresh_index(const Config& config) {
+    auto settings = read_settings(config);
+    if (!settings) return std::unexpected(settings.error());
+    auto snapshot = settings->index_source == ProviderSettings::IndexSource::ldap ? pec::load_ldap(settings->ldap)
+                                                                                  : pec::load_ldif(settings->ldif);
+    if (!snapshot) return std::unexpected(snapshot.error());
+    return std::to_string(snapshot->providers.size()) + " providers from " + snapshot->source;
+}
+
+Result<std::string> refresh_crls(const Config& config) {
+    auto settings = read_settings(config);
+    if (!settings) return std::unexpected(settings.error());
+    if (settings->crl_urls.empty()) return std::string("no [trust] crl_urls configured: nothing to do");
+    std::string anchors;
+    for (const auto& f : settings->trust.ca_files) {
+        auto pem = durable::read_file(f, 16u << 20);
+        if (!pem) return std::unexpected(pem.error());
+        anchors += *pem;
+    }
+    size_t updated = 0;
+    std::string first_error;
+    ErrorKind error_kind = ErrorKind::transient;
+    for (size_t i = 0; i < settings->crl_urls.size(); ++i) {
+        const std::string& url = settings->crl_urls[i];
+        const fs::path& file = settings->trust.crl_files[i];
+        auto body = http::request({"GET", url, "", "", "", std::chrono::seconds(30), "CRL " + url, 64u << 20});
+        Status problem;
+        Crl fresh;
+        if (!body) {
+            problem = std::unexpected(body.error());
+        } else if (!(fresh = parse_crl(*body))) {
+            problem = fail(ErrorKind::permanent, url + ": not a CRL (PEM or DER)");
+        } else if (!signed_by_anchor(fresh.get(), anchors)) {
+            problem = fail(ErrorKind::permanent, url + ": CRL not signed by a configured trust anchor");
+        }
+        if (!problem) {
+            if (first_error.empty()) {
+                first_error = problem.error().message;
+                error_kind = problem.error().kind;
+            }
+            continue;
+        }
+        // Never go back in time: an older CRL could un-revoke a certificate.
+        if (auto current = durable::read_file(file, 64u << 20); current) {
+            if (Crl old = parse_crl(*current); old && older_than(fresh.get(), old.get())) {
+                if (first_error.empty()) first_error = url + ": CRL older than the one in " + file.string();
+                error_kind = ErrorKind::permanent;
+                continue;
+            }
+        }
+        if (auto st = durable::write_file_atomic(file, *body); !st) return std::unexpected(st.error());
+        ++updated;
+    }
+    if (!first_error.empty()) return fail(error_kind, first_error);
+    return std::to_string(updated) + " CRL(s) refreshed";
+}
+
+Result<size_t> signal_reload(const spool::Spool& spool) {
+    std::set<pid_t> pids;
+    for (auto stage : spool::kStages) {
+        auto fd = durable::open_file(spool.lock_path(stage), O_RDONLY);
+        if (!fd) continue;  // never run
+        // A lock we can take is held by nobody: no daemon to tell.
+        if (::flock(fd->get(), LOCK_SH | LOCK_NB) == 0) continue;
+        auto text = durable::read_file(spool.lock_path(stage), 64);
+        if (!text) continue;
+        pid_t pid = static_cast<pid_t>(std::atol(text->c_str()));
+        if (pid > 1) pids.insert(pid);
+    }
+    size_t signalled = 0;
+    for (pid_t pid : pids)
+        if (::kill(pid, SIGHUP) == 0) ++signalled;
+    return signalled;
+}
+
+}  // namespace pecd::provider

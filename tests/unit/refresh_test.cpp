@@ -1,0 +1,170 @@
+// Index and CRL refresh, and the reload signal, through the real pecd binary; the CRL refresh
+// also as the periodic task `pecd scheduler` runs. A CRL distribution point is played by
+// Python's http.server on 127.0.0.1, stopped by PID.
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <fstream>
+#include <thread>
+
+#include "tests/support/crypto_support.hpp"
+#include "tests/support/process.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using pecd::test::quote;
+using pecd::test::read_file;
+using pecd::test::run;
+using pecd::test::write_file;
+
+const std::string kPecd = std::string(PECD_BINARY_DIR) + "/bin/pecd";
+
+int free_port() {
+    int s = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    socklen_t len = sizeof a;
+    ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
+    ::close(s);
+    return ntohs(a.sin_port);
+}
+
+bool answers(int port) {
+    int s = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bool ok = ::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    ::close(s);
+    return ok;
+}
+
+class Refresh : public ::testing::Test {
+protected:
+    void SetUp() override {
+        const fs::path& pki = pecd::test::test_pki();
+        fs::path d = dir_.path();
+        fs::create_directories(d / "www");
+        fs::create_directories(d / "trust");
+        fs::copy_file(pki / "crl-empty.pem", d / "trust/crl.pem");  // the older CRL in place
+        fs::copy_file(pki / "crl-revoked.pem", d / "www/ca.crl");    // the CA published a newer one
+        auto der = run("openssl crl -in " + quote(pki / "crl-revoked.pem") + " -outform DER -out " +
+                       quote(d / "www/ca-der.crl"));
+        ASSERT_EQ(der.status, 0) << der.output;
+        write_file(d / "www/garbage.crl", "this is not a CRL\n");
+        fs::copy_file(pki / "crl-empty.pem", d / "www/old.crl");
+        auto hash = run("openssl x509 -inform DER -in " + quote(pki / "alpha.der") +
+                        " -noout -fingerprint -sha1 | sed 's/.*=//; s/://g'");
+        auto b64 = run("base64 -w0 " + quote(pki / "alpha.der"));
+        write_file(d / "index.ldif", "dn: providerName=Gestore Alpha,o=postacert\nobjectClass: provider\n"
+                                     "providerName: Gestore Alpha\nproviderCertificateHash: " +
+                                         hash.output.substr(0, 40) + "\nproviderCertificate;binary:: " + b64.output +
+                                         "\nmailReceipt: posta-certificata@pec.alpha.test\nmanagedDomains: pec.alpha.test\n");
+        port_ = free_port();
+        server_ = pecd::testing::ProcessGuard(pecd::testing::spawn(
+            {"/usr/bin/python3", "-m", "http.server", std::to_string(port_), "--bind", "127.0.0.1", "--directory",
+             (d / "www").string()},
+            {.env = {}, .stdin_path = "", .stdout_path = "/dev/null", .stderr_path = "/dev/null"}));
+        for (int i = 0; i < 200 && !answers(port_); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+        ASSERT_TRUE(answers(port_)) << "http.server did not start";
+    }
+
+    // A provider configuration whose CRL comes from `crl_path` on the test server.
+    fs::path config(const std::string& crl_path, const std::string& extra = "") {
+        const fs::path& pki = pecd::test::test_pki();
+        fs::path d = dir_.path();
+        fs::create_directories(d / "mail/pec.alpha.test");
+        std::ofstream(d / "pecd.conf")
+            << "[spool]\ndirectory = spool\n[provider]\nname = Gestore Alpha S.p.A.\nmail_domain = pec.alpha.test\n"
+               "domains = pec.alpha.test\ntemplates = "
+            << PECD_SOURCE_DIR << "/conf/templates\nvirus_store = virus\n[keys]\ncert = " << (pki / "alpha.crt").string()
+            << "\nkey = " << (pki / "alpha.key").string() << "\n[trust]\nca_files = " << (pki / "ca.crt").string()
+            << "\ncrl_files = trust/crl.pem\ncrl_urls = http://127.0.0.1:" << port_ << crl_path
+            << "\n[index]\nsource = ldif\nldif = index.ldif\n[mailbox]\nmaildir = mail\n"
+            << extra;
+        return d / "pecd.conf";
+    }
+
+    std::string crl_in_place() { return read_file(dir_.path() / "trust/crl.pem"); }
+
+    pecd::test::TempDir dir_{"pecd-refresh"};
+    int port_ = 0;
+    pecd::testing::ProcessGuard server_;
+};
+
+TEST_F(Refresh, CrlIsDownloadedCheckedAndReplacedAtomically) {
+    fs::path conf = config("/ca.crl");
+    auto r = run(kPecd + " -c " + quote(conf) + " refresh-crl 2>&1");
+    EXPECT_EQ(r.status, 0) << r.output;
+    EXPECT_EQ(crl_in_place(), read_file(pecd::test::test_pki() / "crl-revoked.pem"));
+    // DER is accepted too.
+    conf = config("/ca-der.crl");
+    EXPECT_EQ(run(kPecd + " -c " + quote(conf) + " refresh-crl 2>&1").status, 0);
+    EXPECT_EQ(crl_in_place(), read_file(dir_.path() / "www/ca-der.crl"));
+}
+
+TEST_F(Refresh, BadOlderOrUnreachableCrlsLeaveTheOldFileInPlace) {
+    std::string before = crl_in_place();
+    auto garbage = run(kPecd + " -c " + quote(config("/garbage.crl")) + " refresh-crl 2>&1");
+    EXPECT_EQ(garbage.status, 1) << garbage.output;
+    EXPECT_NE(garbage.output.find("not a CRL"), std::string::npos) << garbage.output;
+    EXPECT_EQ(crl_in_place(), before);
+    auto missing = run(kPecd + " -c " + quote(config("/nowhere.crl")) + " refresh-crl 2>&1");
+    EXPECT_EQ(missing.status, 75) << missing.output;  // a 404 may be temporary: retry later
+    EXPECT_EQ(crl_in_place(), before);
+    // Install the newer CRL, then offer the older one: refused, never back in time.
+    ASSERT_EQ(run(kPecd + " -c " + quote(config("/ca.crl")) + " refresh-crl 2>&1").status, 0);
+    std::string newer = crl_in_place();
+    auto old = run(kPecd + " -c " + quote(config("/old.crl")) + " refresh-crl 2>&1");
+    EXPECT_EQ(old.status, 1) << old.output;
+    EXPECT_NE(old.output.find("older"), std::string::npos) << old.output;
+    EXPECT_EQ(crl_in_place(), newer);
+    // The CA server goes away: a transient failure.
+    server_ = pecd::testing::ProcessGuard();
+    auto down = run(kPecd + " -c " + quote(config("/ca.crl")) + " refresh-crl 2>&1");
+    EXPECT_EQ(down.status, 75) << down.output;
+    EXPECT_EQ(crl_in_place(), newer);
+}
+
+TEST_F(Refresh, CrlRefreshRunsAsAPeriodicSchedulerTask) {
+    fs::path conf = config("/ca.crl", "[scheduler]\ndirectory = tasks\nnode = test\ncommand.crl-refresh = " + kPecd +
+                                          " -c " + (dir_.path() / "pecd.conf").string() +
+                                          " refresh-crl\nevery.crl-refresh = 1h\n");
+    auto r = run(kPecd + " -c " + quote(conf) + " --once scheduler 2>&1");
+    EXPECT_EQ(r.status, 0) << r.output;
+    EXPECT_EQ(crl_in_place(), read_file(pecd::test::test_pki() / "crl-revoked.pem"));
+    // The periodic task is scheduled again for the next hour.
+    auto tasks = run(std::string(PECD_BINARY_DIR) + "/bin/pecq -c " + quote(conf) + " tasks list 2>&1");
+    EXPECT_NE(tasks.output.find("periodic.crl-refresh"), std::string::npos) << tasks.output;
+}
+
+TEST_F(Refresh, IndexRefreshReloadsTheRunningDaemons) {
+    fs::path conf = config("/ca.crl");
+    ASSERT_EQ(run(kPecd + " -c " + quote(conf) + " init >/dev/null 2>&1").status, 0);
+    // No daemon yet: nothing to tell.
+    auto alone = run(kPecd + " -c " + quote(conf) + " refresh-index 2>&1");
+    EXPECT_EQ(alone.status, 0) << alone.output;
+    EXPECT_NE(alone.output.find("1 providers from ldif:"), std::string::npos) << alone.output;
+    EXPECT_NE(alone.output.find("0 running pecd"), std::string::npos) << alone.output;
+    fs::path log = dir_.path() / "daemon.log";
+    pecd::testing::ProcessGuard daemon(pecd::testing::spawn(
+        {kPecd, "-c", conf.string(), "all"}, {.env = {}, .stdin_path = "", .stdout_path = "", .stderr_path = log.string()}));
+    for (int i = 0; i < 200 && read_file(log).find("running 6 stage") == std::string::npos; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    auto told = run(kPecd + " -c " + quote(conf) + " refresh-index 2>&1");
+    EXPECT_EQ(told.status, 0) << told.output;
+    EXPECT_NE(told.output.find("1 running pecd"), std::string::npos) << told.output;
+    bool reloaded = false;
+    for (int i = 0; i < 200 && !reloaded; ++i) {
+        reloaded = read_file(log).find("SIGHUP: configuration reloaded") != std::string::npos;
+        if (!reloaded) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    }
+    EXPECT_TRUE(reloaded) << read_file(log);
+}
+
+}  // namespace
