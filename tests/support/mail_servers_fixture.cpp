@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "stages/transport/session.hpp"
+#include "tests/support/ports.hpp"
 #include "tests/support/slapd_fixture.hpp"
 
 namespace pecd::test {
@@ -43,22 +44,6 @@ Status write_text(const fs::path& p, std::string_view text) {
     return {};
 }
 
-Result<int> free_loopback_port() {
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return fail_errno("socket");
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof addr;
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-        ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-        int err = errno;
-        ::close(fd);
-        return fail_errno("bind 127.0.0.1:0", err);
-    }
-    ::close(fd);
-    return static_cast<int>(ntohs(addr.sin_port));
-}
 
 Status chown_to(const fs::path& p, const char* user) {
     passwd* pw = ::getpwnam(user);

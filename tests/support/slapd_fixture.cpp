@@ -1,5 +1,7 @@
 #include "tests/support/slapd_fixture.hpp"
 
+#include "tests/support/ports.hpp"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <ldap.h>
@@ -49,22 +51,6 @@ std::string read_text(const std::filesystem::path& p) {
     return ss.str();
 }
 
-Result<int> free_loopback_port() {
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return fail_errno("socket");
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof addr;
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-        ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-        int err = errno;
-        ::close(fd);
-        return fail_errno("bind 127.0.0.1:0", err);
-    }
-    ::close(fd);
-    return static_cast<int>(ntohs(addr.sin_port));
-}
 
 // True once slapd accepts a bind as the rootdn: the listener is open and the database loaded.
 Result<bool> answers(const std::string& uri, const SlapdOptions& o) {

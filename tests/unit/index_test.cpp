@@ -17,6 +17,7 @@
 #include <optional>
 #include <sstream>
 
+#include "tests/support/ports.hpp"
 #include "tests/support/slapd_fixture.hpp"
 
 using namespace pecd::pec;
@@ -668,23 +669,8 @@ TEST_F(IndexLdapTest, ExampleIndexLoadsIntoSlapd) {
 // ------------------------------------------------------------------------------------------------
 // Unreachable servers without a cache.
 
-namespace {
-Result<int> unused_port() {
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof addr;
-    if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-        ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0)
-        return pecd::fail_errno("bind");
-    ::close(fd);
-    return ntohs(addr.sin_port);
-}
-}  // namespace
-
 TEST(IndexLdapDown, NoServerAndNoCacheIsTransient) {
-    auto port = unused_port();
+    auto port = pecd::test::free_loopback_port();
     ASSERT_TRUE(port);
     LdapIndexOptions o;
     o.uri = "ldap://127.0.0.1:" + std::to_string(*port);

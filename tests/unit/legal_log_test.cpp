@@ -14,6 +14,7 @@
 #include "spool-layout/durable.hpp"
 #include "stages/legallog/seal.hpp"
 #include "tests/support/crypto_support.hpp"
+#include "tests/support/ports.hpp"
 #include "tests/support/process.hpp"
 
 namespace {
@@ -134,17 +135,6 @@ class TestTsa {
     int port_ = 0;
 };
 
-int free_port() {
-    int s = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
-    ::close(s);
-    return ntohs(a.sin_port);
-}
 
 SealOptions seal_options(const fs::path& dir, const std::string& url, bool with_ca = true) {
     SealOptions o;
@@ -600,7 +590,9 @@ TEST(LegalLog, TsaDownLeavesSealPendingUntilItComesBack) {
         auto w = open_writer(logdir, "wrap", clock.clock());
         ASSERT_TRUE(w->append(make_record(1)) && w->sync());
     }  // the writer is gone with its file open: the sealer closes it once the day is over
-    int port = free_port();
+    auto free = pecd::test::free_loopback_port();
+    ASSERT_TRUE(free) << free.error().message;
+    int port = *free;
     std::string url = "http://127.0.0.1:" + std::to_string(port) + "/tsa";
     auto opts = seal_options(logdir, url);
     clock.now += kDay;

@@ -2,13 +2,12 @@
 // also as the periodic task `pecd scheduler` runs. A CRL distribution point is played by
 // Python's http.server on 127.0.0.1, stopped by PID.
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 
 #include <fstream>
 #include <thread>
 
 #include "tests/support/crypto_support.hpp"
+#include "tests/support/ports.hpp"
 #include "tests/support/process.hpp"
 
 namespace {
@@ -21,28 +20,7 @@ using pecd::test::write_file;
 
 const std::string kPecd = std::string(PECD_BINARY_DIR) + "/bin/pecd";
 
-int free_port() {
-    int s = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    socklen_t len = sizeof a;
-    ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
-    ::close(s);
-    return ntohs(a.sin_port);
-}
 
-bool answers(int port) {
-    int s = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(static_cast<uint16_t>(port));
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bool ok = ::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-    ::close(s);
-    return ok;
-}
 
 class Refresh : public ::testing::Test {
 protected:
@@ -65,13 +43,15 @@ protected:
                                      "providerName: Gestore Alpha\nproviderCertificateHash: " +
                                          hash.output.substr(0, 40) + "\nproviderCertificate;binary:: " + b64.output +
                                          "\nmailReceipt: posta-certificata@pec.alpha.test\nmanagedDomains: pec.alpha.test\n");
-        port_ = free_port();
+        auto port = pecd::test::free_loopback_port();
+        ASSERT_TRUE(port) << port.error().message;
+        port_ = *port;
         server_ = pecd::testing::ProcessGuard(pecd::testing::spawn(
             {"/usr/bin/python3", "-m", "http.server", std::to_string(port_), "--bind", "127.0.0.1", "--directory",
              (d / "www").string()},
             {.env = {}, .stdin_path = "", .stdout_path = "/dev/null", .stderr_path = "/dev/null"}));
-        for (int i = 0; i < 200 && !answers(port_); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(25));
-        ASSERT_TRUE(answers(port_)) << "http.server did not start";
+        for (int i = 0; i < 200 && !pecd::test::loopback_port_answers(port_); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+        ASSERT_TRUE(pecd::test::loopback_port_answers(port_)) << "http.server did not start";
     }
 
     // A provider configuration whose CRL comes from `crl_path` on the test server.
