@@ -61,6 +61,46 @@ Result<bool> greets(const ServerFixture& f) {
     return line && line->starts_with("220");
 }
 
+// Postfix's internal services, chroot n everywhere (a plain master start does not populate a
+// chroot jail), plus what one instance needs (`extra`).
+std::string postfix_internal_services(const std::string& extra) {
+    return std::string(
+               "pickup unix n - n 60 1 pickup\n"
+               "cleanup unix n - n - 0 cleanup\n"
+               "qmgr unix n - n 300 1 qmgr\n"
+               "rewrite unix - - n - - trivial-rewrite\n"
+               "bounce unix - - n - 0 bounce\n"
+               "defer unix - - n - 0 bounce\n"
+               "trace unix - - n - 0 bounce\n"
+               "verify unix - - n - 1 verify\n"
+               "flush unix n - n 1000? 0 flush\n"
+               "proxymap unix - - n - - proxymap\n"
+               "proxywrite unix - - n - 1 proxymap\n"
+               "smtp unix - - n - - smtp\n"
+               "showq unix n - n - - showq\n"
+               "error unix - - n - - error\n"
+               "retry unix - - n - - error\n"
+               "discard unix - - n - - discard\n"
+               "anvil unix - - n - 1 anvil\n"
+               "scache unix - - n - 1 scache\n"
+               "postlog unix-dgram n - n - 1 postlogd\n") +
+           extra;
+}
+
+// Writes main.cf and master.cf, runs `postfix check` (it creates the queue directories with the
+// right owners) and returns the argv of the master: `-d` keeps it in the foreground, so the PID
+// we hold is the master's and SIGTERM to it stops the whole instance.
+Result<std::vector<std::string>> prepare_postfix(const fs::path& etc, const std::string& main_cf,
+                                                 const std::string& master_cf) {
+    if (auto st = write_text(etc / "main.cf", main_cf); !st) return std::unexpected(st.error());
+    if (auto st = write_text(etc / "master.cf", master_cf); !st) return std::unexpected(st.error());
+    auto check = run_command({"/usr/sbin/postfix", "-c", etc.string(), "check"});
+    if (!check) return std::unexpected(check.error());
+    if (check->exit_code != 0)
+        return fail(ErrorKind::config, "postfix check failed: " + check->output);
+    return std::vector<std::string>{"/usr/lib/postfix/sbin/master", "-c", etc.string(), "-d"};
+}
+
 }  // namespace
 
 std::string eicar() {
@@ -353,40 +393,9 @@ Result<std::unique_ptr<ServerFixture>> start_postfix(const std::vector<std::stri
             "virtual_mailbox_limit = 0\n";
         // chroot n everywhere: a plain master start does not populate a chroot jail.
         std::string master_cf = "127.0.0.1:" + std::to_string(port) +
-                                " inet n - n - - smtpd\n"
-                                "pickup unix n - n 60 1 pickup\n"
-                                "cleanup unix n - n - 0 cleanup\n"
-                                "qmgr unix n - n 300 1 qmgr\n"
-                                "rewrite unix - - n - - trivial-rewrite\n"
-                                "bounce unix - - n - 0 bounce\n"
-                                "defer unix - - n - 0 bounce\n"
-                                "trace unix - - n - 0 bounce\n"
-                                "verify unix - - n - 1 verify\n"
-                                "flush unix n - n 1000? 0 flush\n"
-                                "proxymap unix - - n - - proxymap\n"
-                                "proxywrite unix - - n - 1 proxymap\n"
-                                "smtp unix - - n - - smtp\n"
-                                "showq unix n - n - - showq\n"
-                                "error unix - - n - - error\n"
-                                "retry unix - - n - - error\n"
-                                "discard unix - - n - - discard\n"
-                                "virtual unix - n n - - virtual\n"
-                                "anvil unix - - n - 1 anvil\n"
-                                "scache unix - - n - 1 scache\n"
-                                "postlog unix-dgram n - n - 1 postlogd\n";
-        if (auto st = write_text(d / "etc" / "main.cf", main_cf); !st)
-            return std::unexpected(st.error());
-        if (auto st = write_text(d / "etc" / "master.cf", master_cf); !st)
-            return std::unexpected(st.error());
-        // `postfix check` creates the queue directories with the right owners.
-        auto check = run_command({"/usr/sbin/postfix", "-c", (d / "etc").string(), "check"});
-        if (!check) return std::unexpected(check.error());
-        if (check->exit_code != 0)
-            return fail(ErrorKind::config, "postfix check failed: " + check->output);
-        // master -d stays in the foreground: the PID we hold is the master's, and SIGTERM to it
-        // stops the whole instance.
-        return std::vector<std::string>{"/usr/lib/postfix/sbin/master", "-c", (d / "etc").string(),
-                                        "-d"};
+                                " inet n - n - - smtpd\n" +
+                                postfix_internal_services("virtual unix - n n - - virtual\n");
+        return prepare_postfix(d / "etc", main_cf, master_cf);
     };
     if (auto st = (*f)->launch(prepare, greets, d / "maillog"); !st)
         return std::unexpected(st.error());
@@ -463,36 +472,8 @@ Result<std::unique_ptr<ServerFixture>> start_pec_postfix(const PecPostfixOptions
         pec_master = replace_all(pec_master, "/usr/local/bin/pec-enqueue", o.pec_enqueue.string());
         pec_master = replace_all(pec_master, "/etc/pecd/pecd.conf", o.pecd_conf.string());
         pec_master = replace_all(pec_master, "user=pecd", "user=" + o.pipe_user);
-        std::string master_cf = pec_master +
-                                "pickup unix n - n 60 1 pickup\n"
-                                "cleanup unix n - n - 0 cleanup\n"
-                                "qmgr unix n - n 300 1 qmgr\n"
-                                "rewrite unix - - n - - trivial-rewrite\n"
-                                "bounce unix - - n - 0 bounce\n"
-                                "defer unix - - n - 0 bounce\n"
-                                "trace unix - - n - 0 bounce\n"
-                                "verify unix - - n - 1 verify\n"
-                                "flush unix n - n 1000? 0 flush\n"
-                                "proxymap unix - - n - - proxymap\n"
-                                "proxywrite unix - - n - 1 proxymap\n"
-                                "smtp unix - - n - - smtp\n"
-                                "relay unix - - n - - smtp\n"
-                                "showq unix n - n - - showq\n"
-                                "error unix - - n - - error\n"
-                                "retry unix - - n - - error\n"
-                                "discard unix - - n - - discard\n"
-                                "anvil unix - - n - 1 anvil\n"
-                                "scache unix - - n - 1 scache\n"
-                                "postlog unix-dgram n - n - 1 postlogd\n";
-        if (auto st = write_text(d / "etc" / "main.cf", main_cf); !st)
-            return std::unexpected(st.error());
-        if (auto st = write_text(d / "etc" / "master.cf", master_cf); !st)
-            return std::unexpected(st.error());
-        auto check = run_command({"/usr/sbin/postfix", "-c", etc, "check"});
-        if (!check) return std::unexpected(check.error());
-        if (check->exit_code != 0)
-            return fail(ErrorKind::config, "postfix check failed: " + check->output);
-        return std::vector<std::string>{"/usr/lib/postfix/sbin/master", "-c", etc, "-d"};
+        std::string master_cf = pec_master + postfix_internal_services("relay unix - - n - - smtp\n");
+        return prepare_postfix(d / "etc", main_cf, master_cf);
     };
     if (auto st = (*f)->launch(prepare, greets, d / "maillog"); !st)
         return std::unexpected(st.error());
