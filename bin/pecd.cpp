@@ -55,9 +55,8 @@ int check_config(const Config& config) {
 }
 
 // Drains every stage, in order, until a whole round moves nothing (for cron and path units).
-int run_once(const spool::Spool& spool, std::vector<std::unique_ptr<runner::StageRunner>>& runners) {
+int run_once(std::vector<std::unique_ptr<runner::StageRunner>>& runners) {
     std::atomic<bool> stop{false};
-    (void)spool;
     while (true) {
         size_t moved = 0;
         for (auto& r : runners) {
@@ -252,7 +251,7 @@ int main(int argc, char** argv) {
         }
         runners.push_back(std::move(r));
     }
-    if (once) return run_once(*spool, runners);
+    if (once) return run_once(runners);
 
     std::atomic<bool> stop{false};
     std::vector<std::thread> threads;
