@@ -8,6 +8,9 @@
 #include <charconv>
 #include <cstdlib>
 #include <cstring>
+#include <condition_variable>
+#include <map>
+#include <memory>
 #include <mutex>
 
 namespace pecd::durable {
@@ -199,6 +202,58 @@ Status sync_filesystem(int fd) {
     if (inject(Op::fsync)) return fail_errno("syncfs");
     if (::syncfs(fd) != 0) return fail_errno("syncfs");
     return {};
+}
+
+namespace {
+// One per filesystem: generations of syncfs calls, one in flight at a time.
+struct SharedSync {
+    std::mutex mutex;
+    std::condition_variable done;
+    bool in_flight = false;
+    uint64_t started = 0;       // generations started
+    uint64_t completed = 0;     // generations finished
+    uint64_t last_success = 0;  // the newest generation that succeeded
+    Error last_error{ErrorKind::transient, ""};
+};
+
+SharedSync& shared_sync_for(dev_t device) {
+    static std::mutex registry_mutex;
+    static std::map<dev_t, std::unique_ptr<SharedSync>> registry;
+    std::lock_guard lock(registry_mutex);
+    auto& slot = registry[device];
+    if (!slot) slot = std::make_unique<SharedSync>();
+    return *slot;
+}
+}  // namespace
+
+Status sync_filesystem_shared(int fd) {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) return fail_errno("fstat");
+    SharedSync& s = shared_sync_for(st.st_dev);
+    std::unique_lock lock(s.mutex);
+    // Our writes are done: any syncfs that starts from now on covers them.
+    const uint64_t target = s.started + 1;
+    while (s.completed < target) {
+        if (s.in_flight) {
+            s.done.wait(lock);
+            continue;
+        }
+        s.in_flight = true;
+        const uint64_t generation = ++s.started;
+        lock.unlock();
+        Status result = sync_filesystem(fd);
+        lock.lock();
+        s.in_flight = false;
+        s.completed = generation;
+        if (result)
+            s.last_success = generation;
+        else
+            s.last_error = result.error();
+        s.done.notify_all();
+    }
+    // A later generation succeeding covers us too; only if every one since our call failed do we.
+    if (s.last_success >= target) return {};
+    return std::unexpected(s.last_error);
 }
 
 Status rename_file(const fs::path& from, const fs::path& to) {

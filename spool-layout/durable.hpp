@@ -75,6 +75,10 @@ Status sync_data(int fd);   // fdatasync
 Status sync_file(int fd);   // fsync (metadata too: used for directories)
 Status sync_dir(const fs::path& dir);
 Status sync_filesystem(int fd);  // syncfs: one journal commit for a whole batch (group commit)
+// syncfs shared by the threads of this process on one filesystem: a caller returns once a syncfs
+// that started after its call has succeeded, so concurrent stages of one `pecd all` wait for one
+// flush instead of queueing one each.
+Status sync_filesystem_shared(int fd);
 Status rename_file(const fs::path& from, const fs::path& to);
 // Fails with ErrorKind::conflict when `to` exists: never silently replaces a queue file.
 Status rename_noreplace(const fs::path& from, const fs::path& to);

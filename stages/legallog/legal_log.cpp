@@ -411,6 +411,9 @@ Result<std::unique_ptr<Writer>> Writer::open(WriterOptions options) {
     auto lock = lock_stream(w->options_.directory, stream, /*patient=*/true);
     if (!lock) return std::unexpected(lock.error());
     w->lock_ = std::move(*lock);
+    struct stat lock_stat {};
+    if (::fstat(w->lock_.get(), &lock_stat) != 0) return fail_errno("fstat legal log lock");
+    w->device_ = lock_stat.st_dev;
     w->head_ = std::string(kGenesis);
 
     // Recovery from the files alone: the stream's newest file is continued (same day, room left)
@@ -566,11 +569,15 @@ Status Writer::sync() {
         (void)cut_back();
         return context(st.error(), "legal log " + path_.string());
     }
+    mark_synced();
+    return {};
+}
+
+void Writer::mark_synced() {
     synced_size_ = size_;
     synced_seq_ = seq_;
     synced_records_ = records_;
     synced_head_ = head_;
-    return {};
 }
 
 Status Writer::rotate_if_due() {

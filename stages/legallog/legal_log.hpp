@@ -93,6 +93,15 @@ class Writer {
     Status append(std::span<const Record> records);
     Status append(const Record& record) { return append(std::span<const Record>(&record, 1)); }
     Status sync();
+    // The appended records were made durable by other means (a syncfs of the log's filesystem,
+    // which the runner's group commit does anyway): they count as synced.
+    void mark_synced();
+    // Those other means failed: cut the file back to its last synced line, as a failed sync()
+    // does.
+    Status drop_unsynced() { return cut_back(); }
+    // The filesystem the log is on (st_dev): the runner folds the log's sync into its own syncfs
+    // only when it is the spool's.
+    dev_t device() const { return device_; }
     // Closes the current file when its day is over (the runner calls it when idle).
     Status rotate_if_due();
     // Closes the current file now (a close line, fdatasync); the next append opens a new file.
@@ -108,6 +117,7 @@ class Writer {
 
     WriterOptions options_;
     durable::Fd lock_;
+    dev_t device_ = 0;
     durable::Fd fd_;
     fs::path path_;
     std::string day_;

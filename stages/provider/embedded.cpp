@@ -1,5 +1,6 @@
 #include "stages/provider/embedded.hpp"
 
+#include <fcntl.h>
 #include <gmime/gmime.h>
 #include <unistd.h>
 
@@ -11,6 +12,7 @@
 #include "spool-layout/queue_file.hpp"
 #include "spool-layout/queue_id.hpp"
 #include "stages/pec/gmime_util.hpp"
+#include "stages/runner/runner.hpp"
 
 namespace pecd::provider {
 
@@ -49,6 +51,41 @@ Status create_maildir(const fs::path& root, std::string_view address) {
     return {};
 }
 
+namespace {
+
+// A new file with `data`, closed, not yet synced (publish_durably does that).
+Status write_complete(const fs::path& path, std::string_view data) {
+    auto fd = durable::open_file(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (!fd) return std::unexpected(fd.error());
+    if (auto st = durable::write_all(fd->get(), data); !st) {
+        (void)durable::unlink_file(path);
+        return st;
+    }
+    return {};
+}
+
+// tmp -> dest once tmp is durable, and dest's name durable too: inside a runner batch the
+// runner does it for the whole batch before the batch commits (one flush); elsewhere, now.
+Status publish_durably(const fs::path& tmp, const fs::path& dest) {
+    if (auto* batch = runner::BatchPublisher::current()) {
+        batch->publish(tmp, dest);
+        return {};
+    }
+    Status st;
+    {
+        auto fd = durable::open_file(tmp, O_RDONLY);
+        st = fd ? durable::sync_data(fd->get()) : Status(std::unexpected(fd.error()));
+    }
+    if (st) st = durable::rename_noreplace(tmp, dest);
+    if (!st) {
+        (void)durable::unlink_file(tmp);
+        return st;
+    }
+    return durable::sync_dir(dest.parent_path());
+}
+
+}  // namespace
+
 std::function<Result<RecipientStatus>(const std::string&, std::string_view)> maildir_delivery(
     fs::path root, std::vector<std::string> managed_domains) {
     return [root = std::move(root), domains = std::move(managed_domains)](
@@ -71,12 +108,10 @@ std::function<Result<RecipientStatus>(const std::string&, std::string_view)> mai
         }
         // Maildir unique name: time, queue-id randomness, pid.
         std::string name = spool::new_queue_id(spool::now_us()) + "." + std::to_string(::getpid());
-        if (auto w = durable::write_file_atomic(box / "tmp" / name, message); !w)
+        if (auto w = write_complete(box / "tmp" / name, message); !w)
             return context(w.error(), "maildir " + recipient);
-        if (auto r = durable::rename_file(box / "tmp" / name, box / "new" / name); !r)
-            return context(r.error(), "maildir " + recipient);
-        if (auto s = durable::sync_dir(box / "new"); !s)
-            return context(s.error(), "maildir " + recipient);
+        if (auto p = publish_durably(box / "tmp" / name, box / "new" / name); !p)
+            return context(p.error(), "maildir " + recipient);
         return st;
     };
 }
@@ -95,7 +130,11 @@ outbox_sender(fs::path dir) {
             env.recipients = rcpts;
             std::string file = spool::encode_header(env, message.size());
             file += message;
-            if (auto st = durable::write_file_atomic(dir / env.id, file); !st)
+            // Written as .<id>.tmp (hidden, not a queue id: the MTA's scan skips it), then
+            // published as <id>.
+            const fs::path tmp = dir / ("." + env.id + ".tmp");
+            if (auto st = write_complete(tmp, file); !st) return context(st.error(), "outbox");
+            if (auto st = publish_durably(tmp, dir / env.id); !st)
                 return context(st.error(), "outbox");
             std::vector<RecipientStatus> out;
             for (const auto& r : rcpts)

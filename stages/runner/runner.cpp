@@ -55,15 +55,90 @@ StageRunner::StageRunner(spool::Spool spool, std::string stage, StageFunction fn
 // directories of the whole spool filesystem: the group commit.
 Status StageRunner::sync_point(const std::vector<int>& fds, const std::vector<fs::path>& dirs) {
     if (options_.sync == SyncMode::batch) {
-        auto dir = durable::open_dir(active_dir_);
-        if (!dir) return std::unexpected(dir.error());
-        return durable::sync_filesystem(dir->get());
+        if (!spool_fd_) {
+            auto dir = durable::open_dir(spool_.root());
+            if (!dir) return std::unexpected(dir.error());
+            spool_fd_ = std::move(*dir);
+        }
+        return durable::sync_filesystem_shared(spool_fd_.get());
     }
     for (int fd : fds)
         if (auto st = durable::sync_data(fd); !st) return st;
     std::set<fs::path> unique(dirs.begin(), dirs.end());
     for (const auto& d : unique)
         if (auto st = durable::sync_dir(d); !st) return st;
+    return {};
+}
+
+dev_t StageRunner::spool_device() {
+    if (spool_device_ == 0) {
+        struct stat st {};
+        if (::stat(spool_.root().c_str(), &st) == 0) spool_device_ = st.st_dev;
+    }
+    return spool_device_;
+}
+
+namespace {
+thread_local BatchPublisher* current_publisher = nullptr;
+
+struct PublisherScope {
+    explicit PublisherScope(BatchPublisher* p) { current_publisher = p; }
+    ~PublisherScope() { current_publisher = nullptr; }
+};
+
+dev_t device_of(const fs::path& path) {
+    struct stat st {};
+    return ::stat(path.c_str(), &st) == 0 ? st.st_dev : 0;
+}
+}  // namespace
+
+BatchPublisher* BatchPublisher::current() { return current_publisher; }
+
+// The batch's files outside the spool: content durable, then renamed into place. In batch mode
+// the directories' new names become durable with sync point 1 when they are on the spool's
+// filesystem, else with one more syncfs of theirs; in strict mode each file and directory is
+// synced. On failure the files not yet renamed are removed and the batch is abandoned.
+Status StageRunner::publish(BatchPublisher& publisher) {
+    auto& pending = publisher.pending_;
+    auto discard_from = [&](size_t first) {
+        for (size_t i = first; i < pending.size(); ++i) (void)durable::unlink_file(pending[i].tmp);
+        pending.clear();
+    };
+    std::set<dev_t> flushed;
+    std::set<fs::path> dest_dirs;
+    for (const auto& p : pending) {
+        Status st;
+        if (options_.sync == SyncMode::strict) {
+            auto fd = durable::open_file(p.tmp, O_RDONLY);
+            st = fd ? durable::sync_data(fd->get()) : Status(std::unexpected(fd.error()));
+        } else if (dev_t dev = device_of(p.tmp.parent_path()); flushed.insert(dev).second) {
+            auto dir = durable::open_dir(p.tmp.parent_path());
+            st = dir ? durable::sync_filesystem_shared(dir->get()) : Status(std::unexpected(dir.error()));
+        }
+        if (!st) {
+            discard_from(0);
+            return st;
+        }
+    }
+    for (size_t i = 0; i < pending.size(); ++i) {
+        if (auto st = durable::rename_noreplace(pending[i].tmp, pending[i].dest); !st) {
+            discard_from(i);
+            return st;
+        }
+        dest_dirs.insert(pending[i].dest.parent_path());
+    }
+    pending.clear();
+    std::set<dev_t> synced;
+    for (const auto& dir : dest_dirs) {
+        Status st;
+        if (options_.sync == SyncMode::strict)
+            st = durable::sync_dir(dir);
+        else if (dev_t dev = device_of(dir); dev != spool_device() && synced.insert(dev).second) {
+            auto fd = durable::open_dir(dir);
+            st = fd ? durable::sync_filesystem_shared(fd->get()) : Status(std::unexpected(fd.error()));
+        }
+        if (!st) return st;
+    }
     return {};
 }
 
@@ -222,7 +297,8 @@ Result<size_t> StageRunner::release_due_deferred() {
 }
 
 struct StageRunner::Claimed {
-    enum class Outcome { ok, route, defer, quarantine, put_back };
+    // ok: an output set; route: in place; consume: no output at all, the input just goes.
+    enum class Outcome { ok, route, consume, defer, quarantine, put_back };
     std::string id;
     fs::path input;
     durable::Fd fd;
@@ -335,6 +411,7 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
     std::vector<Claimed> items(names.size());
     std::vector<int> fds_to_sync;
     int64_t now = spool::now_us();
+    BatchPublisher publisher;
 
     for (size_t i = 0; i < names.size(); ++i) {
         Claimed& c = items[i];
@@ -361,7 +438,10 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
             continue;
         }
         StageInput in{c.info.env, c.fd.get(), c.info.body_offset(), c.info.body_size, c.input};
-        auto result = fn_(in);
+        auto result = [&] {
+            PublisherScope scope(&publisher);
+            return fn_(in);
+        }();
         if (!result) {
             c.outcome = result.error().kind == ErrorKind::transient ? Claimed::Outcome::defer
                                                                     : Claimed::Outcome::quarantine;
@@ -369,15 +449,20 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
             continue;
         }
         c.records = std::move(result->records);
-        if (plan_route_in_place(c, result->outputs, now))
+        if (result->outputs.empty())
+            c.outcome = Claimed::Outcome::consume;
+        else if (plan_route_in_place(c, result->outputs, now))
             c.outputs = std::move(result->outputs);
         else
             write_output_set(c, result->outputs, now, fds_to_sync);
     }
 
+    bool log_folded = false;
     auto abandon = [&](const Error& e) -> Result<size_t> {
         // The batch could not be made durable: discard uncommitted output sets and rewrites;
         // claimed inputs stay in active/ and the next recover() puts them back.
+        if (log_folded) (void)legal_log_->drop_unsynced();
+        for (const auto& p : publisher.pending_) (void)durable::unlink_file(p.tmp);
         for (auto& c : items) {
             (void)durable::remove_tree(active_dir_ / (c.id + std::string(kOutTmpSuffix)));
             (void)durable::unlink_file(active_dir_ / (c.id + std::string(kDeferTmpSuffix)));
@@ -396,12 +481,23 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
     if (log_hook_) log_hook_(LogPoint::before_append);
     if (legal_log_) {
         std::vector<legallog::Record> records;
+        // An in-place hop is committed by its append, which sync point 1 makes durable together
+        // with everything else: its records must be durable before that append is written.
+        bool route_has_records = false;
         for (auto& c : items)
-            if (c.outcome == Claimed::Outcome::ok || c.outcome == Claimed::Outcome::route)
+            if (c.outcome == Claimed::Outcome::ok || c.outcome == Claimed::Outcome::route ||
+                c.outcome == Claimed::Outcome::consume) {
+                route_has_records |= c.outcome == Claimed::Outcome::route && !c.records.empty();
                 std::move(c.records.begin(), c.records.end(), std::back_inserter(records));
+            }
         if (!records.empty()) {
             Status st = legal_log_->append(records);
-            if (st) st = legal_log_->sync();
+            // Output sets and consumed inputs are committed only after sync point 1: in batch
+            // mode its syncfs makes the records durable too, when the log is on the spool's
+            // filesystem, and the log needs no flush of its own.
+            log_folded = st && options_.sync == SyncMode::batch && !route_has_records &&
+                         legal_log_->device() == spool_device();
+            if (st && !log_folded) st = legal_log_->sync();
             if (!st) return abandon(st.error());
         }
     }
@@ -440,6 +536,10 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
         }
     }
 
+    // What the stages wrote outside the spool is in place before anything of the batch commits.
+    if (!publisher.empty())
+        if (auto st = publish(publisher); !st) return abandon(st.error());
+
     // Ordering point 1: output sets and rewrites are on disk, names included (in strict mode
     // the directory of each set is synced too, or a committed set could come back empty).
     std::vector<fs::path> set_dirs;
@@ -447,6 +547,9 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
         if (c.outcome == Claimed::Outcome::ok)
             set_dirs.push_back(active_dir_ / (c.id + std::string(kOutTmpSuffix)));
     if (auto st = sync_point(fds_to_sync, set_dirs); !st) return abandon(st.error());
+    if (log_folded) legal_log_->mark_synced();
+    // Sync point 1 also made the previous batch's moves durable (batch mode).
+    unsynced_moves_ = false;
     for (auto& c : items) {
         if (c.outcome == Claimed::Outcome::ok) {
             auto st = durable::rename_file(active_dir_ / (c.id + std::string(kOutTmpSuffix)),
@@ -458,10 +561,12 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
         }
     }
     // Ordering point 2: output-set commits (renames) are durable before any input disappears.
-    // In-place hops and deferrals unlink nothing, so a batch of them skips it.
+    // In-place hops and deferrals unlink nothing, so a batch of them skips it. In batch mode the
+    // filesystem's journal keeps metadata operations in order (docs/spool-layout.md), so the
+    // renames need no flush between them.
     bool has_output_sets = std::any_of(items.begin(), items.end(),
                                        [](const Claimed& c) { return c.outcome == Claimed::Outcome::ok; });
-    if (has_output_sets)
+    if (has_output_sets && options_.sync == SyncMode::strict)
         if (auto st = sync_point({}, {active_dir_}); !st) return std::unexpected(st.error());
 
     std::vector<fs::path> touched{active_dir_};
@@ -475,6 +580,11 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
             case Claimed::Outcome::ok:
                 st = durable::unlink_file(c.input);
                 if (st) st = deliver_output_set(active_dir_ / (c.id + std::string(kOutSuffix)), &touched);
+                if (st) ++done;
+                break;
+            case Claimed::Outcome::consume:
+                // Its records (if any) are durable since sync point 1: nothing else to keep.
+                st = durable::unlink_file(c.input);
                 if (st) ++done;
                 break;
             case Claimed::Outcome::route:
@@ -504,8 +614,15 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
         }
         if (!st && failure) failure = st;
     }
-    // Ordering point 3: deliveries and input removals are durable; the sets can go.
-    if (auto st = sync_point({}, touched); !st) return std::unexpected(st.error());
+    // Ordering point 3: deliveries and input removals are durable; the sets can go. In batch mode
+    // the journal orders the moves before the removal of their (empty) sets, and the next
+    // batch's sync point 1, or the one drain() takes when the queue runs dry, makes them durable:
+    // under load that is one syncfs per batch.
+    if (options_.sync == SyncMode::strict) {
+        if (auto st = sync_point({}, touched); !st) return std::unexpected(st.error());
+    } else {
+        unsynced_moves_ = true;
+    }
     for (auto& c : items)
         if (c.outcome == Claimed::Outcome::ok)
             (void)durable::remove_dir(active_dir_ / (c.id + std::string(kOutSuffix)));
@@ -559,6 +676,10 @@ Result<size_t> StageRunner::drain(const std::atomic<bool>& stop) {
         }
         total += pass;
         if (pass == 0 && batch.empty()) break;
+    }
+    if (unsynced_moves_) {
+        if (auto st = sync_point({}, {}); !st) return std::unexpected(st.error());
+        unsynced_moves_ = false;
     }
     return total;
 }

@@ -62,6 +62,28 @@ struct StageResult {
         : outputs(std::move(o)), records(std::move(r)) {}
 };
 
+// Files a stage function writes outside the spool (a Maildir message, an outbox file) become
+// visible by a rename, and only once their content is durable. Inside a runner batch the stage
+// leaves both to the runner, which flushes the content of the whole batch's files at once, renames
+// them, and commits the batch only after that (docs/spool-layout.md, "Publishing"): one flush per
+// batch instead of a few per file.
+class BatchPublisher {
+public:
+    // The publisher of the batch whose stage function runs on this thread; null outside a runner
+    // batch, where the caller makes its file durable and renames it itself.
+    static BatchPublisher* current();
+    // `tmp` is complete and closed; it is renamed to `dest` (never replacing a file) once durable.
+    void publish(fs::path tmp, fs::path dest) { pending_.push_back({std::move(tmp), std::move(dest)}); }
+    bool empty() const { return pending_.empty(); }
+
+private:
+    friend class StageRunner;
+    struct Pending {
+        fs::path tmp, dest;
+    };
+    std::vector<Pending> pending_;
+};
+
 // Returning an error: ErrorKind::transient -> deferred with backoff; anything else -> quarantine.
 using StageFunction = std::function<Result<StageResult>(const StageInput&)>;
 
@@ -138,6 +160,8 @@ private:
     Status sync_point(const std::vector<int>& fds, const std::vector<fs::path>& dirs);
     Status deliver_output_set(const fs::path& out_dir, std::vector<fs::path>* touched_dirs);
     Status quarantine_file(const fs::path& file, const std::string& id, const std::string& reason);
+    dev_t spool_device();
+    Status publish(BatchPublisher& publisher);
 
     spool::Spool spool_;
     std::string stage_;
@@ -148,6 +172,10 @@ private:
     fs::path active_dir_;
     std::mutex wake_mutex_;
     void* loop_async_ = nullptr;  // uv_async_t of the running loop, guarded by wake_mutex_
+    durable::Fd spool_fd_;  // kept open for syncfs (batch mode)
+    dev_t spool_device_ = 0;
+    // Batch mode: the last batch's moves wait for the next sync point 1, or drain()'s last sync.
+    bool unsynced_moves_ = false;
     std::unique_ptr<legallog::Writer> legal_log_;
     std::function<void(LogPoint)> log_hook_;
 };
