@@ -43,6 +43,7 @@ std::mutex mutex;
 std::vector<std::string> synced;  // paths, as they were named at the time of the call
 std::atomic<bool> recording{false};
 std::atomic<int> syncfs_calls{0};
+std::atomic<int> syncfs_delay_ms{0};  // a slow disk, so that concurrent callers overlap
 
 void record(int fd) {
     if (!recording.load()) return;
@@ -67,6 +68,7 @@ extern "C" int fsync(int fd) {
 }
 extern "C" int syncfs(int fd) {
     if (spy::recording.load()) spy::syncfs_calls++;
+    if (int ms = spy::syncfs_delay_ms.load()) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
     static auto real = spy::real<int (*)(int)>("syncfs");
     return real(fd);
 }
@@ -1239,6 +1241,177 @@ TEST(spoolRunnerDurability, BatchModeIsAGroupCommit) {
     EXPECT_GE(one, 1);
     EXPECT_LE(one, 3) << "at most one syncfs per ordering point";
     EXPECT_EQ(many, one) << "a batch of 40 must cost the same syncs as a batch of 1";
+}
+
+// ---- the batch commit: consumed inputs, published files, the folded log, the shared syncfs ----
+
+// A stage that ends a message: no output at all. The input goes after the batch's flush and leaves
+// no output set behind.
+TEST_P(RunnerTest, AnInputWithoutOutputsIsRemovedWithoutAnOutputSet) {
+    Envelope env = make_env();
+    ASSERT_TRUE(write_at(spool_.queue_dir("receipt") / env.id, env, "x"));
+    StageRunner r(spool_, "receipt", [](const StageInput&) -> Result<StageResult> {
+        return StageResult{};
+    }, options_);
+    ASSERT_EQ(r.drain(stop_).value_or(0), 1u);
+    EXPECT_TRUE(names_in(spool_.active_dir("receipt")).empty());
+    EXPECT_TRUE(names_in(spool_.queue_dir("receipt")).empty());
+    EXPECT_EQ(r.stats().processed.load(), 1u);
+}
+
+// What a stage writes outside the spool (a Maildir message) is published by the batch: content
+// synced, renamed into place, before the outputs commit.
+StageFunction publishing_to(fs::path dir, std::string destination) {
+    return [dir, destination](const StageInput& in) -> Result<StageResult> {
+        fs::path tmp = dir / "tmp" / in.env.id;
+        spit(tmp, "delivered " + in.env.id);
+        auto* batch = BatchPublisher::current();
+        if (!batch) return fail(ErrorKind::permanent, "no batch publisher inside a runner");
+        batch->publish(tmp, dir / "new" / in.env.id);
+        std::vector<StageOutput> out;
+        out.push_back(StageOutput{destination, in.env, in.body_source(), /*in_place=*/false});
+        return StageResult(std::move(out));
+    };
+}
+
+TEST_P(RunnerTest, PublishedFilesAreInPlaceWhenTheOutputsCommit) {
+    EXPECT_EQ(BatchPublisher::current(), nullptr) << "no publisher outside a batch";
+    fs::path box = dir_.path() / "mailbox";
+    fs::create_directories(box / "tmp");
+    fs::create_directories(box / "new");
+    std::vector<std::string> ids;
+    for (int i = 0; i < 6; ++i) {
+        Envelope env = make_env();
+        ASSERT_TRUE(write_at(spool_.queue_dir("deliver") / env.id, env, body_for(i)));
+        ids.push_back(env.id);
+    }
+    StageRunner r(spool_, "deliver", publishing_to(box, "receipt"), options_);
+    {
+        std::lock_guard lock(spy::mutex);
+        spy::synced.clear();
+    }
+    spy::recording = true;
+    ASSERT_EQ(r.drain(stop_).value_or(0), ids.size());
+    spy::recording = false;
+    std::sort(ids.begin(), ids.end());
+    EXPECT_EQ(names_in(box / "new"), ids);
+    EXPECT_TRUE(names_in(box / "tmp").empty());
+    EXPECT_EQ(names_in(spool_.queue_dir("receipt")), ids);
+    if (GetParam() == SyncMode::strict) {
+        // Strict: each published file and its directory are synced one by one.
+        std::lock_guard lock(spy::mutex);
+        EXPECT_TRUE(std::any_of(spy::synced.begin(), spy::synced.end(), [&](const std::string& s) {
+            return fs::path(s) == fs::canonical(box / "new");
+        }));
+    }
+}
+
+TEST_P(RunnerTest, AFailedPublishAbandonsTheBatchAndLeavesNoHalfDeliveredFile) {
+    fs::path box = dir_.path() / "mailbox";
+    fs::create_directories(box / "tmp");
+    fs::create_directories(box / "new");
+    Envelope env = make_env();
+    ASSERT_TRUE(write_at(spool_.queue_dir("deliver") / env.id, env, "body"));
+    // The first flush fails: the content of the published file is not known durable.
+    ASSERT_TRUE(durable::set_faults("fsync=EIO@1x1"));
+    {
+        StageRunner r(spool_, "deliver", publishing_to(box, "receipt"), options_);
+        EXPECT_FALSE(r.drain(stop_).has_value());
+    }
+    durable::clear_faults();
+    EXPECT_TRUE(names_in(box / "new").empty()) << "published without a durable content";
+    EXPECT_TRUE(names_in(box / "tmp").empty()) << "the unpublished file is removed";
+    EXPECT_TRUE(names_in(spool_.queue_dir("receipt")).empty());
+    EXPECT_EQ(names_in(spool_.queue_dir("deliver")), std::vector<std::string>{env.id})
+        << "the input is back in its queue";
+    // And the next run delivers it once.
+    StageRunner again(spool_, "deliver", publishing_to(box, "receipt"), options_);
+    ASSERT_EQ(again.drain(stop_).value_or(0), 1u);
+    EXPECT_EQ(names_in(box / "new"), std::vector<std::string>{env.id});
+}
+
+// The legal log of a batch of output sets rides on the batch's syncfs (same filesystem); a batch
+// of in-place hops carrying records syncs the log first, since their append is their commit.
+TEST(spoolRunnerDurability, TheLegalLogSyncIsFoldedIntoTheBatchFlushOnlyWhenItIsSafe) {
+    log::set_level(log::Level::error);
+    auto log_syncs_for = [](bool in_place) {
+        TempDir dir;
+        Spool spool = Spool::open(dir.path() / "spool", true).value();
+        auto enqueue = [&](int n) {
+            for (int i = 0; i < n; ++i) {
+                Envelope env = make_env();
+                EXPECT_TRUE(write_at(spool.queue_dir("classify") / env.id, env, body_for(i)));
+            }
+        };
+        StageFunction fn = [in_place](const StageInput& in) -> Result<StageResult> {
+            std::vector<StageOutput> out;
+            out.push_back(StageOutput{"wrap", in.env, in.body_source(), in_place});
+            legallog::Record rec;
+            rec.time_us = now_us();
+            rec.event = legallog::Event::ricezione;
+            rec.identificativo = in.env.id;
+            rec.sender = in.env.sender;
+            return StageResult(std::move(out), {rec});
+        };
+        StageRunner r(spool, "classify", fn, small_options(SyncMode::batch));
+        legallog::WriterOptions wo;
+        wo.directory = dir.path() / "spool" / "log";
+        wo.node = "node";
+        wo.stage = "classify";
+        auto writer = legallog::Writer::open(wo);
+        EXPECT_TRUE(writer.has_value());
+        r.set_legal_log(std::move(*writer));
+        std::atomic<bool> stop{false};
+        // The first batch opens the day's file (a durable creation of its own); count after it.
+        enqueue(1);
+        EXPECT_EQ(r.drain(stop).value_or(0), 1u);
+        enqueue(3);
+        {
+            std::lock_guard lock(spy::mutex);
+            spy::synced.clear();
+        }
+        spy::recording = true;
+        EXPECT_EQ(r.drain(stop).value_or(0), 3u);
+        spy::recording = false;
+        fs::path log_file = r.legal_log()->current_file();
+        auto found = legallog::search(dir.path() / "spool" / "log", {});
+        EXPECT_EQ(found ? found->size() : 0u, 4u) << "every record written";
+        std::lock_guard lock(spy::mutex);
+        return std::count_if(spy::synced.begin(), spy::synced.end(),
+                             [&](const std::string& s) { return fs::path(s) == log_file; });
+    };
+    EXPECT_EQ(log_syncs_for(/*in_place=*/false), 0) << "output sets: the batch's syncfs covers it";
+    EXPECT_GE(log_syncs_for(/*in_place=*/true), 1) << "in-place hops: the log first";
+}
+
+TEST(spoolDurable, ConcurrentSharedSyncsShareFlushes) {
+    TempDir dir;
+    auto fd = durable::open_dir(dir.path());
+    ASSERT_TRUE(fd.has_value());
+    constexpr int kThreads = 8, kRounds = 20;
+    spy::syncfs_calls = 0;
+    spy::syncfs_delay_ms = 5;
+    spy::recording = true;
+    std::atomic<int> failures{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t)
+        threads.emplace_back([&] {
+            for (int i = 0; i < kRounds; ++i)
+                if (!durable::sync_filesystem_shared(fd->get())) failures++;
+        });
+    for (auto& t : threads) t.join();
+    spy::recording = false;
+    spy::syncfs_delay_ms = 0;
+    EXPECT_EQ(failures.load(), 0);
+    EXPECT_GE(spy::syncfs_calls.load(), kRounds) << "each call needs a flush started after it";
+    EXPECT_LE(spy::syncfs_calls.load(), kThreads * kRounds / 2)
+        << "callers arriving during a flush wait for the next one together";
+
+    // A failing flush fails its callers; the next one succeeds again.
+    ASSERT_TRUE(durable::set_faults("fsync=EIO@1x1"));
+    EXPECT_FALSE(durable::sync_filesystem_shared(fd->get()).has_value());
+    EXPECT_TRUE(durable::sync_filesystem_shared(fd->get()).has_value());
+    durable::clear_faults();
 }
 
 // ---- the libuv loop ------------------------------------------------------------------------------
