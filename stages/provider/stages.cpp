@@ -719,14 +719,25 @@ Result<StageResult> deliver(const Provider& p, const StageInput& in) {
     }
     if (done.empty())
         return fail(ErrorKind::transient, "mailbox delivery: " + status_summary(retry));
+    // Only a delivered busta di trasporto earns receipts: anything else (a receipt, a notice, an
+    // anomaly) ends here once delivered, without a pass through the receipt stage.
+    const bool earns_receipts = kind == pec::to_string(pec::MessageType::busta_trasporto);
     if (pending.empty()) {
-        out.push_back(in_place(in, "receipt", std::move(records)));
-        for (auto& r : res.records) add_related(r, out.back());
+        if (earns_receipts) {
+            out.push_back(in_place(in, "receipt", std::move(records)));
+            for (auto& r : res.records) add_related(r, out.back());
+        } else {
+            for (auto& r : res.records) r.related.push_back(env.id);  // the message delivered
+        }
         return res;
     }
-    out.push_back(copy_of_input(in, "receipt", "d", done));
-    for (auto& r : res.records) add_related(r, out.back());
-    for (auto& [k, v] : records) out.back().env.set_attr(k, v);
+    if (earns_receipts) {
+        out.push_back(copy_of_input(in, "receipt", "d", done));
+        for (auto& r : res.records) add_related(r, out.back());
+        for (auto& [k, v] : records) out.back().env.set_attr(k, v);
+    } else {
+        for (auto& r : res.records) r.related.push_back(env.id);
+    }
     out.push_back(copy_of_input(in, "deliver", "p", pending));
     out.back().env.attempts = env.attempts + 1;
     out.back().env.last_error = status_summary(retry);

@@ -628,6 +628,8 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
             (void)durable::remove_dir(active_dir_ / (c.id + std::string(kOutSuffix)));
     stats_.processed += done;
     stats_.batches++;
+    PECD_LOG(debug) << stage_ << ": batch of " << items.size() << " in "
+                    << (spool::now_us() - now) / 1000.0 << " ms";
     if (!failure) return std::unexpected(failure.error());
     return done;
 }

@@ -162,7 +162,7 @@ int main(int argc, char** argv) {
         fs::path dir;
         ~Cleanup() {
             std::error_code ec;
-            fs::remove_all(dir, ec);
+            if (!std::getenv("BENCH_KEEP")) fs::remove_all(dir, ec);
         }
     } cleanup{root};
     test::write_file(root / "index.ldif", test::test_ldif());

@@ -121,8 +121,10 @@ TEST(ProviderStages, DeliverSplitsTransientRecipients) {
     auto deliver = provider::make_stage("deliver", with_services(net.beta, services));
     const std::string anna = net.beta.address("anna"), luca = net.beta.address("luca"),
                       nobody = net.beta.address("nessuno");
-    Input in(net.root(), envelope("mario@pec.alpha.test", {anna, luca, nobody}),
-             "Subject: x\r\n\r\nx\r\n");
+    spool::Envelope busta = envelope("mario@pec.alpha.test", {anna, luca, nobody});
+    busta.set_attr(std::string(provider::attr::kind),
+                   std::string(pec::to_string(pec::MessageType::busta_trasporto)));
+    Input in(net.root(), busta, "Subject: x\r\n\r\nx\r\n");
     auto out = (*deliver)(in.get());
     ASSERT_TRUE(out.has_value()) << out.error().message;
     ASSERT_EQ(out->outputs.size(), 2u);
@@ -141,6 +143,24 @@ TEST(ProviderStages, DeliverSplitsTransientRecipients) {
     EXPECT_GT(later.defer_until_us, spool::now_us());
     EXPECT_EQ(later.env.attempts, 1);
     EXPECT_NE(done.env.id, later.env.id);
+
+    // A receipt or a notice earns no receipts: once delivered it ends at the deliver stage, and
+    // only its transient recipients are retried.
+    spool::Envelope notice = envelope("mario@pec.alpha.test", {anna, luca});
+    notice.set_attr(std::string(provider::attr::kind),
+                    std::string(pec::to_string(pec::MessageType::avvenuta_consegna)));
+    Input notice_in(net.root(), notice, "Subject: x\r\n\r\nx\r\n");
+    auto notice_out = (*deliver)(notice_in.get());
+    ASSERT_TRUE(notice_out.has_value()) << notice_out.error().message;
+    ASSERT_EQ(notice_out->outputs.size(), 1u);
+    EXPECT_EQ(notice_out->outputs[0].destination, "deliver");
+    EXPECT_EQ(notice_out->outputs[0].env.recipients, std::vector<std::string>{luca});
+    EXPECT_EQ(notice_out->records.size(), 1u) << "anna's delivery is logged all the same";
+    Input delivered_in(net.root(), envelope("mario@pec.alpha.test", {anna}), "Subject: x\r\n\r\nx\r\n");
+    auto delivered = (*deliver)(delivered_in.get());
+    ASSERT_TRUE(delivered.has_value());
+    EXPECT_TRUE(delivered->outputs.empty());
+    EXPECT_EQ(delivered->records.size(), 1u);
 
     // Nobody delivered: the whole input is retried by the runner (transient error).
     Input stuck(net.root(), envelope("mario@pec.alpha.test", {luca}), "Subject: x\r\n\r\nx\r\n");
