@@ -203,13 +203,29 @@ struct HeadFacts {
     std::string subject, message_id, identificativo;
 };
 
+// The header block of `head` with its closing empty line (CRLF or LF), or all of `head` when no
+// empty line ends it within.
+std::string_view header_block(std::string_view head) {
+    if (head.starts_with("\r\n")) return head.substr(0, 2);
+    if (head.starts_with("\n")) return head.substr(0, 1);
+    for (size_t lf = head.find('\n'); lf != std::string_view::npos; lf = head.find('\n', lf + 1)) {
+        std::string_view rest = head.substr(lf + 1);
+        if (rest.starts_with("\r\n")) return head.substr(0, lf + 3);
+        if (rest.starts_with("\n")) return head.substr(0, lf + 2);
+    }
+    return head;
+}
+
 HeadFacts head_facts(const StageInput& in) {
     HeadFacts f;
     auto head =
         durable::pread_exact(in.fd, in.body_offset, std::min<uint64_t>(in.body_size, 64 * 1024));
     if (!head) return f;
     pec::ensure_gmime();
-    pec::GPtr<GMimeStream> stream(g_mime_stream_mem_new_with_buffer(head->data(), head->size()));
+    // Only the header block goes to GMime: the body and its MIME parts are never parsed.
+    std::string_view headers = header_block(*head);
+    pec::GPtr<GMimeStream> stream(
+        g_mime_stream_mem_new_with_buffer(headers.data(), headers.size()));
     pec::GPtr<GMimeParser> parser(g_mime_parser_new_with_stream(stream.get()));
     pec::GPtr<GMimeMessage> message(g_mime_parser_construct_message(parser.get(), nullptr));
     if (!message) return f;
