@@ -255,13 +255,13 @@ Result<BuiltMessage> MessageBuilder::build(const Spec& spec) const {
     auto html = templates_->render(spec.stem, TemplatePart::html, spec.values);
     if (!html) return std::unexpected(html.error());
 
-    GPtr<GMimeMultipart> alternative(g_mime_multipart_new_with_subtype("alternative"));
+    GPtr<GMimeMultipart> alternative = new_multipart("alternative");
     auto plain_part = text_part("plain", to_latin1(*text, false));
     auto html_part = text_part("html", to_latin1(*html, true));
     g_mime_multipart_add(alternative.get(), plain_part.get());
     g_mime_multipart_add(alternative.get(), html_part.get());
 
-    GPtr<GMimeMultipart> mixed(g_mime_multipart_new_with_subtype("mixed"));
+    GPtr<GMimeMultipart> mixed = new_multipart("mixed");
     g_mime_multipart_add(mixed.get(), GMIME_OBJECT(alternative.get()));
     GPtr<GMimeObject> xml_part;
     if (spec.daticert) {

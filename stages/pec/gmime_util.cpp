@@ -2,7 +2,9 @@
 
 #include <gmime/gmime.h>
 
+#include <cstdio>
 #include <mutex>
+#include <random>
 #include <string>
 
 namespace pecd::pec {
@@ -51,6 +53,28 @@ std::string to_crlf(std::string_view text) {
         out += text[i];
     }
     return out;
+}
+
+GPtr<GMimeMultipart> new_multipart(const char* subtype) {
+    ensure_gmime();
+    // A boundary needs to be unique, not secret: one generator per thread, seeded once.
+    thread_local std::mt19937_64 rng = [] {
+        std::random_device device;
+        std::seed_seq seed{device(), device(), device(), device()};
+        return std::mt19937_64(seed);
+    }();
+    const auto high = static_cast<unsigned long long>(rng());
+    const auto low = static_cast<unsigned long long>(rng());
+    // "=-" (GMime's own prefix) cannot occur in base64 or quoted-printable text, so an encoded
+    // part can never contain the boundary.
+    char boundary[2 + 32 + 1];
+    std::snprintf(boundary, sizeof boundary, "=-%016llx%016llx", high, low);
+    GPtr<GMimeMultipart> multipart(
+        static_cast<GMimeMultipart*>(g_object_new(GMIME_TYPE_MULTIPART, nullptr)));
+    GPtr<GMimeContentType> type(g_mime_content_type_new("multipart", subtype));
+    g_mime_object_set_content_type(GMIME_OBJECT(multipart.get()), type.get());
+    g_mime_multipart_set_boundary(multipart.get(), boundary);
+    return multipart;
 }
 
 }  // namespace pecd::pec

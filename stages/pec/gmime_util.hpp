@@ -28,4 +28,8 @@ std::string read_all(GMimeStream* stream);
 std::string serialize_crlf(GMimeObject* object);          // as written on the wire, CRLF
 std::string to_crlf(std::string_view text);               // bare LF/CR become CRLF
 
+// An empty multipart/<subtype> with a fresh boundary. g_mime_multipart_new_with_subtype reads
+// /dev/urandom (open, read, close) to invent the boundary; this one comes from a generator.
+GPtr<GMimeMultipart> new_multipart(const char* subtype);
+
 }  // namespace pecd::pec
