@@ -766,7 +766,10 @@ Result<StageResult> receipt(const Provider& p, const StageInput& in) {
     if (env.attr(attr::kind) != pec::to_string(pec::MessageType::busta_trasporto)) return res;
     auto raw = in.body();
     if (!raw) return std::unexpected(raw.error());
-    auto info = pec::read_pec_message(*raw);
+    // One parse for both readings of the busta: its certification data and its postacert.eml.
+    auto busta = pec::ParsedMessage::parse(*raw);
+    if (!busta) return context(busta.error(), "receipt");
+    auto info = pec::read_pec_message(*busta);
     if (!info) return context(info.error(), "receipt");
     auto t = transaction_from(*info);
     if (!t) return std::unexpected(t.error());
@@ -782,7 +785,7 @@ Result<StageResult> receipt(const Provider& p, const StageInput& in) {
         Result<pec::BuiltMessage> built;
         if (outcome->delivered) {
             if (!postacert) {
-                auto extracted = extract_postacert(*raw);
+                auto extracted = extract_postacert(*busta);
                 if (!extracted) return context(extracted.error(), "receipt");
                 postacert = std::move(*extracted);
             }
@@ -898,14 +901,15 @@ StageFunction with_snapshot(std::shared_ptr<ProviderHandle> handle,
 }  // namespace
 
 Result<std::string> extract_postacert(std::string_view busta) {
-    pec::ensure_gmime();
-    pec::GPtr<GMimeStream> stream(g_mime_stream_mem_new_with_buffer(busta.data(), busta.size()));
-    pec::GPtr<GMimeParser> parser(g_mime_parser_new_with_stream(stream.get()));
-    pec::GPtr<GMimeMessage> message(g_mime_parser_construct_message(parser.get(), nullptr));
+    auto message = pec::ParsedMessage::parse(busta);
     if (!message) return fail(ErrorKind::corrupt, "busta is not a MIME message");
+    return extract_postacert(*message);
+}
+
+Result<std::string> extract_postacert(const pec::ParsedMessage& busta) {
     // The signed content is the first part of multipart/signed; postacert.eml is a direct
     // message/rfc822 part of the multipart/mixed inside it.
-    GMimeObject* top = g_mime_message_get_mime_part(message.get());
+    GMimeObject* top = g_mime_message_get_mime_part(busta.gmime());
     if (top && GMIME_IS_MULTIPART_SIGNED(top))
         top = g_mime_multipart_get_part(GMIME_MULTIPART(top), 0);
     if (!top || !GMIME_IS_MULTIPART(top))
