@@ -287,7 +287,10 @@ Result<BuiltMessage> MessageBuilder::build(const Spec& spec) const {
     out.type = spec.type;
     out.message_id = spec.message_id;
     out.daticert = spec.daticert;
-    out.bytes = spec.headers + "MIME-Version: 1.0\r\n" + to_crlf(*signed_entity);
+    static constexpr std::string_view kMimeVersion = "MIME-Version: 1.0\r\n";
+    out.bytes.reserve(spec.headers.size() + kMimeVersion.size() + signed_entity->size());
+    out.bytes.append(spec.headers).append(kMimeVersion);
+    append_crlf(out.bytes, *signed_entity);
     return out;
 }
 
