@@ -152,6 +152,25 @@ const BIO_METHOD* sink_method() {
     return method;
 }
 
+// The DER of the standard S/MIME capabilities list, made once: CMS_add1_signer would build and
+// encode the same list again for every signature. Empty if OpenSSL could not make it.
+const std::string& standard_smime_capabilities() {
+    static const std::string der = [] {
+        std::string out;
+        STACK_OF(X509_ALGOR)* capabilities = nullptr;
+        if (CMS_add_standard_smimecap(&capabilities) == 1) {
+            unsigned char* encoded = nullptr;
+            int length = ASN1_item_i2d(reinterpret_cast<ASN1_VALUE*>(capabilities), &encoded,
+                                       ASN1_ITEM_rptr(X509_ALGORS));
+            if (length > 0) out.assign(reinterpret_cast<const char*>(encoded), length);
+            OPENSSL_free(encoded);
+        }
+        sk_X509_ALGOR_pop_free(capabilities, X509_ALGOR_free);
+        return out;
+    }();
+    return der;
+}
+
 // `canonical`: the caller checked that the input has CRLF line ends only; then the content is
 // hashed and copied as it is (CMS_BINARY) instead of line by line, which is the same bytes.
 Status sign_to_sink(const SigningKey& key, const SignOptions& options, BIO* in, CrlfSink& sink,
@@ -168,8 +187,17 @@ Status sign_to_sink(const SigningKey& key, const SignOptions& options, BIO* in, 
     STACK_OF(X509)* extra = options.include_chain ? key.chain() : nullptr;
     ossl::Cms cms(CMS_sign(nullptr, nullptr, extra, nullptr, flags | CMS_PARTIAL));
     if (!cms) return fail(ErrorKind::permanent, ossl::errors("CMS_sign failed"));
-    if (!CMS_add1_signer(cms.get(), key.certificate(), pkey->get(), EVP_sha256(), flags))
-        return fail(ErrorKind::permanent, ossl::errors("CMS_add1_signer failed"));
+    // The SMIMECapabilities attribute CMS_add1_signer adds by default, from its encoding made once.
+    const std::string& capabilities = standard_smime_capabilities();
+    if (capabilities.empty())
+        return fail(ErrorKind::permanent, ossl::errors("S/MIME capabilities not available"));
+    CMS_SignerInfo* signer = CMS_add1_signer(cms.get(), key.certificate(), pkey->get(),
+                                             EVP_sha256(), flags | CMS_NOSMIMECAP);
+    if (!signer) return fail(ErrorKind::permanent, ossl::errors("CMS_add1_signer failed"));
+    if (CMS_signed_add1_attr_by_NID(signer, NID_SMIMECapabilities, V_ASN1_SEQUENCE,
+                                    capabilities.data(),
+                                    static_cast<int>(capabilities.size())) != 1)
+        return fail(ErrorKind::permanent, ossl::errors("cannot add the S/MIME capabilities"));
     // SMIME_OLDMIME (same bit as CMS_NOOLDMIMETYPE) selects application/x-pkcs7-signature.
     unsigned int write_flags = flags | CMS_CRLFEOL;
     if (options.protocol == SignatureProtocol::x_pkcs7_signature) write_flags |= SMIME_OLDMIME;
