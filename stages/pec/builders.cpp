@@ -180,10 +180,10 @@ GPtr<GMimeObject> postacert_part(const std::string& bytes) {
     return GPtr<GMimeObject>(GMIME_OBJECT(part));
 }
 
-std::string ensure_final_crlf(std::string text) {
-    text = to_crlf(text);
-    if (text.size() < 2 || text.compare(text.size() - 2, 2, "\r\n") != 0) text += "\r\n";
-    return text;
+std::string ensure_final_crlf(std::string_view text) {
+    std::string crlf = to_crlf(text);
+    if (!crlf.ends_with("\r\n")) crlf += "\r\n";
+    return crlf;
 }
 
 std::vector<std::string> labelled(const std::vector<OriginalRecipient>& recipients) {
@@ -405,7 +405,7 @@ Result<BuiltMessage> MessageBuilder::busta_trasporto(const Transaction& t,
 Result<BuiltMessage> MessageBuilder::busta_anomalia(const Transaction& t, std::string_view received,
                                                     std::string_view error) const {
     if (auto ok = check_transaction(t, false); !ok) return std::unexpected(ok.error());
-    std::string bytes = ensure_final_crlf(std::string(received));
+    std::string bytes = ensure_final_crlf(received);
     auto raw = raw::split(bytes);
     if (!raw) return context(raw.error(), "anomalia: received message");
 
@@ -544,11 +544,11 @@ Result<BuiltMessage> MessageBuilder::avvenuta_consegna(const Transaction& t,
             return fail(ErrorKind::permanent, "avvenuta consegna " + std::string(to_string(kind)) +
                                                   ": the busta's postacert.eml is missing");
         if (kind == ReceiptKind::completa) {
-            spec->postacert = ensure_final_crlf(std::string(postacert));
+            spec->postacert = ensure_final_crlf(postacert);
         } else {
             auto breve = make_breve_copy(postacert);
             if (!breve) return context(breve.error(), "avvenuta consegna breve");
-            spec->postacert = ensure_final_crlf(std::move(*breve));
+            spec->postacert = ensure_final_crlf(*breve);
         }
     }
     return build(*spec);
