@@ -180,10 +180,10 @@ GPtr<GMimeObject> postacert_part(const std::string& bytes) {
     return GPtr<GMimeObject>(GMIME_OBJECT(part));
 }
 
-std::string ensure_final_crlf(std::string text) {
-    text = to_crlf(text);
-    if (text.size() < 2 || text.compare(text.size() - 2, 2, "\r\n") != 0) text += "\r\n";
-    return text;
+std::string ensure_final_crlf(std::string_view text) {
+    std::string crlf = to_crlf(text);
+    if (!crlf.ends_with("\r\n")) crlf += "\r\n";
+    return crlf;
 }
 
 std::vector<std::string> labelled(const std::vector<OriginalRecipient>& recipients) {
@@ -255,13 +255,13 @@ Result<BuiltMessage> MessageBuilder::build(const Spec& spec) const {
     auto html = templates_->render(spec.stem, TemplatePart::html, spec.values);
     if (!html) return std::unexpected(html.error());
 
-    GPtr<GMimeMultipart> alternative(g_mime_multipart_new_with_subtype("alternative"));
+    GPtr<GMimeMultipart> alternative = new_multipart("alternative");
     auto plain_part = text_part("plain", to_latin1(*text, false));
     auto html_part = text_part("html", to_latin1(*html, true));
     g_mime_multipart_add(alternative.get(), plain_part.get());
     g_mime_multipart_add(alternative.get(), html_part.get());
 
-    GPtr<GMimeMultipart> mixed(g_mime_multipart_new_with_subtype("mixed"));
+    GPtr<GMimeMultipart> mixed = new_multipart("mixed");
     g_mime_multipart_add(mixed.get(), GMIME_OBJECT(alternative.get()));
     GPtr<GMimeObject> xml_part;
     if (spec.daticert) {
@@ -287,7 +287,10 @@ Result<BuiltMessage> MessageBuilder::build(const Spec& spec) const {
     out.type = spec.type;
     out.message_id = spec.message_id;
     out.daticert = spec.daticert;
-    out.bytes = spec.headers + "MIME-Version: 1.0\r\n" + to_crlf(*signed_entity);
+    static constexpr std::string_view kMimeVersion = "MIME-Version: 1.0\r\n";
+    out.bytes.reserve(spec.headers.size() + kMimeVersion.size() + signed_entity->size());
+    out.bytes.append(spec.headers).append(kMimeVersion);
+    append_crlf(out.bytes, *signed_entity);
     return out;
 }
 
@@ -402,7 +405,7 @@ Result<BuiltMessage> MessageBuilder::busta_trasporto(const Transaction& t,
 Result<BuiltMessage> MessageBuilder::busta_anomalia(const Transaction& t, std::string_view received,
                                                     std::string_view error) const {
     if (auto ok = check_transaction(t, false); !ok) return std::unexpected(ok.error());
-    std::string bytes = ensure_final_crlf(std::string(received));
+    std::string bytes = ensure_final_crlf(received);
     auto raw = raw::split(bytes);
     if (!raw) return context(raw.error(), "anomalia: received message");
 
@@ -541,11 +544,11 @@ Result<BuiltMessage> MessageBuilder::avvenuta_consegna(const Transaction& t,
             return fail(ErrorKind::permanent, "avvenuta consegna " + std::string(to_string(kind)) +
                                                   ": the busta's postacert.eml is missing");
         if (kind == ReceiptKind::completa) {
-            spec->postacert = ensure_final_crlf(std::string(postacert));
+            spec->postacert = ensure_final_crlf(postacert);
         } else {
             auto breve = make_breve_copy(postacert);
             if (!breve) return context(breve.error(), "avvenuta consegna breve");
-            spec->postacert = ensure_final_crlf(std::move(*breve));
+            spec->postacert = ensure_final_crlf(*breve);
         }
     }
     return build(*spec);

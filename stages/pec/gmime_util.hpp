@@ -25,7 +25,12 @@ using GPtr = std::unique_ptr<T, GObjectUnref>;
 
 GPtr<GMimeStream> memory_stream(std::string_view bytes);  // a copy of `bytes`
 std::string read_all(GMimeStream* stream);
-std::string serialize_crlf(GMimeObject* object);          // as written on the wire, CRLF
-std::string to_crlf(std::string_view text);               // bare LF/CR become CRLF
+std::string serialize_crlf(GMimeObject* object);            // as written on the wire, CRLF
+std::string to_crlf(std::string_view text);                 // bare LFs become CRLF
+void append_crlf(std::string& out, std::string_view text);  // the same, appended to `out`
+
+// An empty multipart/<subtype> with a fresh boundary. g_mime_multipart_new_with_subtype reads
+// /dev/urandom (open, read, close) to invent the boundary; this one comes from a generator.
+GPtr<GMimeMultipart> new_multipart(const char* subtype);
 
 }  // namespace pecd::pec

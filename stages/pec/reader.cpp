@@ -401,23 +401,37 @@ void check_original(PecMessageInfo& info, const Walker& walker, size_t postacert
 
 }  // namespace
 
-Result<PecMessageInfo> read_pec_message(std::string_view raw) {
+void ParsedMessage::Unref::operator()(GMimeMessage* message) const noexcept {
+    if (message != nullptr) g_object_unref(message);
+}
+
+Result<ParsedMessage> ParsedMessage::parse(std::string_view raw) {
     ensure_gmime();
     if (trim(raw).empty()) return fail(ErrorKind::corrupt, "empty message");
-
     GPtr<GMimeStream> stream(g_mime_stream_mem_new_with_buffer(raw.data(), raw.size()));
     GPtr<GMimeParser> parser(g_mime_parser_new_with_stream(stream.get()));
     g_mime_parser_set_format(parser.get(), GMIME_FORMAT_MESSAGE);
-    GPtr<GMimeMessage> message(g_mime_parser_construct_message(parser.get(), nullptr));
+    GMimeMessage* message = g_mime_parser_construct_message(parser.get(), nullptr);
     if (!message) return fail(ErrorKind::corrupt, "not a MIME message");
-    GMimeObject* top = g_mime_message_get_mime_part(message.get());
+    return ParsedMessage(message);
+}
+
+Result<PecMessageInfo> read_pec_message(std::string_view raw) {
+    auto message = ParsedMessage::parse(raw);
+    if (!message) return std::unexpected(message.error());
+    return read_pec_message(*message);
+}
+
+Result<PecMessageInfo> read_pec_message(const ParsedMessage& parsed) {
+    GMimeMessage* message = parsed.gmime();
+    GMimeObject* top = g_mime_message_get_mime_part(message);
     if (top == nullptr) return fail(ErrorKind::corrupt, "message has no body");
 
     PecMessageInfo info;
-    info.headers = read_headers(GMIME_OBJECT(message.get()));
+    info.headers = read_headers(GMIME_OBJECT(message));
     info.type = classify(info.headers, info.problems);
 
-    InternetAddressList* from = g_mime_message_get_from(message.get());
+    InternetAddressList* from = g_mime_message_get_from(message);
     if (from != nullptr && internet_address_list_length(from) > 0) {
         InternetAddress* first = internet_address_list_get_address(from, 0);
         if (const char* name = internet_address_get_name(first)) info.from_name = trim(name);
@@ -425,9 +439,9 @@ Result<PecMessageInfo> read_pec_message(std::string_view raw) {
         collect_addresses(from, addresses);
         if (!addresses.empty()) info.from_address = addresses.front();
     }
-    collect_addresses(g_mime_message_get_to(message.get()), info.to_addresses);
-    collect_addresses(g_mime_message_get_cc(message.get()), info.cc_addresses);
-    if (GDateTime* date = g_mime_message_get_date(message.get()))
+    collect_addresses(g_mime_message_get_to(message), info.to_addresses);
+    collect_addresses(g_mime_message_get_cc(message), info.cc_addresses);
+    if (GDateTime* date = g_mime_message_get_date(message))
         info.date = std::chrono::system_clock::from_time_t(g_date_time_to_unix(date));
     if (info.headers.x_tipo_ricevuta) {
         info.tipo_ricevuta = receipt_kind_from_string(*info.headers.x_tipo_ricevuta);

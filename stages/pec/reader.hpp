@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -12,6 +13,8 @@
 #include "stages/common/result.hpp"
 #include "stages/pec/daticert.hpp"
 #include "stages/pec/types.hpp"
+
+typedef struct _GMimeMessage GMimeMessage;  // as gmime-message.h declares it
 
 namespace pecd::pec {
 
@@ -91,9 +94,26 @@ struct PecMessageInfo {
     std::vector<std::string> problems;
 };
 
+// A message as GMime parsed it, for a caller that reads the same bytes in more than one way
+// (read_pec_message and extract_postacert): one parse serves both.
+class ParsedMessage {
+  public:
+    // ErrorKind::corrupt when the bytes are empty or not a MIME message.
+    static Result<ParsedMessage> parse(std::string_view raw);
+    GMimeMessage* gmime() const { return message_.get(); }
+
+  private:
+    struct Unref {
+        void operator()(GMimeMessage* message) const noexcept;
+    };
+    explicit ParsedMessage(GMimeMessage* message) : message_(message) {}
+    std::unique_ptr<GMimeMessage, Unref> message_;
+};
+
 // Errors (ErrorKind::corrupt) only when the bytes are not a MIME message at all; every PEC-level
 // defect is reported in `problems` / `daticert_error` instead.
 Result<PecMessageInfo> read_pec_message(std::string_view raw);
+Result<PecMessageInfo> read_pec_message(const ParsedMessage& message);
 
 // Compact JSON object for `pecq inspect --json` (UTF-8, RFC 8259 escaping).
 std::string to_json(const PecMessageInfo& info);

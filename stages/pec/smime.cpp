@@ -13,6 +13,7 @@
 #include <cstring>
 #include <ctime>
 #include <map>
+#include <mutex>
 #include <shared_mutex>
 #include <unordered_map>
 
@@ -151,6 +152,25 @@ const BIO_METHOD* sink_method() {
     return method;
 }
 
+// The DER of the standard S/MIME capabilities list, made once: CMS_add1_signer would build and
+// encode the same list again for every signature. Empty if OpenSSL could not make it.
+const std::string& standard_smime_capabilities() {
+    static const std::string der = [] {
+        std::string out;
+        STACK_OF(X509_ALGOR)* capabilities = nullptr;
+        if (CMS_add_standard_smimecap(&capabilities) == 1) {
+            unsigned char* encoded = nullptr;
+            int length = ASN1_item_i2d(reinterpret_cast<ASN1_VALUE*>(capabilities), &encoded,
+                                       ASN1_ITEM_rptr(X509_ALGORS));
+            if (length > 0) out.assign(reinterpret_cast<const char*>(encoded), length);
+            OPENSSL_free(encoded);
+        }
+        sk_X509_ALGOR_pop_free(capabilities, X509_ALGOR_free);
+        return out;
+    }();
+    return der;
+}
+
 // `canonical`: the caller checked that the input has CRLF line ends only; then the content is
 // hashed and copied as it is (CMS_BINARY) instead of line by line, which is the same bytes.
 Status sign_to_sink(const SigningKey& key, const SignOptions& options, BIO* in, CrlfSink& sink,
@@ -167,8 +187,17 @@ Status sign_to_sink(const SigningKey& key, const SignOptions& options, BIO* in, 
     STACK_OF(X509)* extra = options.include_chain ? key.chain() : nullptr;
     ossl::Cms cms(CMS_sign(nullptr, nullptr, extra, nullptr, flags | CMS_PARTIAL));
     if (!cms) return fail(ErrorKind::permanent, ossl::errors("CMS_sign failed"));
-    if (!CMS_add1_signer(cms.get(), key.certificate(), pkey->get(), EVP_sha256(), flags))
-        return fail(ErrorKind::permanent, ossl::errors("CMS_add1_signer failed"));
+    // The SMIMECapabilities attribute CMS_add1_signer adds by default, from its encoding made once.
+    const std::string& capabilities = standard_smime_capabilities();
+    if (capabilities.empty())
+        return fail(ErrorKind::permanent, ossl::errors("S/MIME capabilities not available"));
+    CMS_SignerInfo* signer = CMS_add1_signer(cms.get(), key.certificate(), pkey->get(),
+                                             EVP_sha256(), flags | CMS_NOSMIMECAP);
+    if (!signer) return fail(ErrorKind::permanent, ossl::errors("CMS_add1_signer failed"));
+    if (CMS_signed_add1_attr_by_NID(signer, NID_SMIMECapabilities, V_ASN1_SEQUENCE,
+                                    capabilities.data(),
+                                    static_cast<int>(capabilities.size())) != 1)
+        return fail(ErrorKind::permanent, ossl::errors("cannot add the S/MIME capabilities"));
     // SMIME_OLDMIME (same bit as CMS_NOOLDMIMETYPE) selects application/x-pkcs7-signature.
     unsigned int write_flags = flags | CMS_CRLFEOL;
     if (options.protocol == SignatureProtocol::x_pkcs7_signature) write_flags |= SMIME_OLDMIME;
@@ -610,6 +639,119 @@ Result<std::string> der_of(X509* cert) {
     return der;
 }
 
+// ------------------------------------------------------- certificates carried by the CMS
+// d2i_CMS_ContentInfo decodes every certificate the CMS carries, and OpenSSL 3.0 decodes each
+// public key through OSSL_DECODER: the costliest step of a verification. Every message of a
+// provider carries the same certificates, so their DER is cut out of the CMS before d2i and
+// taken from a cache of decoded certificates instead. Signatures do not cover the certificates
+// field (RFC 5652 §5.4), so the cut CMS verifies exactly as the whole one.
+
+// One BER element (X.690 §8.1): single-byte tag, definite or indefinite length.
+struct BerElement {
+    unsigned char tag = 0;
+    size_t start = 0;    // the tag byte
+    size_t content = 0;  // the first content byte
+    size_t end = 0;      // one past the element, end-of-contents octets included
+    bool indefinite = false;
+    size_t content_end() const { return indefinite ? end - 2 : end; }
+};
+
+std::optional<BerElement> ber_element(std::string_view der, size_t pos, int depth = 0) {
+    auto byte = [&der](size_t i) { return static_cast<unsigned char>(der[i]); };
+    if (depth > 32 || pos + 2 > der.size() || (byte(pos) & 0x1F) == 0x1F) return std::nullopt;
+    BerElement e;
+    e.tag = byte(pos);
+    e.start = pos;
+    size_t p = pos + 1;
+    unsigned char first = byte(p++);
+    if (first == 0x80) {
+        if (!(e.tag & 0x20)) return std::nullopt;  // only constructed encodings may be indefinite
+        e.indefinite = true;
+        e.content = p;
+        while (p + 2 <= der.size() && !(byte(p) == 0 && byte(p + 1) == 0)) {
+            auto child = ber_element(der, p, depth + 1);
+            if (!child) return std::nullopt;
+            p = child->end;
+        }
+        if (p + 2 > der.size()) return std::nullopt;
+        e.end = p + 2;
+        return e;
+    }
+    size_t length = first;
+    if (first & 0x80) {
+        size_t count = first & 0x7F;
+        if (count > 4 || p + count > der.size()) return std::nullopt;
+        length = 0;
+        for (size_t i = 0; i < count; ++i) length = (length << 8) | byte(p++);
+    }
+    if (length > der.size() - p) return std::nullopt;
+    e.content = p;
+    e.end = p + length;
+    return e;
+}
+
+// `outer` re-encoded with the bytes [from, to) of its content replaced by `inner`.
+std::string ber_replace(std::string_view der, const BerElement& outer, size_t from, size_t to,
+                        std::string_view inner) {
+    std::string content;
+    content.reserve(outer.end - outer.content);
+    content.append(der.substr(outer.content, from - outer.content));
+    content.append(inner);
+    content.append(der.substr(to, outer.end - to));  // end-of-contents octets included
+    std::string out(1, static_cast<char>(outer.tag));
+    if (outer.indefinite) {
+        out += static_cast<char>(0x80);
+    } else if (content.size() < 0x80) {
+        out += static_cast<char>(content.size());
+    } else {
+        std::string digits;
+        for (size_t n = content.size(); n > 0; n >>= 8)
+            digits.insert(digits.begin(), char(n & 0xFF));
+        out += static_cast<char>(0x80 | digits.size());
+        out += digits;
+    }
+    return out + content;
+}
+
+struct CmsWithoutCertificates {
+    std::string der;                        // the ContentInfo with no certificates field
+    std::vector<std::string_view> carried;  // the DER of each certificate it had, in order
+};
+
+// ContentInfo { OID, [0] SignedData { version, digestAlgorithms, encapContentInfo,
+// [0] certificates, ... } }. Nothing when the shape differs or any certificate choice is not a
+// plain X.509 certificate: the caller then decodes the whole CMS as it is.
+std::optional<CmsWithoutCertificates> cut_certificates(std::string_view der) {
+    auto info = ber_element(der, 0);
+    if (!info || info->tag != 0x30) return std::nullopt;
+    auto type = ber_element(der, info->content);
+    if (!type || type->tag != 0x06) return std::nullopt;
+    auto explicit0 = ber_element(der, type->end);
+    if (!explicit0 || explicit0->tag != 0xA0) return std::nullopt;
+    auto signed_data = ber_element(der, explicit0->content);
+    if (!signed_data || signed_data->tag != 0x30) return std::nullopt;
+    size_t pos = signed_data->content;
+    for (unsigned char tag : {0x02, 0x31, 0x30}) {  // version, digestAlgorithms, encapContentInfo
+        auto field = ber_element(der, pos);
+        if (!field || field->tag != tag) return std::nullopt;
+        pos = field->end;
+    }
+    auto certificates = ber_element(der, pos);
+    if (!certificates || certificates->tag != 0xA0) return std::nullopt;
+    CmsWithoutCertificates out;
+    for (size_t p = certificates->content; p < certificates->content_end();) {
+        auto cert = ber_element(der, p);
+        if (!cert || cert->tag != 0x30) return std::nullopt;
+        out.carried.push_back(der.substr(cert->start, cert->end - cert->start));
+        p = cert->end;
+    }
+    if (out.carried.empty()) return std::nullopt;
+    std::string cut = ber_replace(der, *signed_data, certificates->start, certificates->end, "");
+    cut = ber_replace(der, *explicit0, signed_data->start, signed_data->end, cut);
+    out.der = ber_replace(der, *info, explicit0->start, explicit0->end, cut);
+    return out;
+}
+
 }  // namespace
 
 // -------------------------------------------------------------------------------- signing
@@ -702,8 +844,41 @@ struct SmimeVerifier::State {
     mutable std::unordered_map<std::string, Entry> cache;
     mutable std::atomic<std::size_t> hits{0}, misses{0};
 
+    // Certificates carried by CMS signatures, decoded once, by DER (independent of the trust
+    // configuration, so kept across reloads).
+    mutable std::mutex decoded_mutex;
+    mutable std::unordered_map<std::string, ossl::X509Ptr> decoded;
+
     Status load(TrustConfig next);
+    // The certificates of `ders`, in order; null when one does not decode.
+    ossl::X509Stack certificates(const std::vector<std::string_view>& ders) const;
 };
+
+ossl::X509Stack SmimeVerifier::State::certificates(
+    const std::vector<std::string_view>& ders) const {
+    constexpr std::size_t kMaxDecoded = 256;  // a few per provider
+    ossl::X509Stack out(sk_X509_new_null());
+    if (!out) return out;
+    for (std::string_view der : ders) {
+        std::string key(der);
+        std::lock_guard lock(decoded_mutex);
+        auto it = decoded.find(key);
+        if (it == decoded.end()) {
+            const auto* p = reinterpret_cast<const unsigned char*>(der.data());
+            ossl::X509Ptr cert(d2i_X509(nullptr, &p, static_cast<long>(der.size())));
+            if (!cert || p != reinterpret_cast<const unsigned char*>(der.data() + der.size()))
+                return nullptr;
+            if (decoded.size() >= kMaxDecoded) decoded.clear();
+            it = decoded.emplace(std::move(key), std::move(cert)).first;
+        }
+        if (X509_up_ref(it->second.get()) != 1) return nullptr;
+        if (sk_X509_push(out.get(), it->second.get()) <= 0) {
+            X509_free(it->second.get());
+            return nullptr;
+        }
+    }
+    return out;
+}
 
 Status SmimeVerifier::State::load(TrustConfig next) {
     std::shared_ptr<X509_STORE> fresh(X509_STORE_new(), X509_STORE_free);
@@ -790,15 +965,30 @@ Result<VerifyReport> verify_impl(const SmimeVerifier::State& state, std::string_
     report.protocol = parts.protocol;
     if (!parts.problem.empty()) return reject(VerifyFailure::no_signature, parts.problem);
 
-    const auto* der = reinterpret_cast<const unsigned char*>(parts.der.data());
-    ossl::Cms cms(d2i_CMS_ContentInfo(nullptr, &der, static_cast<long>(parts.der.size())));
-    if (!cms) return reject(VerifyFailure::no_signature, ossl::errors("smime.p7s is not CMS"));
+    auto decode_cms = [](std::string_view bytes) {
+        const auto* der = reinterpret_cast<const unsigned char*>(bytes.data());
+        return ossl::Cms(d2i_CMS_ContentInfo(nullptr, &der, static_cast<long>(bytes.size())));
+    };
+    // The certificates it carries, decoded from the cache; the whole CMS decoded as it is when
+    // they cannot be cut out (or the cut one does not decode: then neither would the whole).
+    ossl::Cms cms;
+    ossl::X509Stack carried;
+    if (auto cut = cut_certificates(parts.der)) {
+        carried = state.certificates(cut->carried);
+        if (carried) cms = decode_cms(cut->der);
+    }
+    if (!cms) {
+        ERR_clear_error();
+        cms = decode_cms(parts.der);
+        if (!cms) return reject(VerifyFailure::no_signature, ossl::errors("smime.p7s is not CMS"));
+        carried.reset(CMS_get1_certs(cms.get()));
+    }
     if (OBJ_obj2nid(CMS_get0_type(cms.get())) != NID_pkcs7_signed)
         return reject(VerifyFailure::no_signature, "CMS is not signed-data");
     STACK_OF(CMS_SignerInfo)* signers = CMS_get0_SignerInfos(cms.get());
     if (sk_CMS_SignerInfo_num(signers) < 1)
         return reject(VerifyFailure::no_signature, "CMS signed-data without signer");
-    if (CMS_set1_signers_certs(cms.get(), nullptr, 0) < sk_CMS_SignerInfo_num(signers))
+    if (CMS_set1_signers_certs(cms.get(), carried.get(), 0) < sk_CMS_SignerInfo_num(signers))
         return reject(VerifyFailure::no_signature,
                       ossl::errors("signer certificate not included in the CMS"));
     CMS_SignerInfo* si = sk_CMS_SignerInfo_value(signers, 0);
@@ -845,7 +1035,6 @@ Result<VerifyReport> verify_impl(const SmimeVerifier::State& state, std::string_
                               "at-signing-time check asked but the CMS has no signingTime");
             at = signed_at;
         }
-        ossl::X509Stack carried(CMS_get1_certs(cms.get()));
         std::string key = report.signer_cert_sha1;
         for (int i = 0; carried && i < sk_X509_num(carried.get()); ++i) {
             X509* c = sk_X509_value(carried.get(), i);

@@ -203,13 +203,29 @@ struct HeadFacts {
     std::string subject, message_id, identificativo;
 };
 
+// The header block of `head` with its closing empty line (CRLF or LF), or all of `head` when no
+// empty line ends it within.
+std::string_view header_block(std::string_view head) {
+    if (head.starts_with("\r\n")) return head.substr(0, 2);
+    if (head.starts_with("\n")) return head.substr(0, 1);
+    for (size_t lf = head.find('\n'); lf != std::string_view::npos; lf = head.find('\n', lf + 1)) {
+        std::string_view rest = head.substr(lf + 1);
+        if (rest.starts_with("\r\n")) return head.substr(0, lf + 3);
+        if (rest.starts_with("\n")) return head.substr(0, lf + 2);
+    }
+    return head;
+}
+
 HeadFacts head_facts(const StageInput& in) {
     HeadFacts f;
     auto head =
         durable::pread_exact(in.fd, in.body_offset, std::min<uint64_t>(in.body_size, 64 * 1024));
     if (!head) return f;
     pec::ensure_gmime();
-    pec::GPtr<GMimeStream> stream(g_mime_stream_mem_new_with_buffer(head->data(), head->size()));
+    // Only the header block goes to GMime: the body and its MIME parts are never parsed.
+    std::string_view headers = header_block(*head);
+    pec::GPtr<GMimeStream> stream(
+        g_mime_stream_mem_new_with_buffer(headers.data(), headers.size()));
     pec::GPtr<GMimeParser> parser(g_mime_parser_new_with_stream(stream.get()));
     pec::GPtr<GMimeMessage> message(g_mime_parser_construct_message(parser.get(), nullptr));
     if (!message) return f;
@@ -761,7 +777,10 @@ Result<StageResult> receipt(const Provider& p, const StageInput& in) {
     if (env.attr(attr::kind) != pec::to_string(pec::MessageType::busta_trasporto)) return res;
     auto raw = in.body();
     if (!raw) return std::unexpected(raw.error());
-    auto info = pec::read_pec_message(*raw);
+    // One parse for both readings of the busta: its certification data and its postacert.eml.
+    auto busta = pec::ParsedMessage::parse(*raw);
+    if (!busta) return context(busta.error(), "receipt");
+    auto info = pec::read_pec_message(*busta);
     if (!info) return context(info.error(), "receipt");
     auto t = transaction_from(*info);
     if (!t) return std::unexpected(t.error());
@@ -777,7 +796,7 @@ Result<StageResult> receipt(const Provider& p, const StageInput& in) {
         Result<pec::BuiltMessage> built;
         if (outcome->delivered) {
             if (!postacert) {
-                auto extracted = extract_postacert(*raw);
+                auto extracted = extract_postacert(*busta);
                 if (!extracted) return context(extracted.error(), "receipt");
                 postacert = std::move(*extracted);
             }
@@ -893,14 +912,15 @@ StageFunction with_snapshot(std::shared_ptr<ProviderHandle> handle,
 }  // namespace
 
 Result<std::string> extract_postacert(std::string_view busta) {
-    pec::ensure_gmime();
-    pec::GPtr<GMimeStream> stream(g_mime_stream_mem_new_with_buffer(busta.data(), busta.size()));
-    pec::GPtr<GMimeParser> parser(g_mime_parser_new_with_stream(stream.get()));
-    pec::GPtr<GMimeMessage> message(g_mime_parser_construct_message(parser.get(), nullptr));
+    auto message = pec::ParsedMessage::parse(busta);
     if (!message) return fail(ErrorKind::corrupt, "busta is not a MIME message");
+    return extract_postacert(*message);
+}
+
+Result<std::string> extract_postacert(const pec::ParsedMessage& busta) {
     // The signed content is the first part of multipart/signed; postacert.eml is a direct
     // message/rfc822 part of the multipart/mixed inside it.
-    GMimeObject* top = g_mime_message_get_mime_part(message.get());
+    GMimeObject* top = g_mime_message_get_mime_part(busta.gmime());
     if (top && GMIME_IS_MULTIPART_SIGNED(top))
         top = g_mime_multipart_get_part(GMIME_MULTIPART(top), 0);
     if (!top || !GMIME_IS_MULTIPART(top))

@@ -32,6 +32,7 @@
 #include <memory>
 #include <string_view>
 
+#include "stages/pec/reader.hpp"
 #include "stages/provider/provider_config.hpp"
 #include "stages/runner/runner.hpp"
 
@@ -70,5 +71,6 @@ Result<StageFunction> make_stage(std::string_view stage, std::shared_ptr<Provide
 
 // The postacert.eml carried by a busta, as its bytes (CRLF).
 Result<std::string> extract_postacert(std::string_view busta);
+Result<std::string> extract_postacert(const pec::ParsedMessage& busta);
 
 }  // namespace pecd::provider

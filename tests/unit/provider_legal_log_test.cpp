@@ -392,6 +392,33 @@ TEST(ProviderLegalLog, AFailedLogWriteHoldsTheBatchBackAndAFailedStageLogsNothin
     EXPECT_NE(std::find(quarantined.begin(), quarantined.end(), "wrap/" + bad), quarantined.end());
 }
 
+// classify reads the ricezione facts from the header block alone, whatever its line ends: the
+// Subject decoded as GMime decodes it, the client's Message-ID, nothing from the body.
+TEST(ProviderLegalLog, RicezioneComesFromTheHeaderBlockAlone) {
+    TwoProviders net;
+    const std::string mario = net.alpha.address("mario"), anna = net.beta.address("anna");
+    const std::string submission = "From: " + mario + "\nTo: " + anna +
+                                   "\nSubject: =?UTF-8?Q?Fattura_n=C2=B0_7?=\n"
+                                   "Message-ID: <lf.only@client.test>\n"
+                                   "MIME-Version: 1.0\nContent-Type: text/plain\n\n"
+                                   "Subject: not a header\nMessage-ID: <body@client.test>\n";
+    const std::string id = net.submit("mario", {anna}, submission);
+    auto& classify = *net.alpha.runners.front();
+    ASSERT_EQ(classify.stage(), "classify");
+    auto w = open_log(log_dir(net.alpha), "alpha", "classify");
+    ASSERT_TRUE(w.has_value());
+    classify.set_legal_log(std::move(*w));
+    std::atomic<bool> stop{false};
+    auto done = classify.drain(stop);
+    ASSERT_TRUE(done.has_value()) << done.error().message;
+    auto records = records_of(net.alpha);
+    ASSERT_EQ(records.size(), 1u);
+    EXPECT_EQ(records[0].event, Event::ricezione);
+    EXPECT_EQ(records[0].subject, "Fattura n\u00b0 7");
+    EXPECT_EQ(records[0].message_id, "<lf.only@client.test>");
+    EXPECT_TRUE(related_has(records[0], id));
+}
+
 // `pecq log expire` (cron, until the scheduler does it): closed files past the retention go, with
 // their seals; younger closed files and open ones stay.
 TEST(ProviderLegalLog, PecqLogExpireRemovesOnlyClosedFilesPastRetention) {

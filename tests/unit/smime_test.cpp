@@ -456,6 +456,27 @@ TEST(SmimeVerify, LargeMappedFileReleasesPagesAndStillCatchesTampering) {
     EXPECT_EQ(bad->failure, VerifyFailure::bad_signature);
 }
 
+// The verifier keeps the certificates the signatures carry decoded: each message must still be
+// judged by the certificate it carries itself.
+TEST(SmimeVerify, KeptCertificatesNeverStandInForTheCarriedOnes) {
+    auto v = verifier(trust({"crl-revoked.pem"}));
+    const std::string alpha_sha1 = cli_sha1(test_pki() / "alpha.crt");
+    const std::string beta_sha1 = cli_sha1(test_pki() / "beta.crt");
+    for (int round = 0; round < 2; ++round) {
+        auto alpha = v->verify(sign_message("alpha", pec_entity()), nullptr);
+        ASSERT_TRUE(alpha);
+        EXPECT_TRUE(alpha->ok()) << alpha->reason;
+        EXPECT_EQ(alpha->signer_cert_sha1, alpha_sha1);
+        auto beta = v->verify(sign_message("beta", pec_entity()), nullptr);
+        ASSERT_TRUE(beta);
+        EXPECT_TRUE(beta->ok()) << beta->reason;
+        EXPECT_EQ(beta->signer_cert_sha1, beta_sha1);
+        auto revoked = v->verify(sign_message("revoked", pec_entity()), nullptr);
+        ASSERT_TRUE(revoked);
+        EXPECT_EQ(revoked->failure, VerifyFailure::revoked) << revoked->reason;
+    }
+}
+
 TEST(SmimeVerify, OneVerifierSharedByThreads) {
     std::string good = sign_message("alpha", pec_entity());
     std::string bad = good;
