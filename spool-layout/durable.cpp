@@ -198,6 +198,12 @@ Status sync_dir(const fs::path& dir) {
     return {};
 }
 
+Status sync_data_at(const fs::path& path) {
+    auto fd = open_file(path, O_RDONLY);
+    if (!fd) return std::unexpected(fd.error());
+    return sync_data(fd->get());
+}
+
 Status sync_filesystem(int fd) {
     if (inject(Op::fsync)) return fail_errno("syncfs");
     if (::syncfs(fd) != 0) return fail_errno("syncfs");

@@ -74,6 +74,7 @@ Status copy_range(int in_fd, uint64_t in_offset, uint64_t size, int out_fd);
 Status sync_data(int fd);   // fdatasync
 Status sync_file(int fd);   // fsync (metadata too: used for directories)
 Status sync_dir(const fs::path& dir);
+Status sync_data_at(const fs::path& path);  // open, fdatasync, close
 Status sync_filesystem(int fd);  // syncfs: one journal commit for a whole batch (group commit)
 // syncfs shared by the threads of this process on one filesystem: a caller returns once a syncfs
 // that started after its call has succeeded, so concurrent stages of one `pecd all` wait for one

@@ -53,7 +53,7 @@ Status create_maildir(const fs::path& root, std::string_view address) {
 
 namespace {
 
-// A new file with `data`, closed, not yet synced (publish_durably does that).
+// A new file with `data`, closed, not yet synced (BatchPublisher::publish_durably does that).
 Status write_complete(const fs::path& path, std::string_view data) {
     auto fd = durable::open_file(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (!fd) return std::unexpected(fd.error());
@@ -62,26 +62,6 @@ Status write_complete(const fs::path& path, std::string_view data) {
         return st;
     }
     return {};
-}
-
-// tmp -> dest once tmp is durable, and dest's name durable too: inside a runner batch the
-// runner does it for the whole batch before the batch commits (one flush); elsewhere, now.
-Status publish_durably(const fs::path& tmp, const fs::path& dest) {
-    if (auto* batch = runner::BatchPublisher::current()) {
-        batch->publish(tmp, dest);
-        return {};
-    }
-    Status st;
-    {
-        auto fd = durable::open_file(tmp, O_RDONLY);
-        st = fd ? durable::sync_data(fd->get()) : Status(std::unexpected(fd.error()));
-    }
-    if (st) st = durable::rename_noreplace(tmp, dest);
-    if (!st) {
-        (void)durable::unlink_file(tmp);
-        return st;
-    }
-    return durable::sync_dir(dest.parent_path());
 }
 
 }  // namespace
@@ -110,8 +90,9 @@ std::function<Result<RecipientStatus>(const std::string&, std::string_view)> mai
         std::string name = spool::new_queue_id(spool::now_us()) + "." + std::to_string(::getpid());
         if (auto w = write_complete(box / "tmp" / name, message); !w)
             return context(w.error(), "maildir " + recipient);
-        if (auto p = publish_durably(box / "tmp" / name, box / "new" / name); !p)
-            return context(p.error(), "maildir " + recipient);
+        auto published =
+            runner::BatchPublisher::publish_durably(box / "tmp" / name, box / "new" / name);
+        if (!published) return context(published.error(), "maildir " + recipient);
         return st;
     };
 }
@@ -134,7 +115,7 @@ outbox_sender(fs::path dir) {
             // published as <id>.
             const fs::path tmp = dir / ("." + env.id + ".tmp");
             if (auto st = write_complete(tmp, file); !st) return context(st.error(), "outbox");
-            if (auto st = publish_durably(tmp, dir / env.id); !st)
+            if (auto st = runner::BatchPublisher::publish_durably(tmp, dir / env.id); !st)
                 return context(st.error(), "outbox");
             std::vector<RecipientStatus> out;
             for (const auto& r : rcpts)

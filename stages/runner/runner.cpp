@@ -70,14 +70,6 @@ Status StageRunner::sync_point(const std::vector<int>& fds, const std::vector<fs
     return {};
 }
 
-dev_t StageRunner::spool_device() {
-    if (spool_device_ == 0) {
-        struct stat st {};
-        if (::stat(spool_.root().c_str(), &st) == 0) spool_device_ = st.st_dev;
-    }
-    return spool_device_;
-}
-
 namespace {
 thread_local BatchPublisher* current_publisher = nullptr;
 
@@ -94,6 +86,25 @@ dev_t device_of(const fs::path& path) {
 
 BatchPublisher* BatchPublisher::current() { return current_publisher; }
 
+Status BatchPublisher::publish_durably(const fs::path& tmp, const fs::path& dest) {
+    if (auto* batch = current()) {
+        batch->publish(tmp, dest);
+        return {};
+    }
+    Status st = durable::sync_data_at(tmp);
+    if (st) st = durable::rename_noreplace(tmp, dest);
+    if (!st) {
+        (void)durable::unlink_file(tmp);
+        return st;
+    }
+    return durable::sync_dir(dest.parent_path());
+}
+
+dev_t StageRunner::spool_device() {
+    if (spool_device_ == 0) spool_device_ = device_of(spool_.root());
+    return spool_device_;
+}
+
 // The batch's files outside the spool: content durable, then renamed into place. In batch mode
 // the directories' new names become durable with sync point 1 when they are on the spool's
 // filesystem, else with one more syncfs of theirs; in strict mode each file and directory is
@@ -109,8 +120,7 @@ Status StageRunner::publish(BatchPublisher& publisher) {
     for (const auto& p : pending) {
         Status st;
         if (options_.sync == SyncMode::strict) {
-            auto fd = durable::open_file(p.tmp, O_RDONLY);
-            st = fd ? durable::sync_data(fd->get()) : Status(std::unexpected(fd.error()));
+            st = durable::sync_data_at(p.tmp);
         } else if (dev_t dev = device_of(p.tmp.parent_path()); flushed.insert(dev).second) {
             auto dir = durable::open_dir(p.tmp.parent_path());
             st = dir ? durable::sync_filesystem_shared(dir->get()) : Status(std::unexpected(dir.error()));

@@ -75,6 +75,9 @@ public:
     // `tmp` is complete and closed; it is renamed to `dest` (never replacing a file) once durable.
     void publish(fs::path tmp, fs::path dest) { pending_.push_back({std::move(tmp), std::move(dest)}); }
     bool empty() const { return pending_.empty(); }
+    // The same for any caller: left to the batch of this thread if there is one, else done now
+    // (fdatasync, rename, fsync of dest's directory; tmp removed on failure).
+    static Status publish_durably(const fs::path& tmp, const fs::path& dest);
 
 private:
     friend class StageRunner;
