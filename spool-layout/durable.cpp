@@ -276,6 +276,19 @@ Status rename_noreplace(const fs::path& from, const fs::path& to) {
     return {};
 }
 
+Status link_file(const fs::path& from, const fs::path& to) {
+    if (inject(Op::rename)) return fail_errno("link " + from.string() + " -> " + to.string());
+    if (::link(from.c_str(), to.c_str()) == 0) return {};
+    const int err = errno;
+    if (err == EEXIST) {
+        struct stat a {}, b {};
+        if (::stat(from.c_str(), &a) == 0 && ::stat(to.c_str(), &b) == 0 && a.st_dev == b.st_dev &&
+            a.st_ino == b.st_ino)
+            return {};
+    }
+    return fail_errno("link " + from.string() + " -> " + to.string(), err);
+}
+
 Status unlink_file(const fs::path& path) {
     if (inject(Op::unlink)) return fail_errno("unlink " + path.string());
     if (::unlink(path.c_str()) != 0 && errno != ENOENT) return fail_errno("unlink " + path.string());

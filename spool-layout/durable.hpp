@@ -84,6 +84,10 @@ Status rename_file(const fs::path& from, const fs::path& to);
 // Fails with ErrorKind::conflict when `to` exists: never silently replaces a queue file.
 Status rename_noreplace(const fs::path& from, const fs::path& to);
 Status unlink_file(const fs::path& path);  // ENOENT is success (idempotent recovery)
+// A second name for a complete file (link(2)): no copy, no new inode. `to` already naming this
+// very file is success (a re-run after a crash); another file there is ErrorKind::conflict.
+// Across filesystems the error carries EXDEV.
+Status link_file(const fs::path& from, const fs::path& to);
 Status make_dir(const fs::path& path, mode_t mode = 0700);  // EEXIST is success
 Status remove_dir(const fs::path& path);                     // rmdir; ENOENT is success
 Status remove_tree(const fs::path& path);

@@ -24,6 +24,11 @@ Status create_maildir(const std::filesystem::path& root, std::string_view addres
 std::function<Result<std::vector<RecipientStatus>>(
     const std::string&, const std::vector<std::string>&, std::string_view)>
 outbox_sender(std::filesystem::path dir);
+// The same for a message that is a queue file already (the outbound stage's input): a hard link
+// named by its queue id, no copy. Fails with EXDEV when `dir` is on another filesystem.
+std::function<Result<std::vector<RecipientStatus>>(
+    const std::string&, const std::vector<std::string>&, const std::filesystem::path&)>
+outbox_file_sender(std::filesystem::path dir);
 
 // "none": everything is clean. "eicar": flags the EICAR test string in the raw message or in any
 // decoded MIME part (the standard way to test an antivirus path without a virus).

@@ -131,7 +131,10 @@ Result<ProviderServices> make_services(const Config& config, const ProviderSetti
     if (!a.errors.empty()) return std::unexpected(a.errors.front());
     ProviderServices s = make_embedded_services(settings);
     if (a.lmtp) s.deliver_to_mailbox = lmtp_delivery(a.lmtp, settings.domains);
-    if (a.smtp) s.send = smtp_sender(a.smtp);
+    if (a.smtp) {
+        s.send = smtp_sender(a.smtp);
+        s.send_queue_file = nullptr;  // the outbox's shortcut, not SMTP's
+    }
     if (a.clamd) s.scan = clamd_scanner(a.clamd);
     return s;
 }

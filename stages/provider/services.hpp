@@ -3,6 +3,7 @@
 // embedded defaults (embedded.hpp) plug in here, and so do the real adapters (stages/transport).
 #pragma once
 
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <string_view>
@@ -43,6 +44,13 @@ struct ProviderServices {
                                                        const std::vector<std::string>& recipients,
                                                        std::string_view message)>
         send;
+    // Optional, beside `send`: hands over the queue file at `path` itself, whose envelope says
+    // sender and recipients (the embedded outbox links it into place: no copy). An error with
+    // EXDEV means "not here": `send` is used instead.
+    std::function<Result<std::vector<RecipientStatus>>(const std::string& from,
+                                                       const std::vector<std::string>& recipients,
+                                                       const std::filesystem::path& queue_file)>
+        send_queue_file;
     // Keeps an infected message (pec-rules.md §1: 30 months) under `key`, a queue id: storing
     // the same key twice (a re-run after a crash) replaces the first copy.
     std::function<Status(std::string_view key, std::string_view message)> keep_infected;

@@ -833,7 +833,11 @@ Result<StageResult> outbound(const Provider& p, const StageInput& in) {
     // Our busta leaving: the 12 h / 24 h timers first, so none is lost to a crash after sending.
     if (const Timeouts* timers = p.timeouts())
         if (auto st = timers->busta_leaving(env, *raw); !st) return std::unexpected(st.error());
-    auto sent = p.services().send(env.sender, env.recipients, *raw);
+    Result<std::vector<RecipientStatus>> sent = fail(ErrorKind::transient, "", EXDEV);
+    if (p.services().send_queue_file)
+        sent = p.services().send_queue_file(env.sender, env.recipients, in.path);
+    if (!sent && sent.error().sys_errno == EXDEV)
+        sent = p.services().send(env.sender, env.recipients, *raw);
     if (!sent) {
         if (sent.error().kind == ErrorKind::permanent) return std::unexpected(sent.error());
         return fail(ErrorKind::transient, "send: " + sent.error().message);

@@ -100,6 +100,15 @@ Status BatchPublisher::publish_durably(const fs::path& tmp, const fs::path& dest
     return durable::sync_dir(dest.parent_path());
 }
 
+Status BatchPublisher::link_durably(const fs::path& existing, const fs::path& dest) {
+    if (auto st = durable::link_file(existing, dest); !st) return st;
+    if (auto* batch = current()) {
+        batch->linked_dirs_.push_back(dest.parent_path());
+        return {};
+    }
+    return durable::sync_dir(dest.parent_path());
+}
+
 dev_t StageRunner::spool_device() {
     if (spool_device_ == 0) spool_device_ = device_of(spool_.root());
     return spool_device_;
@@ -116,7 +125,8 @@ Status StageRunner::publish(BatchPublisher& publisher) {
         pending.clear();
     };
     std::set<dev_t> flushed;
-    std::set<fs::path> dest_dirs;
+    std::set<fs::path> dest_dirs(publisher.linked_dirs_.begin(), publisher.linked_dirs_.end());
+    publisher.linked_dirs_.clear();
     for (const auto& p : pending) {
         Status st;
         if (options_.sync == SyncMode::strict) {

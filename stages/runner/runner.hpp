@@ -74,10 +74,16 @@ public:
     static BatchPublisher* current();
     // `tmp` is complete and closed; it is renamed to `dest` (never replacing a file) once durable.
     void publish(fs::path tmp, fs::path dest) { pending_.push_back({std::move(tmp), std::move(dest)}); }
-    bool empty() const { return pending_.empty(); }
+    bool empty() const { return pending_.empty() && linked_dirs_.empty(); }
     // The same for any caller: left to the batch of this thread if there is one, else done now
     // (fdatasync, rename, fsync of dest's directory; tmp removed on failure).
     static Status publish_durably(const fs::path& tmp, const fs::path& dest);
+    // Publishes a file that is already complete and durable (a queue file) under a second name,
+    // by link(2), at once: no copy, no temporary. The new name becomes durable with the batch
+    // (before it commits), or now outside a batch. Idempotent: a re-run after a crash finds the
+    // name already on the same file. A link made by an abandoned batch stays: its input runs
+    // again and finds it.
+    static Status link_durably(const fs::path& existing, const fs::path& dest);
 
 private:
     friend class StageRunner;
@@ -85,6 +91,7 @@ private:
         fs::path tmp, dest;
     };
     std::vector<Pending> pending_;
+    std::vector<fs::path> linked_dirs_;  // directories that got a new name by link_durably
 };
 
 // Returning an error: ErrorKind::transient -> deferred with backoff; anything else -> quarantine.

@@ -206,10 +206,14 @@ int main(int argc, char** argv) {
         "bench_provider: %zu messages of %zu bytes, mario@pec.alpha.test -> "
         "anna@pec.beta.test, MTA concurrency %zu\n",
         messages, body.size(), workers);
-    for (std::string p : {"alpha", "beta"})
-        daemons.emplace_back(pecd::testing::spawn(
-            {(kBin / "pecd").string(), "-c", (root / p / "pecd.conf").string(), "all"},
-            {{}, "", "", (root / (p + ".log")).string()}));
+    // BENCH_DEBUG=1: the daemons log each batch (size, time) into <dir>/<provider>.log.
+    for (std::string p : {"alpha", "beta"}) {
+        std::vector<std::string> argv{(kBin / "pecd").string(), "-c",
+                                      (root / p / "pecd.conf").string(), "all"};
+        if (std::getenv("BENCH_DEBUG")) argv.insert(argv.begin() + 1, "--debug");
+        daemons.emplace_back(
+            pecd::testing::spawn(argv, {{}, "", "", (root / (p + ".log")).string()}));
+    }
 
     const fs::path mario = root / "alpha/mail/pec.alpha.test/mario/new";
     const fs::path service = root / "alpha/mail/pec.alpha.test/posta-certificata/new";

@@ -2,6 +2,7 @@
 // hand-made directory states, injected I/O faults, and the libuv event loop.
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -1328,6 +1329,70 @@ TEST_P(RunnerTest, AFailedPublishAbandonsTheBatchAndLeavesNoHalfDeliveredFile) {
     StageRunner again(spool_, "deliver", publishing_to(box, "receipt"), options_);
     ASSERT_EQ(again.drain(stop_).value_or(0), 1u);
     EXPECT_EQ(names_in(box / "new"), std::vector<std::string>{env.id});
+}
+
+// A queue file handed over whole (the embedded outbox) gets a second name by link(2): no copy,
+// in place when the batch commits, and a re-run finds its own link instead of failing.
+TEST_P(RunnerTest, LinkedFilesAreInPlaceWhenTheInputIsConsumed) {
+    fs::path outbox = dir_.path() / "outbox";
+    fs::create_directories(outbox);
+    std::vector<std::string> ids;
+    std::map<std::string, std::string> content;
+    for (int i = 0; i < 5; ++i) {
+        Envelope env = make_env();
+        ASSERT_TRUE(write_at(spool_.queue_dir("outbound") / env.id, env, body_for(i)));
+        ids.push_back(env.id);
+        content[env.id] = slurp(spool_.queue_dir("outbound") / env.id);
+    }
+    auto hand_over = [&](const StageInput& in) -> Result<StageResult> {
+        if (auto st = BatchPublisher::link_durably(in.path, outbox / in.env.id); !st)
+            return std::unexpected(st.error());
+        // Twice: the second finds the same file there (what a re-run after a crash does).
+        if (auto st = BatchPublisher::link_durably(in.path, outbox / in.env.id); !st)
+            return std::unexpected(st.error());
+        return StageResult{};
+    };
+    StageRunner r(spool_, "outbound", hand_over, options_);
+    {
+        std::lock_guard lock(spy::mutex);
+        spy::synced.clear();
+    }
+    spy::recording = true;
+    ASSERT_EQ(r.drain(stop_).value_or(0), ids.size());
+    spy::recording = false;
+    std::sort(ids.begin(), ids.end());
+    EXPECT_EQ(names_in(outbox), ids);
+    for (const auto& id : ids) {
+        EXPECT_EQ(slurp(outbox / id), content[id]) << "the queue file itself, unchanged";
+        struct stat st {};
+        ASSERT_EQ(::stat((outbox / id).c_str(), &st), 0);
+        EXPECT_EQ(st.st_nlink, 1u) << "the input's name is gone, the outbox's is the only one";
+    }
+    EXPECT_TRUE(names_in(spool_.active_dir("outbound")).empty());
+    EXPECT_TRUE(names_in(spool_.queue_dir("outbound")).empty());
+    if (GetParam() == SyncMode::strict) {
+        std::lock_guard lock(spy::mutex);
+        EXPECT_TRUE(std::any_of(spy::synced.begin(), spy::synced.end(), [&](const std::string& s) {
+            return fs::path(s) == fs::canonical(outbox);
+        })) << "strict: the new names are synced before the inputs go";
+    }
+}
+
+TEST(spoolRunnerDurability, LinkingOverAnotherFileIsAConflictAndChangesNothing) {
+    TempDir dir;
+    spit(dir.path() / "a", "first");
+    spit(dir.path() / "b", "second");
+    auto st = durable::link_file(dir.path() / "a", dir.path() / "b");
+    ASSERT_FALSE(st);
+    EXPECT_EQ(st.error().kind, ErrorKind::conflict);
+    EXPECT_EQ(slurp(dir.path() / "b"), "second");
+    ASSERT_TRUE(durable::link_file(dir.path() / "a", dir.path() / "c"));
+    EXPECT_TRUE(durable::link_file(dir.path() / "a", dir.path() / "c")) << "same file: done already";
+    EXPECT_EQ(slurp(dir.path() / "c"), "first");
+    // Outside a batch the new name is synced at once.
+    EXPECT_EQ(BatchPublisher::current(), nullptr);
+    EXPECT_TRUE(BatchPublisher::link_durably(dir.path() / "a", dir.path() / "d"));
+    EXPECT_EQ(slurp(dir.path() / "d"), "first");
 }
 
 // The legal log of a batch of output sets rides on the batch's syncfs (same filesystem); a batch
