@@ -735,6 +735,17 @@ Result<StageResult> deliver(const Provider& p, const StageInput& in) {
     }
     if (done.empty())
         return fail(ErrorKind::transient, "mailbox delivery: " + status_summary(retry));
+    // A notice made outside the stages (12 h / 24 h): its emission is logged here, once, at the
+    // time it was made; the copy left for a retry does not log it again.
+    const std::string emitted = env.attr(attr::emitted).value_or("");
+    if (auto event = legallog::event_from_string(emitted)) {
+        int64_t made = env.arrival_us;
+        if (auto t = env.attr(attr::time)) made = std::strtoll(t->c_str(), nullptr, 10);
+        Record r = file_record(p, *event, env, made);
+        r.recipients = {env.attr(attr::concerning).value_or("")};
+        r.detail = kind;  // related: the notice, added below with the deliveries'
+        res.records.push_back(std::move(r));
+    }
     // Only a delivered busta di trasporto earns receipts: anything else (a receipt, a notice, an
     // anomaly) ends here once delivered, without a pass through the receipt stage.
     const bool earns_receipts = kind == pec::to_string(pec::MessageType::busta_trasporto);
@@ -755,6 +766,7 @@ Result<StageResult> deliver(const Provider& p, const StageInput& in) {
         for (auto& r : res.records) r.related.push_back(env.id);
     }
     out.push_back(copy_of_input(in, "deliver", "p", pending));
+    if (!emitted.empty()) out.back().env.set_attr(attr::emitted, "");  // logged above
     out.back().env.attempts = env.attempts + 1;
     out.back().env.last_error = status_summary(retry);
     out.back().defer_until_us = retry_at_us(env.attempts);

@@ -53,6 +53,10 @@ inline constexpr const char* refused = "pec.refused";      // reason: quarantine
 inline constexpr const char* subject = "pec.subject";
 inline constexpr const char* message_id = "pec.msgid";
 inline constexpr const char* provider = "pec.provider";
+// An event made outside the stages and not logged yet (the scheduler's 12 h / 24 h notices): the
+// deliver stage logs it with the delivery, for the original recipient in `concerning`.
+inline constexpr const char* emitted = "pec.emitted";        // legal-log event name
+inline constexpr const char* concerning = "pec.concerning";  // the original recipient
 inline constexpr const char* delivery_prefix =
     "dlv.";  // dlv.<rcpt> = "ok <us>" | "fail <us> <code> <text>"
 }  // namespace attr

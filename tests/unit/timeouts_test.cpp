@@ -6,6 +6,9 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
+
+#include "stages/legallog/legal_log.hpp"
 #include "tests/support/provider_net.hpp"
 
 using namespace pecd;
@@ -22,8 +25,7 @@ NodeOptions with_scheduler() {
     return o;
 }
 
-// What the relay holds back. The outbox envelopes carry no attrs, so the messages are told
-// apart by their SMTP envelope: the busta is from mario, the presa in carico goes to alpha's
+// What the relay holds back, told apart by their SMTP envelope as an MTA would: the busta is from mario, the presa in carico goes to alpha's
 // service mailbox, the avvenuta consegna comes from beta's service address to mario.
 enum class Held { busta, presa_in_carico, consegna };
 
@@ -253,8 +255,8 @@ TEST_F(Timeouts, ARerunQueuesTheNoticeOnce) {
     net.run(filter);
     EXPECT_EQ(notices().size(), 1u);
     // The outbound stage run again on the same busta (a crash after scheduling): the keys are
-    // there already, which is success, and nothing new appears. The outbox copy has lost the
-    // spool attrs, so the envelope is rebuilt as wrap writes it.
+    // there already, which is success, and nothing new appears. The envelope is rebuilt as wrap
+    // writes it.
     std::string busta;
     for (const auto& e : fs::directory_iterator(net.alpha.spool.outbox_dir())) {
         auto info = spool::read_header(e.path());
@@ -294,3 +296,55 @@ TEST_F(Timeouts, ARerunQueuesTheNoticeOnce) {
     ASSERT_TRUE(timers->busta_leaving(env, busta).has_value());
     EXPECT_EQ(count_tasks(), 2u);
 }
+
+namespace {
+
+// The emission of each notice is a legal-log event (pec-rules.md §8), logged once by the deliver
+// stage that puts the notice in the sender's mailbox, with the transaction's data.
+TEST_F(Timeouts, EachNoticeIsInTheLegalLogOnce) {
+    const fs::path log_dir = net.alpha.dir / "legallog";
+    for (auto& r : net.alpha.runners) {
+        legallog::WriterOptions o;
+        o.directory = log_dir;
+        o.node = "alpha";
+        o.stage = r->stage();
+        auto w = legallog::Writer::open(std::move(o));
+        ASSERT_TRUE(w.has_value()) << w.error().message;
+        r->set_legal_log(std::move(*w));
+    }
+    auto filter = hold({Held::busta});
+    std::string id = send({anna}, filter);
+    int64_t t0 = dispatch(id);
+    EXPECT_EQ(run_at(t0 + 12 * kH), 1u);
+    net.run(filter);
+    EXPECT_EQ(run_at(t0 + 24 * kH), 1u);
+    net.run(filter);
+    for (auto& r : net.alpha.runners) r->set_legal_log(nullptr);
+    ASSERT_EQ(notices().size(), 2u) << net.describe();
+
+    auto found = legallog::search(log_dir, {});
+    ASSERT_TRUE(found.has_value()) << found.error().message;
+    std::map<legallog::Event, std::vector<legallog::Record>> by_event;
+    for (auto& f : *found) by_event[f.record.event].push_back(f.record);
+    for (auto event : {legallog::Event::preavviso_12h, legallog::Event::preavviso_24h}) {
+        ASSERT_EQ(by_event[event].size(), 1u) << legallog::to_string(event);
+        const legallog::Record& r = by_event[event][0];
+        EXPECT_EQ(r.identificativo, id);
+        EXPECT_EQ(r.sender, mario);
+        EXPECT_EQ(r.recipients, std::vector<std::string>{anna}) << "the recipient it is about";
+        EXPECT_EQ(r.subject, "Contratto");
+        EXPECT_EQ(r.provider, net.alpha.handle->current()->identity().name);
+        EXPECT_EQ(r.stage, "deliver");
+        EXPECT_EQ(r.time_us, event == legallog::Event::preavviso_12h ? t0 + 12 * kH : t0 + 24 * kH)
+            << "logged at the time the notice was made";
+        ASSERT_EQ(r.related.size(), 1u);
+        EXPECT_TRUE(spool::is_valid_queue_id(r.related[0]));
+    }
+    // Each notice's delivery to mario is logged too, beside its emission.
+    size_t notice_deliveries = 0;
+    for (const auto& r : by_event[legallog::Event::consegna])
+        notice_deliveries += r.detail == "preavviso-errore-consegna";
+    EXPECT_EQ(notice_deliveries, 2u);
+}
+
+}  // namespace
