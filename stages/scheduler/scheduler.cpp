@@ -4,7 +4,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <cstring>
+#include <mutex>
+#include <thread>
 
 #include "spool-layout/durable.hpp"
 #include "spool-layout/queue_id.hpp"
@@ -133,6 +136,55 @@ Result<PassStats> Scheduler::run_due(int64_t now_us, const std::atomic<bool>* st
     return stats;
 }
 
+namespace {
+
+// Keeps a claim fresh while its handler runs: every third of the lease the claim is renamed to a
+// new claim time, so that no other node sees it expire and runs a slow task a second time. A
+// renewal that fails means someone else has the claim now: the keeper stops and says so.
+class LeaseKeeper {
+public:
+    LeaseKeeper(TaskStore& store, fs::path claimed, const SchedulerOptions& options,
+                std::function<int64_t()> now)
+        : store_(store), claimed_(std::move(claimed)) {
+        const auto interval = std::max(options.lease / 3, std::chrono::milliseconds(10));
+        thread_ = std::thread([this, interval, node = options.node, pid = options.pid,
+                               now = std::move(now)] {
+            std::unique_lock lock(mutex_);
+            while (!cv_.wait_for(lock, interval, [this] { return stopping_; })) {
+                auto renewed = store_.renew(claimed_, node, pid, now());
+                if (!renewed) {
+                    lost_ = renewed.error().message;
+                    return;
+                }
+                claimed_ = std::move(*renewed);
+            }
+        });
+    }
+    ~LeaseKeeper() { stop(); }
+    // Stops renewing; returns the claim's current name.
+    const fs::path& stop() {
+        {
+            std::lock_guard lock(mutex_);
+            stopping_ = true;
+        }
+        cv_.notify_all();
+        if (thread_.joinable()) thread_.join();
+        return claimed_;
+    }
+    const std::optional<std::string>& lost() const { return lost_; }
+
+private:
+    TaskStore& store_;
+    fs::path claimed_;
+    std::mutex mutex_;
+    std::condition_variable cv_;
+    bool stopping_ = false;
+    std::optional<std::string> lost_;
+    std::thread thread_;
+};
+
+}  // namespace
+
 void Scheduler::run_claimed(fs::path claimed, const std::string& key,
                             std::optional<ClaimName> expired, int64_t now_us, PassStats& stats) {
     auto task = read_task(claimed);
@@ -161,12 +213,24 @@ void Scheduler::run_claimed(fs::path claimed, const std::string& key,
     if (op == ops_.end()) return give_up(*task, "unknown operation '" + task->op + "'");
 
     Result<Next> result = fail(ErrorKind::permanent, "handler did not return");
-    try {
-        result = op->second(*task);
-    } catch (const std::exception& e) {
-        result = fail(ErrorKind::permanent, std::string("handler threw: ") + e.what());
-    } catch (...) {
-        result = fail(ErrorKind::permanent, "handler threw");
+    {
+        LeaseKeeper keeper(store_, claimed, options_, [this] { return now(); });
+        try {
+            result = op->second(*task);
+        } catch (const std::exception& e) {
+            result = fail(ErrorKind::permanent, std::string("handler threw: ") + e.what());
+        } catch (...) {
+            result = fail(ErrorKind::permanent, "handler threw");
+        }
+        claimed = keeper.stop();
+        if (keeper.lost()) {
+            // Another scheduler took the claim while this one could not renew it (a stalled node,
+            // a lost shared filesystem): the task is theirs now; touch nothing.
+            PECD_LOG(error) << "task " << task->key << ": claim lost while running: "
+                            << *keeper.lost();
+            ++stats.lost;
+            return;
+        }
     }
 
     if (store_.cancel_requested(task->key) || (result && !result->reschedule_at_us)) {

@@ -34,8 +34,9 @@ using Clock = std::function<int64_t()>;  // microseconds since the epoch
 struct SchedulerOptions {
     std::string node;  // [A-Za-z0-9._-]: names this node in claims and created-by
     int64_t pid = 0;   // 0: getpid()
-    // A claim older than this is taken back by any scheduler: longer than any handler may run,
-    // plus the clock skew between nodes.
+    // A claim not renewed for this long is taken back by any scheduler. Its owner renews it every
+    // third of the lease while the handler runs, so it must exceed the clock skew between nodes
+    // and the longest stall of a node (a slow shared filesystem), not the longest handler.
     std::chrono::milliseconds lease{std::chrono::minutes(10)};
     std::chrono::milliseconds poll_interval{std::chrono::seconds(1)};
     std::chrono::milliseconds backoff_base{std::chrono::seconds(30)};

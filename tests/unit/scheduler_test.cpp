@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <atomic>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -462,6 +463,55 @@ TEST_F(SchedulerTest, KilledOwnersTaskIsTakenBackAfterTheLease) {
     ASSERT_TRUE(pass);
     EXPECT_EQ(pass->ran(), 0u);
     EXPECT_EQ(s.store().find("slow.1").error().kind, ErrorKind::not_found);
+}
+
+// A handler that runs longer than the lease: its claim is renewed while it runs, so another
+// node polling all along never takes the task over, and the task runs once.
+TEST_F(SchedulerTest, ASlowHandlerKeepsItsClaimAndRunsOnce) {
+    auto real_now = [] {
+        return std::chrono::duration_cast<std::chrono::microseconds>(
+                   std::chrono::system_clock::now().time_since_epoch())
+            .count();
+    };
+    ASSERT_TRUE(store_->schedule(make("slow", real_now(), "slow"), "n1"));
+    auto other_store = TaskStore::open(dir_ / "tasks", false);
+    ASSERT_TRUE(other_store);
+    auto fast_lease = [&](std::string node) {
+        SchedulerOptions o = options(std::move(node));
+        o.lease = std::chrono::milliseconds(300);
+        return o;
+    };
+    Scheduler a(std::move(*store_), fast_lease("a"));
+    Scheduler b(std::move(*other_store), fast_lease("b"));
+    std::atomic<int> runs{0};
+    auto slow = [&](const Task&) -> Status {
+        ++runs;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // five leases
+        return {};
+    };
+    a.register_simple_op("slow", slow);
+    b.register_simple_op("slow", slow);
+    std::atomic<bool> a_done{false};
+    PassStats a_pass;
+    std::thread first([&] {
+        auto pass = a.run_due(real_now());
+        if (pass) a_pass = *pass;
+        a_done = true;
+    });
+    while (runs.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    size_t b_reclaimed = 0;
+    while (!a_done.load()) {
+        auto pass = b.run_due(real_now());
+        ASSERT_TRUE(pass);
+        b_reclaimed += pass->reclaimed;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    first.join();
+    EXPECT_EQ(runs.load(), 1) << "the task ran on both nodes";
+    EXPECT_EQ(b_reclaimed, 0u);
+    EXPECT_EQ(a_pass.succeeded, 1u);
+    EXPECT_EQ(a_pass.lost, 0u);
+    EXPECT_EQ(a.store().find("slow").error().kind, ErrorKind::not_found) << "finished";
 }
 
 TEST_F(SchedulerTest, TwoReclaimersOneWinner) {
