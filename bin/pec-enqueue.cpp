@@ -4,7 +4,8 @@
 // would bounce it. Only an over-size message is refused permanently (when so configured).
 //
 //   master.cf: pecd unix - n n - - pipe flags=q user=pecd
-//                argv=/usr/local/bin/pec-enqueue -f ${sender} -u ${sasl_username} -a ${client_address} -- ${recipient}
+//                argv=/usr/local/bin/pec-enqueue -f ${sender} -u ${sasl_username} -a
+//                ${client_address} -- ${recipient}
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <vector>
@@ -33,7 +34,8 @@ int main(int argc, char** argv) {
     std::string config_file, sender, user, client;
     std::vector<std::string> recipients;
     app.add_option("-c,--config", config_file, "configuration file");
-    app.add_option("-f,--from", sender, "envelope sender (MAIL FROM); empty for the null sender")->required();
+    app.add_option("-f,--from", sender, "envelope sender (MAIL FROM); empty for the null sender")
+        ->required();
     app.add_option("-u,--user", user, "authenticated (SASL) user, empty when none");
     app.add_option("-a,--client", client, "client address");
     app.add_option("recipients", recipients, "envelope recipients (RCPT TO)")->required();
@@ -58,7 +60,8 @@ int main(int argc, char** argv) {
     env.recipients = recipients;
     env.user = user;
     env.client = client;
-    auto id = spool::enqueue_message(*spool, std::move(env), STDIN_FILENO, settings->max_message_size);
+    auto id =
+        spool::enqueue_message(*spool, std::move(env), STDIN_FILENO, settings->max_message_size);
     if (!id) {
         if (id.error().kind == ErrorKind::permanent) {
             std::fprintf(stderr, "%s\n", id.error().message.c_str());

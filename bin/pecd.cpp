@@ -13,8 +13,8 @@
 #include "spool-layout/spool.hpp"
 #include "stages/common/config.hpp"
 #include "stages/common/log.hpp"
-#include "stages/provider/timeouts.hpp"
 #include "stages/provider/refresh.hpp"
+#include "stages/provider/timeouts.hpp"
 #include "stages/registry.hpp"
 #include "stages/runner/runner.hpp"
 #include "stages/runner/settings.hpp"
@@ -134,7 +134,8 @@ int main(int argc, char** argv) {
     CLI::App app{"pecd: PEC provider engine stage daemons"};
     std::string config_file, what;
     bool once = false, debug = false;
-    app.add_option("-c,--config", config_file, "configuration file (default $PECD_CONFIG or /etc/pecd/pecd.conf)");
+    app.add_option("-c,--config", config_file,
+                   "configuration file (default $PECD_CONFIG or /etc/pecd/pecd.conf)");
     app.add_flag("--once", once, "drain the queues and exit (cron, systemd path units)");
     app.add_flag("--debug", debug, "debug logging on stderr");
     app.add_option("what", what,
@@ -162,7 +163,8 @@ int main(int argc, char** argv) {
     auto settings = runner::spool_settings(*config);
     auto options = runner::runner_options(*config);
     if (!settings || !options) {
-        std::fprintf(stderr, "pecd: %s\n", (!settings ? settings.error() : options.error()).message.c_str());
+        std::fprintf(stderr, "pecd: %s\n",
+                     (!settings ? settings.error() : options.error()).message.c_str());
         return 78;
     }
     auto spool = spool::Spool::open(settings->root, /*create=*/true);
@@ -178,10 +180,13 @@ int main(int argc, char** argv) {
     // transient failure so that the scheduler retries, 78 on a configuration problem.
     if (what == "reload" || what == "refresh-index" || what == "refresh-crl") {
         if (what != "reload") {
-            auto done = what == "refresh-index" ? provider::refresh_index(*config) : provider::refresh_crls(*config);
+            auto done = what == "refresh-index" ? provider::refresh_index(*config)
+                                                : provider::refresh_crls(*config);
             if (!done) {
                 std::fprintf(stderr, "pecd %s: %s\n", what.c_str(), done.error().message.c_str());
-                return done.error().kind == ErrorKind::transient ? 75 : done.error().kind == ErrorKind::config ? 78 : 1;
+                return done.error().kind == ErrorKind::transient ? 75
+                       : done.error().kind == ErrorKind::config  ? 78
+                                                                 : 1;
             }
             std::printf("%s\n", done->c_str());
         }
@@ -195,8 +200,10 @@ int main(int argc, char** argv) {
     }
 
     std::vector<std::string> stages;
-    if (what == "all") stages.assign(spool::kStages.begin(), spool::kStages.end());
-    else if (spool::is_stage(what)) stages.push_back(what);
+    if (what == "all")
+        stages.assign(spool::kStages.begin(), spool::kStages.end());
+    else if (spool::is_stage(what))
+        stages.push_back(what);
     else {
         std::fprintf(stderr, "pecd: unknown stage '%s'\n", what.c_str());
         return 64;
@@ -244,9 +251,11 @@ int main(int argc, char** argv) {
         r->set_legal_log(std::move(*legal_log));
         if (stage == spool::kStages.front())
             if (auto cleaned = spool::clean_stale_tmp(*spool); cleaned && *cleaned > 0)
-                PECD_LOG(info) << "removed " << *cleaned << " temporary files of dead pec-enqueue runs";
+                PECD_LOG(info) << "removed " << *cleaned
+                               << " temporary files of dead pec-enqueue runs";
         if (auto st = r->recover(); !st) {
-            std::fprintf(stderr, "pecd: %s: recovery failed: %s\n", stage.c_str(), st.error().message.c_str());
+            std::fprintf(stderr, "pecd: %s: recovery failed: %s\n", stage.c_str(),
+                         st.error().message.c_str());
             return 75;
         }
         runners.push_back(std::move(r));
@@ -257,7 +266,8 @@ int main(int argc, char** argv) {
     std::vector<std::thread> threads;
     for (auto& r : runners)
         threads.emplace_back([&r, &stop] {
-            if (auto st = r->run(stop); !st) PECD_LOG(error) << r->stage() << ": " << st.error().message;
+            if (auto st = r->run(stop); !st)
+                PECD_LOG(error) << r->stage() << ": " << st.error().message;
         });
     PECD_LOG(info) << "running " << runners.size() << " stage(s) on " << spool->root().string();
     while (true) {

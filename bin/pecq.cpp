@@ -2,10 +2,10 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
-#include <iostream>
-#include <sstream>
 #include <chrono>
 #include <cstdio>
+#include <iostream>
+#include <sstream>
 #include <thread>
 
 #include "spool-layout/queue_admin.hpp"
@@ -26,10 +26,14 @@ std::string age_text(int64_t arrival_us, int64_t now) {
     int64_t s = (now - arrival_us) / 1'000'000;
     if (s < 0) s = 0;
     char buf[32];
-    if (s < 120) std::snprintf(buf, sizeof buf, "%llds", static_cast<long long>(s));
-    else if (s < 7200) std::snprintf(buf, sizeof buf, "%lldm", static_cast<long long>(s / 60));
-    else if (s < 172800) std::snprintf(buf, sizeof buf, "%lldh", static_cast<long long>(s / 3600));
-    else std::snprintf(buf, sizeof buf, "%lldd", static_cast<long long>(s / 86400));
+    if (s < 120)
+        std::snprintf(buf, sizeof buf, "%llds", static_cast<long long>(s));
+    else if (s < 7200)
+        std::snprintf(buf, sizeof buf, "%lldm", static_cast<long long>(s / 60));
+    else if (s < 172800)
+        std::snprintf(buf, sizeof buf, "%lldh", static_cast<long long>(s / 3600));
+    else
+        std::snprintf(buf, sizeof buf, "%lldd", static_cast<long long>(s / 86400));
     return buf;
 }
 
@@ -44,7 +48,14 @@ void write_envelope(json::Writer& w, const spool::Envelope& env) {
     w.key("last_error").value(env.last_error);
     w.key("history").begin_array();
     for (const auto& h : env.history)
-        w.begin_object().key("stage").value(h.stage).key("at_us").value(h.at_us).key("note").value(h.note).end_object();
+        w.begin_object()
+            .key("stage")
+            .value(h.stage)
+            .key("at_us")
+            .value(h.at_us)
+            .key("note")
+            .value(h.note)
+            .end_object();
     w.end_array();
     w.key("attrs").begin_object();
     for (const auto& [k, v] : env.attrs) w.key(k).value(v);
@@ -227,7 +238,8 @@ int main(int argc, char** argv) {
 
     bool as_json = false;
     std::string area_name, stage_name;
-    auto* list = app.add_subcommand("list", "list queued messages (id, age, size, sender, recipients, stage, last error)");
+    auto* list = app.add_subcommand(
+        "list", "list queued messages (id, age, size, sender, recipients, stage, last error)");
     list->add_option("--area", area_name, "queue, active, deferred, hold or quarantine");
     list->add_option("--stage", stage_name, "only this stage");
     list->add_flag("--json", as_json, "JSON output");
@@ -248,26 +260,33 @@ int main(int argc, char** argv) {
     hold->add_option("ids", ids)->required();
     auto* release = app.add_subcommand("release", "release held messages");
     release->add_option("ids", ids)->required();
-    auto* requeue = app.add_subcommand("requeue", "retry deferred, held or quarantined messages now");
+    auto* requeue =
+        app.add_subcommand("requeue", "retry deferred, held or quarantined messages now");
     requeue->add_option("ids", ids)->required();
     auto* del = app.add_subcommand("delete", "delete messages (needs --force)");
     del->add_option("ids", ids)->required();
     del->add_flag("--force", force, "really delete");
 
     double timeout_s = 0;
-    auto* wait = app.add_subcommand("wait", "return when the spool is idle (nothing queued or in processing)");
+    auto* wait = app.add_subcommand(
+        "wait", "return when the spool is idle (nothing queued or in processing)");
     wait->add_option("--timeout", timeout_s, "give up after this many seconds (exit 1)");
 
     std::string inspect_file, index_file;
     std::vector<std::string> ca_files, crl_files;
     bool at_signing_time = false;
-    auto* inspect = app.add_subcommand(
-        "inspect", "say what a message is: PEC type, daticert, signature verdict (exit 0 only for a valid PEC message)");
+    auto* inspect = app.add_subcommand("inspect",
+                                       "say what a message is: PEC type, daticert, signature "
+                                       "verdict (exit 0 only for a valid PEC message)");
     inspect->add_option("file", inspect_file, "the message, or - for standard input")->required();
-    inspect->add_option("--ca", ca_files, "trust anchor PEM file (repeatable); without it only the cryptography is checked");
+    inspect->add_option(
+        "--ca", ca_files,
+        "trust anchor PEM file (repeatable); without it only the cryptography is checked");
     inspect->add_option("--crl", crl_files, "CRL file (repeatable)");
-    inspect->add_option("--index", index_file, "providers index LDIF, to identify the signing provider");
-    inspect->add_flag("--at-signing-time", at_signing_time, "check validity at the signing time (archived messages)");
+    inspect->add_option("--index", index_file,
+                        "providers index LDIF, to identify the signing provider");
+    inspect->add_flag("--at-signing-time", at_signing_time,
+                      "check validity at the signing time (archived messages)");
     inspect->add_flag("--json", as_json, "JSON output");
 
     LogArgs log_args;
@@ -309,7 +328,8 @@ int main(int argc, char** argv) {
     auto* tasks_show = tasks->add_subcommand("show", "show one task");
     tasks_show->add_option("key", id)->required();
     tasks_show->add_flag("--json", as_json, "JSON output");
-    auto* tasks_cancel = tasks->add_subcommand("cancel", "cancel tasks (a running one is not run again)");
+    auto* tasks_cancel =
+        tasks->add_subcommand("cancel", "cancel tasks (a running one is not run again)");
     tasks_cancel->add_option("keys", task_keys)->required();
     tasks_cancel->add_flag("--prefix", by_prefix, "the arguments are key prefixes");
 
@@ -350,7 +370,8 @@ int main(int argc, char** argv) {
         }
         auto report = pec::inspect_message(raw, opts);
         if (!report) return fail_with(report.error()), 2;
-        std::fputs((as_json ? pec::format_json(*report) + "\n" : pec::format_text(*report)).c_str(), stdout);
+        std::fputs((as_json ? pec::format_json(*report) + "\n" : pec::format_text(*report)).c_str(),
+                   stdout);
         return report->valid ? 0 : 1;
     }
 
@@ -366,7 +387,8 @@ int main(int argc, char** argv) {
         if (*tasks_show) {
             auto info = store->find(id);
             if (!info) return fail_with(info.error());
-            auto text = as_json ? scheduler::task_json(*info) + "\n" : scheduler::task_text(*info, at);
+            auto text =
+                as_json ? scheduler::task_json(*info) + "\n" : scheduler::task_text(*info, at);
             std::fputs(text.c_str(), stdout);
             return 0;
         }
@@ -375,8 +397,10 @@ int main(int argc, char** argv) {
             for (const auto& k : task_keys) {
                 if (by_prefix) {
                     auto n = store->cancel_prefix(k);
-                    if (!n) rc = fail_with(n.error());
-                    else std::printf("%s*: %zu cancelled\n", k.c_str(), *n);
+                    if (!n)
+                        rc = fail_with(n.error());
+                    else
+                        std::printf("%s*: %zu cancelled\n", k.c_str(), *n);
                 } else if (auto st = store->cancel(k); !st) {
                     rc = fail_with(st.error());
                 } else {
@@ -388,21 +412,29 @@ int main(int argc, char** argv) {
         scheduler::ListOptions opts;
         opts.key_prefix = task_prefix;
         if (!task_state.empty()) {
-            if (task_state == "pending") opts.state = scheduler::TaskState::pending;
-            else if (task_state == "claimed") opts.state = scheduler::TaskState::claimed;
-            else if (task_state == "failed") opts.state = scheduler::TaskState::failed;
-            else return fail_with({ErrorKind::permanent, "unknown state " + task_state, 0});
+            if (task_state == "pending")
+                opts.state = scheduler::TaskState::pending;
+            else if (task_state == "claimed")
+                opts.state = scheduler::TaskState::claimed;
+            else if (task_state == "failed")
+                opts.state = scheduler::TaskState::failed;
+            else
+                return fail_with({ErrorKind::permanent, "unknown state " + task_state, 0});
         }
         size_t n = 0;
         std::fputs(as_json ? "[" : scheduler::task_row_header().c_str(), stdout);
         auto st = store->for_each(opts, [&](const scheduler::TaskInfo& info) {
-            if (as_json) std::printf("%s%s", n ? ",\n" : "\n", scheduler::task_json(info).c_str());
-            else std::fputs(scheduler::task_row(info, at).c_str(), stdout);
+            if (as_json)
+                std::printf("%s%s", n ? ",\n" : "\n", scheduler::task_json(info).c_str());
+            else
+                std::fputs(scheduler::task_row(info, at).c_str(), stdout);
             ++n;
             return true;
         });
-        if (as_json) std::fputs(n ? "\n]\n" : "]\n", stdout);
-        else std::printf("-- %zu task(s)\n", n);
+        if (as_json)
+            std::fputs(n ? "\n]\n" : "]\n", stdout);
+        else
+            std::printf("-- %zu task(s)\n", n);
         if (!st) return fail_with(st.error());
         return 0;
     }
@@ -416,7 +448,8 @@ int main(int argc, char** argv) {
         spool::ListOptions opts;
         if (!area_name.empty()) {
             opts.area = spool::area_from_string(area_name);
-            if (!opts.area) return fail_with({ErrorKind::permanent, "unknown area " + area_name, 0});
+            if (!opts.area)
+                return fail_with({ErrorKind::permanent, "unknown area " + area_name, 0});
         }
         if (!stage_name.empty()) opts.stage = stage_name;
         auto entries = spool::list_entries(*spool, opts);
@@ -425,18 +458,26 @@ int main(int argc, char** argv) {
             json::Writer w;
             w.begin_array();
             for (const auto& e : *entries) {
-                w.begin_object().key("area").value(spool::to_string(e.area)).key("stage").value(e.stage);
+                w.begin_object()
+                    .key("area")
+                    .value(spool::to_string(e.area))
+                    .key("stage")
+                    .value(e.stage);
                 w.key("size").value(e.size).key("age_s").value((now - e.arrival_us) / 1'000'000);
-                if (e.env) write_envelope(w, *e.env);
-                else w.key("id").value(e.id).key("problem").value(e.problem);
-                if (!e.quarantine_reason.empty()) w.key("quarantine_reason").value(e.quarantine_reason);
+                if (e.env)
+                    write_envelope(w, *e.env);
+                else
+                    w.key("id").value(e.id).key("problem").value(e.problem);
+                if (!e.quarantine_reason.empty())
+                    w.key("quarantine_reason").value(e.quarantine_reason);
                 w.end_object();
             }
             w.end_array();
             std::printf("%s\n", w.str().c_str());
             return 0;
         }
-        std::printf("%-34s %-20s %6s %9s  %s\n", "ID", "QUEUE", "AGE", "SIZE", "SENDER -> RECIPIENTS");
+        std::printf("%-34s %-20s %6s %9s  %s\n", "ID", "QUEUE", "AGE", "SIZE",
+                    "SENDER -> RECIPIENTS");
         for (const auto& e : *entries) {
             std::string where = std::string(spool::to_string(e.area)) + "/" + e.stage;
             std::string who;
@@ -447,7 +488,8 @@ int main(int argc, char** argv) {
                 who = "(unreadable: " + e.problem + ")";
             }
             std::printf("%-34s %-20s %6s %9llu  %s\n", e.id.c_str(), where.c_str(),
-                        age_text(e.arrival_us, now).c_str(), static_cast<unsigned long long>(e.size), who.c_str());
+                        age_text(e.arrival_us, now).c_str(),
+                        static_cast<unsigned long long>(e.size), who.c_str());
             if (e.env && !e.env->last_error.empty())
                 std::printf("%34s   last error: %s\n", "", e.env->last_error.c_str());
             if (!e.quarantine_reason.empty())
@@ -466,7 +508,13 @@ int main(int argc, char** argv) {
             for (const auto& l : labels) w.value(l);
             w.end_array().key("rows").begin_array();
             for (const auto& r : *rows) {
-                w.begin_object().key("queue").value(r.name).key("total").value(r.total).key("counts").begin_array();
+                w.begin_object()
+                    .key("queue")
+                    .value(r.name)
+                    .key("total")
+                    .value(r.total)
+                    .key("counts")
+                    .begin_array();
                 for (auto c : r.buckets) w.value(c);
                 w.end_array().end_object();
             }
@@ -488,22 +536,29 @@ int main(int argc, char** argv) {
         return 0;
     }
     if (*show || *cat) {
-        if (!spool::is_valid_queue_id(id)) return fail_with({ErrorKind::permanent, "'" + id + "' is not a queue id", 0});
+        if (!spool::is_valid_queue_id(id))
+            return fail_with({ErrorKind::permanent, "'" + id + "' is not a queue id", 0});
         auto where = spool->find(id);
-        if (!where) return fail_with({ErrorKind::not_found, id + ": no such message in the spool", 0});
+        if (!where)
+            return fail_with({ErrorKind::not_found, id + ": no such message in the spool", 0});
         auto fd = durable::open_file(where->path, O_RDONLY);
         if (!fd) return fail_with(fd.error());
         auto info = spool::read_header(fd->get(), where->path.string());
         if (*cat) {
             if (!info) return fail_with(info.error());
-            auto copied = durable::copy_range(fd->get(), info->body_offset(), info->body_size, STDOUT_FILENO);
+            auto copied =
+                durable::copy_range(fd->get(), info->body_offset(), info->body_size, STDOUT_FILENO);
             if (!copied) return fail_with(copied.error());
             return 0;
         }
         auto reason = spool::quarantine_reason(*spool, *where);
         if (as_json) {
             json::Writer w;
-            w.begin_object().key("area").value(spool::to_string(where->area)).key("stage").value(where->stage);
+            w.begin_object()
+                .key("area")
+                .value(spool::to_string(where->area))
+                .key("stage")
+                .value(where->stage);
             if (info) {
                 w.key("size").value(info->body_size);
                 write_envelope(w, info->env);
@@ -516,24 +571,31 @@ int main(int argc, char** argv) {
             return 0;
         }
         std::printf("id:          %s\nqueue:       %s/%s\nfile:        %s\n", id.c_str(),
-                    std::string(spool::to_string(where->area)).c_str(), where->stage.c_str(), where->path.c_str());
+                    std::string(spool::to_string(where->area)).c_str(), where->stage.c_str(),
+                    where->path.c_str());
         if (reason) std::printf("quarantined: %s\n", reason->c_str());
         if (!info) {
             std::printf("unreadable:  %s\n", info.error().message.c_str());
             return 1;
         }
         const auto& env = info->env;
-        std::printf("arrival:     %s ago\nsize:        %llu\nsender:      %s\n", age_text(env.arrival_us, now).c_str(),
-                    static_cast<unsigned long long>(info->body_size), env.sender.empty() ? "<>" : env.sender.c_str());
+        std::printf("arrival:     %s ago\nsize:        %llu\nsender:      %s\n",
+                    age_text(env.arrival_us, now).c_str(),
+                    static_cast<unsigned long long>(info->body_size),
+                    env.sender.empty() ? "<>" : env.sender.c_str());
         for (const auto& r : env.recipients) std::printf("recipient:   %s\n", r.c_str());
-        std::printf("user:        %s\nclient:      %s\nattempts:    %d\n", env.user.c_str(), env.client.c_str(), env.attempts);
+        std::printf("user:        %s\nclient:      %s\nattempts:    %d\n", env.user.c_str(),
+                    env.client.c_str(), env.attempts);
         if (env.next_attempt_us > now)
-            std::printf("next try:    in %llds\n", static_cast<long long>((env.next_attempt_us - now) / 1'000'000));
+            std::printf("next try:    in %llds\n",
+                        static_cast<long long>((env.next_attempt_us - now) / 1'000'000));
         if (!env.last_error.empty()) std::printf("last error:  %s\n", env.last_error.c_str());
-        for (const auto& [k, v] : env.attrs) std::printf("attr:        %s = %s\n", k.c_str(), v.c_str());
+        for (const auto& [k, v] : env.attrs)
+            std::printf("attr:        %s = %s\n", k.c_str(), v.c_str());
         std::printf("history:\n");
         for (const auto& h : env.history)
-            std::printf("  %-10s %s ago  %s\n", h.stage.c_str(), age_text(h.at_us, now).c_str(), h.note.c_str());
+            std::printf("  %-10s %s ago  %s\n", h.stage.c_str(), age_text(h.at_us, now).c_str(),
+                        h.note.c_str());
         return 0;
     }
     if (*hold || *release || *requeue || *del) {
@@ -543,12 +605,18 @@ int main(int argc, char** argv) {
         }
         int rc = 0;
         for (const auto& one : ids) {
-            Status st = *hold ? spool::hold(*spool, one)
-                      : *release ? spool::release(*spool, one)
-                      : *requeue ? spool::requeue(*spool, one)
-                                 : spool::remove(*spool, one);
-            if (!st) rc = fail_with(st.error());
-            else std::printf("%s: %s\n", one.c_str(), *hold ? "held" : *release ? "released" : *requeue ? "requeued" : "deleted");
+            Status st = *hold      ? spool::hold(*spool, one)
+                        : *release ? spool::release(*spool, one)
+                        : *requeue ? spool::requeue(*spool, one)
+                                   : spool::remove(*spool, one);
+            if (!st)
+                rc = fail_with(st.error());
+            else
+                std::printf("%s: %s\n", one.c_str(),
+                            *hold      ? "held"
+                            : *release ? "released"
+                            : *requeue ? "requeued"
+                                       : "deleted");
         }
         return rc;
     }

@@ -6,9 +6,9 @@
 #include <array>
 #include <atomic>
 #include <charconv>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
-#include <condition_variable>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -57,14 +57,16 @@ Status set_faults(std::string_view spec) {
         bool found_op = false;
         for (auto [op, name] : kOps)
             if (item.substr(0, eq) == name) rule.op = op, found_op = true;
-        if (!found_op) return fail(ErrorKind::config, "unknown fault op in '" + std::string(item) + "'");
+        if (!found_op)
+            return fail(ErrorKind::config, "unknown fault op in '" + std::string(item) + "'");
         std::string_view rest = item.substr(eq + 1);
         size_t at = rest.find('@');
         std::string_view err_name = rest.substr(0, at);
         bool found_err = false;
         for (auto [err, name] : kErrnos)
             if (err_name == name) rule.err = err, found_err = true;
-        if (!found_err) return fail(ErrorKind::config, "unknown errno in '" + std::string(item) + "'");
+        if (!found_err)
+            return fail(ErrorKind::config, "unknown errno in '" + std::string(item) + "'");
         if (at != std::string_view::npos) {
             std::string_view when = rest.substr(at + 1);
             size_t x = when.find('x');
@@ -85,7 +87,9 @@ Status set_faults(std::string_view spec) {
     return {};
 }
 
-void clear_faults() { (void)set_faults(""); }
+void clear_faults() {
+    (void)set_faults("");
+}
 
 Status faults_from_env() {
     const char* spec = std::getenv("PECD_FAULTS");
@@ -155,7 +159,8 @@ Status copy_range(int in_fd, uint64_t in_offset, uint64_t size, int out_fd) {
         ssize_t n = -1;
         if (use_copy_range) {
             n = ::copy_file_range(in_fd, &off, out_fd, nullptr, size, 0);
-            if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
+            if (n < 0 &&
+                (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
                 use_copy_range = false;
                 continue;
             }
@@ -173,7 +178,8 @@ Status copy_range(int in_fd, uint64_t in_offset, uint64_t size, int out_fd) {
             if (errno == EINTR) continue;
             return fail_errno("copy body");
         }
-        if (n == 0) return fail(ErrorKind::corrupt, "copy body: input shorter than its header says");
+        if (n == 0)
+            return fail(ErrorKind::corrupt, "copy body: input shorter than its header says");
         size -= static_cast<uint64_t>(n);
     }
     return {};
@@ -281,7 +287,8 @@ Status link_file(const fs::path& from, const fs::path& to) {
     if (::link(from.c_str(), to.c_str()) == 0) return {};
     const int err = errno;
     if (err == EEXIST) {
-        struct stat a {}, b {};
+        struct stat a {
+        }, b{};
         if (::stat(from.c_str(), &a) == 0 && ::stat(to.c_str(), &b) == 0 && a.st_dev == b.st_dev &&
             a.st_ino == b.st_ino)
             return {};
@@ -291,13 +298,15 @@ Status link_file(const fs::path& from, const fs::path& to) {
 
 Status unlink_file(const fs::path& path) {
     if (inject(Op::unlink)) return fail_errno("unlink " + path.string());
-    if (::unlink(path.c_str()) != 0 && errno != ENOENT) return fail_errno("unlink " + path.string());
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT)
+        return fail_errno("unlink " + path.string());
     return {};
 }
 
 Status make_dir(const fs::path& path, mode_t mode) {
     if (inject(Op::mkdir)) return fail_errno("mkdir " + path.string());
-    if (::mkdir(path.c_str(), mode) != 0 && errno != EEXIST) return fail_errno("mkdir " + path.string());
+    if (::mkdir(path.c_str(), mode) != 0 && errno != EEXIST)
+        return fail_errno("mkdir " + path.string());
     return {};
 }
 
@@ -327,7 +336,8 @@ Result<std::string> read_file(const fs::path& path, uint64_t limit) {
         }
         if (n == 0) break;
         out.append(buf, static_cast<size_t>(n));
-        if (out.size() > limit) return fail(ErrorKind::permanent, path.string() + ": larger than limit");
+        if (out.size() > limit)
+            return fail(ErrorKind::permanent, path.string() + ": larger than limit");
     }
     return out;
 }

@@ -26,8 +26,8 @@ enum class Op { open, write, fsync, rename, mkdir, unlink, read };
 struct FaultRule {
     Op op;
     int err;
-    uint64_t after = 1;   // first failing call (1-based)
-    uint64_t count = 0;   // how many calls fail; 0 = all from `after` on
+    uint64_t after = 1;  // first failing call (1-based)
+    uint64_t count = 0;  // how many calls fail; 0 = all from `after` on
 };
 Status set_faults(std::string_view spec);  // "op=ERRNO[@n][xk],op=..." ; empty clears
 void clear_faults();
@@ -36,7 +36,7 @@ bool inject(Op op);        // true (and errno set) when this call must fail
 
 // ---- unique fd -------------------------------------------------------------------------------
 class Fd {
-public:
+  public:
     Fd() = default;
     explicit Fd(int fd) : fd_(fd) {}
     Fd(Fd&& other) noexcept : fd_(other.release()) {}
@@ -59,7 +59,7 @@ public:
         fd_ = fd;
     }
 
-private:
+  private:
     int fd_ = -1;
 };
 
@@ -71,8 +71,8 @@ Status pwrite_all(int fd, std::string_view data, off_t offset);
 // Copies `size` bytes from in_fd at in_offset to the current position of out_fd (copy_file_range,
 // falling back to read/write across filesystems).
 Status copy_range(int in_fd, uint64_t in_offset, uint64_t size, int out_fd);
-Status sync_data(int fd);   // fdatasync
-Status sync_file(int fd);   // fsync (metadata too: used for directories)
+Status sync_data(int fd);  // fdatasync
+Status sync_file(int fd);  // fsync (metadata too: used for directories)
 Status sync_dir(const fs::path& dir);
 Status sync_data_at(const fs::path& path);  // open, fdatasync, close
 Status sync_filesystem(int fd);  // syncfs: one journal commit for a whole batch (group commit)
@@ -89,7 +89,7 @@ Status unlink_file(const fs::path& path);  // ENOENT is success (idempotent reco
 // Across filesystems the error carries EXDEV.
 Status link_file(const fs::path& from, const fs::path& to);
 Status make_dir(const fs::path& path, mode_t mode = 0700);  // EEXIST is success
-Status remove_dir(const fs::path& path);                     // rmdir; ENOENT is success
+Status remove_dir(const fs::path& path);                    // rmdir; ENOENT is success
 Status remove_tree(const fs::path& path);
 Result<std::string> read_file(const fs::path& path, uint64_t limit = UINT64_MAX);
 Result<std::string> pread_exact(int fd, uint64_t offset, uint64_t size);

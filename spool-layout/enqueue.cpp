@@ -9,7 +9,8 @@
 
 namespace pecd::spool {
 
-Result<std::string> enqueue_message(const Spool& spool, Envelope env, int in_fd, uint64_t max_size) {
+Result<std::string> enqueue_message(const Spool& spool, Envelope env, int in_fd,
+                                    uint64_t max_size) {
     env.arrival_us = now_us();
     env.id = new_queue_id(env.arrival_us);
     env.history.push_back({"enqueue", env.arrival_us, "pec-enqueue"});
@@ -32,14 +33,19 @@ Result<std::string> enqueue_message(const Spool& spool, Envelope env, int in_fd,
         ssize_t n = ::read(in_fd, buf.data(), buf.size());
         if (n < 0) {
             if (errno == EINTR) continue;
-            return abandon({ErrorKind::transient, std::string("reading the message: ") + std::strerror(errno), errno});
+            return abandon({ErrorKind::transient,
+                            std::string("reading the message: ") + std::strerror(errno), errno});
         }
         if (n == 0) break;
         size += static_cast<uint64_t>(n);
         if (size > max_size)
-            return abandon({ErrorKind::permanent,
-                            "5.3.4 message size exceeds the limit of " + std::to_string(max_size) + " bytes", 0});
-        if (auto st = durable::write_all(fd->get(), std::string_view(buf.data(), static_cast<size_t>(n))); !st)
+            return abandon(
+                {ErrorKind::permanent,
+                 "5.3.4 message size exceeds the limit of " + std::to_string(max_size) + " bytes",
+                 0});
+        if (auto st =
+                durable::write_all(fd->get(), std::string_view(buf.data(), static_cast<size_t>(n)));
+            !st)
             return abandon(st.error());
     }
     auto st = durable::pwrite_all(fd->get(), format_body_size(size),
@@ -47,7 +53,8 @@ Result<std::string> enqueue_message(const Spool& spool, Envelope env, int in_fd,
     if (st) st = durable::sync_data(fd->get());
     if (!st) return abandon(st.error());
     fs::path queue = spool.queue_dir(kStages.front());
-    if (auto moved = durable::rename_noreplace(tmp, queue / env.id); !moved) return abandon(moved.error());
+    if (auto moved = durable::rename_noreplace(tmp, queue / env.id); !moved)
+        return abandon(moved.error());
     // The rename is the commit; the directory fsync makes it survive a power cut. If that fsync
     // fails the file may or may not survive: withdraw it and report a transient failure (Postfix
     // retries; a duplicate at worst, if a stage took the file meanwhile).

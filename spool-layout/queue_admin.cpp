@@ -24,8 +24,8 @@ std::vector<std::string> summary_bucket_labels() {
 
 std::optional<std::string> quarantine_reason(const Spool& spool, const Location& where) {
     if (where.area != Area::quarantine) return std::nullopt;
-    auto text = durable::read_file(spool.area_dir(Area::quarantine, where.stage) / (where.id + ".reason"),
-                                   64 * 1024);
+    auto text = durable::read_file(
+        spool.area_dir(Area::quarantine, where.stage) / (where.id + ".reason"), 64 * 1024);
     if (!text) return std::nullopt;
     size_t pos = text->find("reason: ");
     if (pos == std::string::npos) return *text;
@@ -65,7 +65,8 @@ Result<std::vector<QueueEntry>> list_entries(const Spool& spool, const ListOptio
                 }
                 if (area == Area::quarantine)
                     e.quarantine_reason =
-                        quarantine_reason(spool, Location{area, e.stage, e.id, dir / name}).value_or("");
+                        quarantine_reason(spool, Location{area, e.stage, e.id, dir / name})
+                            .value_or("");
                 out.push_back(std::move(e));
             }
         }
@@ -128,7 +129,8 @@ Status hold(const Spool& spool, const std::string& id) {
     if (!where) return std::unexpected(where.error());
     if (where->area == Area::hold) return {};
     if (where->area == Area::active)
-        return fail(ErrorKind::conflict, id + ": being processed by stage " + where->stage + "; try again");
+        return fail(ErrorKind::conflict,
+                    id + ": being processed by stage " + where->stage + "; try again");
     if (where->area == Area::quarantine)
         return fail(ErrorKind::permanent, id + ": is in quarantine; use requeue or delete");
     return move(spool, *where, Area::hold);
@@ -155,7 +157,8 @@ Status requeue(const Spool& spool, const std::string& id) {
         Envelope env = info->env;
         env.attempts = 0;
         env.next_attempt_us = 0;
-        env.history.push_back({"pecq", now_us(), "requeued from " + std::string(to_string(where->area))});
+        env.history.push_back(
+            {"pecq", now_us(), "requeued from " + std::string(to_string(where->area))});
         fs::path tmp = spool.tmp_dir() / (id + ".requeue");
         (void)durable::unlink_file(tmp);
         auto written = write_queue_file(
@@ -207,7 +210,8 @@ Result<size_t> clean_stale_tmp(const Spool& spool) {
         // A live pec-enqueue holds the lock until its rename; a free lock means it died, unless
         // the file is so new that its writer is between open() and flock().
         struct stat st {};
-        if (::fstat(fd->get(), &st) != 0 || st.st_mtime > ::time(nullptr) - kTmpGraceSeconds) continue;
+        if (::fstat(fd->get(), &st) != 0 || st.st_mtime > ::time(nullptr) - kTmpGraceSeconds)
+            continue;
         if (::flock(fd->get(), LOCK_EX | LOCK_NB) != 0) continue;
         if (durable::unlink_file(p)) ++removed;
     }

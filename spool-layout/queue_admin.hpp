@@ -17,9 +17,9 @@ struct QueueEntry {
     std::string id;
     int64_t arrival_us = 0;
     uint64_t size = 0;
-    std::optional<Envelope> env;   // when read_envelopes; absent if unreadable
-    std::string problem;           // why the envelope could not be read
-    std::string quarantine_reason; // from <id>.reason
+    std::optional<Envelope> env;    // when read_envelopes; absent if unreadable
+    std::string problem;            // why the envelope could not be read
+    std::string quarantine_reason;  // from <id>.reason
 };
 
 struct ListOptions {
@@ -44,7 +44,8 @@ std::optional<std::string> quarantine_reason(const Spool& spool, const Location&
 // Administrative moves (each one atomic rename; refuses files a stage has claimed).
 Status hold(const Spool& spool, const std::string& id);
 Status release(const Spool& spool, const std::string& id);  // hold -> queue
-Status requeue(const Spool& spool, const std::string& id);  // deferred/quarantine/hold -> queue, attempts reset
+Status requeue(const Spool& spool,
+               const std::string& id);  // deferred/quarantine/hold -> queue, attempts reset
 Status remove(const Spool& spool, const std::string& id);
 
 // True when no queue or active directory holds anything (deferred/hold/quarantine excluded).

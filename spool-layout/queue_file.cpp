@@ -9,7 +9,9 @@
 namespace pecd::spool {
 namespace {
 
-bool needs_escape(unsigned char c) { return c < 0x21 || c > 0x7e || c == '%'; }
+bool needs_escape(unsigned char c) {
+    return c < 0x21 || c > 0x7e || c == '%';
+}
 
 int hex_value(char c) {
     if (c >= '0' && c <= '9') return c - '0';
@@ -57,8 +59,10 @@ Status apply_record(Envelope& env, std::string_view key, std::string_view value)
     if (key == "attempts" || key == "next-attempt") {
         auto n = parse_int(value, std::string(key));
         if (!n) return std::unexpected(n.error());
-        if (key == "attempts") env.attempts = static_cast<int>(*n);
-        else env.next_attempt_us = *n;
+        if (key == "attempts")
+            env.attempts = static_cast<int>(*n);
+        else
+            env.next_attempt_us = *n;
         return {};
     }
     if (key == "last-error") {
@@ -112,8 +116,7 @@ Result<std::string> percent_decode(std::string_view encoded) {
             out += c;
             continue;
         }
-        if (i + 2 >= encoded.size())
-            return fail(ErrorKind::corrupt, "truncated percent escape");
+        if (i + 2 >= encoded.size()) return fail(ErrorKind::corrupt, "truncated percent escape");
         int hi = hex_value(encoded[i + 1]), lo = hex_value(encoded[i + 2]);
         if (hi < 0 || lo < 0) return fail(ErrorKind::corrupt, "bad percent escape");
         out += static_cast<char>(hi * 16 + lo);
@@ -153,7 +156,9 @@ std::string encode_header(const Envelope& env, uint64_t body_size) {
     return h;
 }
 
-size_t body_size_field_offset(std::string_view header) { return header.size() - 21; }
+size_t body_size_field_offset(std::string_view header) {
+    return header.size() - 21;
+}
 
 std::string encode_trailer_hist(const HistoryEntry& e) {
     return "hist " + percent_encode(e.stage) + ' ' + std::to_string(e.at_us) + ' ' +
@@ -164,7 +169,9 @@ std::string encode_trailer_attr(std::string_view key, std::string_view value) {
     return "attr " + percent_encode(key) + ' ' + percent_encode(value) + '\n';
 }
 
-std::string encode_trailer_retry_reset() { return "attempts 0\nnext-attempt 0\nlast-error \n"; }
+std::string encode_trailer_retry_reset() {
+    return "attempts 0\nnext-attempt 0\nlast-error \n";
+}
 
 Result<QueueFileInfo> read_header(int fd, const std::string& name) {
     struct stat st {};
@@ -186,7 +193,8 @@ Result<QueueFileInfo> read_header(int fd, const std::string& name) {
         chunk = std::min<uint64_t>(std::min<uint64_t>(chunk * 4, file_size), kMaxHeaderSize);
     }
     head.resize(end + 1);
-    if (!head.starts_with(kQueueMagic)) return fail(ErrorKind::corrupt, name + ": not a queue file");
+    if (!head.starts_with(kQueueMagic))
+        return fail(ErrorKind::corrupt, name + ": not a queue file");
 
     QueueFileInfo info;
     info.header_size = head.size();
@@ -209,11 +217,16 @@ Result<QueueFileInfo> read_header(int fd, const std::string& name) {
                    key == "last-error") {
             auto v = decode(value);
             if (!v) return context(v.error(), name);
-            if (key == "sender") env.sender = std::move(*v);
-            else if (key == "rcpt") env.recipients.push_back(std::move(*v));
-            else if (key == "user") env.user = std::move(*v);
-            else if (key == "client") env.client = std::move(*v);
-            else env.last_error = std::move(*v);
+            if (key == "sender")
+                env.sender = std::move(*v);
+            else if (key == "rcpt")
+                env.recipients.push_back(std::move(*v));
+            else if (key == "user")
+                env.user = std::move(*v);
+            else if (key == "client")
+                env.client = std::move(*v);
+            else
+                env.last_error = std::move(*v);
         } else if (key == "attempts") {
             auto n = parse_int(value, "attempts");
             if (!n) return context(n.error(), name);
@@ -230,10 +243,12 @@ Result<QueueFileInfo> read_header(int fd, const std::string& name) {
             info.body_size = static_cast<uint64_t>(*n);
             have_body = true;
         } else {
-            return fail(ErrorKind::corrupt, name + ": unknown envelope field '" + std::string(key) + "'");
+            return fail(ErrorKind::corrupt,
+                        name + ": unknown envelope field '" + std::string(key) + "'");
         }
     }
-    if (!have_body || env.id.empty()) return fail(ErrorKind::corrupt, name + ": incomplete envelope");
+    if (!have_body || env.id.empty())
+        return fail(ErrorKind::corrupt, name + ": incomplete envelope");
     uint64_t end_of_body = info.header_size + info.body_size;
     if (end_of_body > file_size)
         return fail(ErrorKind::corrupt, name + ": length " + std::to_string(file_size) +

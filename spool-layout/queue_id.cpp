@@ -14,14 +14,17 @@ uint64_t random64() {
     thread_local std::mt19937_64 engine = [] {
         uint64_t seed[2] = {0, 0};
         if (getrandom(seed, sizeof seed, 0) != sizeof seed)
-            seed[0] = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+            seed[0] =
+                static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
         std::seed_seq seq{seed[0], seed[0] >> 32, seed[1], seed[1] >> 32};
         return std::mt19937_64(seq);
     }();
     return engine();
 }
 
-bool is_hex(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); }
+bool is_hex(char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+}
 
 }  // namespace
 

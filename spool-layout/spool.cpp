@@ -7,11 +7,16 @@ namespace pecd::spool {
 
 std::string_view to_string(Area area) {
     switch (area) {
-        case Area::queue: return "queue";
-        case Area::active: return "active";
-        case Area::deferred: return "deferred";
-        case Area::hold: return "hold";
-        case Area::quarantine: return "quarantine";
+        case Area::queue:
+            return "queue";
+        case Area::active:
+            return "active";
+        case Area::deferred:
+            return "deferred";
+        case Area::hold:
+            return "hold";
+        case Area::quarantine:
+            return "quarantine";
     }
     return "?";
 }
@@ -78,8 +83,8 @@ Result<StageLock> StageLock::acquire(const Spool& spool, std::string_view stage,
     if (!fd) return std::unexpected(fd.error());
     if (::flock(fd->get(), LOCK_EX | (wait ? 0 : LOCK_NB)) != 0) {
         if (errno == EWOULDBLOCK)
-            return fail(ErrorKind::conflict, "stage " + std::string(stage) +
-                                                 " is already running on this spool");
+            return fail(ErrorKind::conflict,
+                        "stage " + std::string(stage) + " is already running on this spool");
         return fail_errno("lock " + spool.lock_path(stage).string());
     }
     // Record the holder for administrators (informational only; the flock is the truth).

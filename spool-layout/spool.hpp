@@ -31,8 +31,8 @@ inline constexpr std::array<std::string_view, 6> kStages = {"classify", "wrap", 
 inline constexpr std::string_view kOutbox = "outbox";
 
 enum class Area { queue, active, deferred, hold, quarantine };
-inline constexpr std::array<Area, 5> kAreas = {Area::queue, Area::active, Area::deferred, Area::hold,
-                                               Area::quarantine};
+inline constexpr std::array<Area, 5> kAreas = {Area::queue, Area::active, Area::deferred,
+                                               Area::hold, Area::quarantine};
 std::string_view to_string(Area area);
 std::optional<Area> area_from_string(std::string_view name);
 
@@ -46,7 +46,7 @@ struct Location {
 };
 
 class Spool {
-public:
+  public:
     Spool() = default;
     explicit Spool(fs::path root) : root_(std::move(root)) {}
     // Creates the whole tree when `create`; otherwise checks that it exists.
@@ -65,18 +65,18 @@ public:
     // Looks an id up in every area of every stage (a handful of stat calls, no listing).
     std::optional<Location> find(std::string_view id) const;
 
-private:
+  private:
     fs::path root_;
 };
 
 // An exclusive flock on lock/<stage>.lock; released when the process dies, so a SIGKILLed
 // stage never blocks its successor.
 class StageLock {
-public:
+  public:
     static Result<StageLock> acquire(const Spool& spool, std::string_view stage, bool wait);
     bool held() const { return static_cast<bool>(fd_); }
 
-private:
+  private:
     durable::Fd fd_;
 };
 

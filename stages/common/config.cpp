@@ -8,8 +8,10 @@ namespace pecd {
 namespace {
 
 std::string_view trim(std::string_view s) {
-    while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\r')) s.remove_prefix(1);
-    while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\r'))
+        s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r'))
+        s.remove_suffix(1);
     return s;
 }
 
@@ -32,11 +34,16 @@ Result<uint64_t> parse_size(std::string_view text) {
     if (ec != std::errc() || ptr == text.data()) return fail(ErrorKind::config, "not a size");
     std::string_view suffix = trim(std::string_view(ptr, text.data() + text.size() - ptr));
     uint64_t mult = 1;
-    if (suffix.empty() || suffix == "B") mult = 1;
-    else if (suffix == "k" || suffix == "K" || suffix == "KB" || suffix == "KiB") mult = 1024;
-    else if (suffix == "M" || suffix == "MB" || suffix == "MiB") mult = 1024ull * 1024;
-    else if (suffix == "G" || suffix == "GB" || suffix == "GiB") mult = 1024ull * 1024 * 1024;
-    else return fail(ErrorKind::config, "unknown size suffix '" + std::string(suffix) + "'");
+    if (suffix.empty() || suffix == "B")
+        mult = 1;
+    else if (suffix == "k" || suffix == "K" || suffix == "KB" || suffix == "KiB")
+        mult = 1024;
+    else if (suffix == "M" || suffix == "MB" || suffix == "MiB")
+        mult = 1024ull * 1024;
+    else if (suffix == "G" || suffix == "GB" || suffix == "GiB")
+        mult = 1024ull * 1024 * 1024;
+    else
+        return fail(ErrorKind::config, "unknown size suffix '" + std::string(suffix) + "'");
     return number * mult;
 }
 
@@ -119,7 +126,8 @@ std::optional<ConfigValue> Config::find(std::string_view section, std::string_vi
     return k->second;
 }
 
-std::string Config::get(std::string_view section, std::string_view key, std::string fallback) const {
+std::string Config::get(std::string_view section, std::string_view key,
+                        std::string fallback) const {
     auto v = find(section, key);
     return v ? v->value : fallback;
 }
@@ -147,7 +155,8 @@ Result<bool> Config::get_bool(std::string_view section, std::string_view key, bo
     auto v = find(section, key);
     if (!v) return fallback;
     if (v->value == "yes" || v->value == "true" || v->value == "on" || v->value == "1") return true;
-    if (v->value == "no" || v->value == "false" || v->value == "off" || v->value == "0") return false;
+    if (v->value == "no" || v->value == "false" || v->value == "off" || v->value == "0")
+        return false;
     return std::unexpected(value_error(section, key, *v, "yes or no"));
 }
 

@@ -77,7 +77,8 @@ Result<std::string> request(const Request& r) {
     if (!sock)
         return fail_errno("connect to " + r.label + " " + u->host + ":" + u->port,
                           last_errno ? last_errno : ECONNREFUSED);
-    std::string request = r.method + " " + u->path + " HTTP/1.1\r\nHost: " + u->host + ":" + u->port;
+    std::string request =
+        r.method + " " + u->path + " HTTP/1.1\r\nHost: " + u->host + ":" + u->port;
     if (!r.content_type.empty()) request += "\r\nContent-Type: " + r.content_type;
     if (!r.expect_type.empty()) request += "\r\nAccept: " + r.expect_type;
     if (r.method == "POST") request += "\r\nContent-Length: " + std::to_string(r.body.size());
@@ -96,13 +97,16 @@ Result<std::string> request(const Request& r) {
         if (n < 0) return fail_errno("read from " + r.label);
         if (n == 0) break;
         reply.append(buf, static_cast<size_t>(n));
-        if (reply.size() > r.max_reply) return fail(ErrorKind::transient, r.label + " reply too large");
+        if (reply.size() > r.max_reply)
+            return fail(ErrorKind::transient, r.label + " reply too large");
     }
     size_t end = reply.find("\r\n\r\n");
-    if (end == std::string::npos) return fail(ErrorKind::transient, r.label + ": truncated HTTP reply");
+    if (end == std::string::npos)
+        return fail(ErrorKind::transient, r.label + ": truncated HTTP reply");
     std::string_view head(reply.data(), end);
     if (!head.starts_with("HTTP/1.") || head.size() < 12 || head.substr(9, 3) != "200")
-        return fail(ErrorKind::transient, r.label + ": " + std::string(head.substr(0, head.find('\r'))));
+        return fail(ErrorKind::transient,
+                    r.label + ": " + std::string(head.substr(0, head.find('\r'))));
     std::string body_out = reply.substr(end + 4);
     bool type_ok = false;
     size_t pos = head.find("\r\n");
@@ -120,7 +124,8 @@ Result<std::string> request(const Request& r) {
             size_t len = 0;
             auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), len);
             if (ec != std::errc{} || len != body_out.size())
-                return fail(ErrorKind::transient, r.label + ": body length differs from Content-Length");
+                return fail(ErrorKind::transient,
+                            r.label + ": body length differs from Content-Length");
         } else if (iequals_prefix(h, "transfer-encoding:")) {
             return fail(ErrorKind::transient, r.label + ": chunked replies are not supported");
         }

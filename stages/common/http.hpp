@@ -15,7 +15,7 @@ struct Request {
     std::string url;           // http://host[:port]/path
     std::string content_type;  // POST body type
     std::string body;
-    std::string expect_type;   // required reply Content-Type prefix; empty = any
+    std::string expect_type;  // required reply Content-Type prefix; empty = any
     std::chrono::milliseconds timeout{10000};
     std::string label = "HTTP";  // names the peer in error messages ("TSA", "CRL")
     size_t max_reply = 16u << 20;

@@ -10,7 +10,7 @@ namespace pecd::json {
 std::string quote(std::string_view s);  // a JSON string literal, escaped
 
 class Writer {
-public:
+  public:
     Writer& begin_object();
     Writer& end_object();
     Writer& begin_array();
@@ -26,7 +26,7 @@ public:
     Writer& null();
     const std::string& str() const { return out_; }
 
-private:
+  private:
     void separator();
     std::string out_;
     bool need_comma_ = false;

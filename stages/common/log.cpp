@@ -16,10 +16,14 @@ std::atomic<Level> g_level{Level::info};
 
 const char* name(Level level) {
     switch (level) {
-        case Level::debug: return "debug";
-        case Level::info: return "info";
-        case Level::warn: return "warning";
-        case Level::error: return "error";
+        case Level::debug:
+            return "debug";
+        case Level::info:
+            return "info";
+        case Level::warn:
+            return "warning";
+        case Level::error:
+            return "error";
     }
     return "?";
 }
@@ -29,14 +33,19 @@ void set_program(std::string program) {
     std::lock_guard lock(g_mutex);
     g_program = std::move(program);
 }
-void set_level(Level lvl) { g_level = lvl; }
-Level level() { return g_level; }
+void set_level(Level lvl) {
+    g_level = lvl;
+}
+Level level() {
+    return g_level;
+}
 
 void write(Level lvl, const std::string& line) {
     auto now = std::chrono::system_clock::now();
     std::time_t secs = std::chrono::system_clock::to_time_t(now);
     auto millis =
-        std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+        std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() %
+        1000;
     std::tm tm{};
     gmtime_r(&secs, &tm);
     char stamp[32];

@@ -15,7 +15,7 @@ Level level();
 void write(Level level, const std::string& line);
 
 class Line {
-public:
+  public:
     explicit Line(Level level) : level_(level) {}
     Line(const Line&) = delete;
     Line& operator=(const Line&) = delete;
@@ -26,7 +26,7 @@ public:
         return *this;
     }
 
-private:
+  private:
     Level level_;
     std::ostringstream out_;
 };
@@ -34,7 +34,7 @@ private:
 }  // namespace pecd::log
 
 // Streams one log line when `lvl` is enabled; the for-statement form is safe under if/else.
-#define PECD_LOG(lvl)                                                                   \
+#define PECD_LOG(lvl)                                                                           \
     for (bool pecd_log_once_ = ::pecd::log::Level::lvl >= ::pecd::log::level(); pecd_log_once_; \
-         pecd_log_once_ = false)                                                        \
+         pecd_log_once_ = false)                                                                \
     ::pecd::log::Line(::pecd::log::Level::lvl)

@@ -1,7 +1,5 @@
 #include "stages/legallog/seal.hpp"
 
-#include "stages/common/http.hpp"
-
 #include <netdb.h>
 #include <openssl/err.h>
 #include <openssl/rand.h>
@@ -14,6 +12,8 @@
 
 #include <charconv>
 #include <memory>
+
+#include "stages/common/http.hpp"
 
 namespace pecd::legallog {
 namespace {

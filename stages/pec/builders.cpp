@@ -8,7 +8,6 @@
 namespace pecd::pec {
 namespace {
 
-
 constexpr size_t kFoldAt = 78;
 
 // Header values come from users (subjects, addresses): a CR or LF would inject header fields.

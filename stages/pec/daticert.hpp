@@ -26,11 +26,11 @@ struct Daticert {
     std::string giorno;
     std::string ora;
     std::string zona;
-    std::string identificativo;            // PEC msgid, no angle brackets
-    std::optional<std::string> msgid;      // original Message-ID WITH angle brackets
-    std::optional<ReceiptKind> ricevuta;   // busta and avvenuta-consegna
-    std::optional<std::string> consegna;   // per-recipient notices (#7-#11)
-    std::vector<std::string> ricezione;    // presa in carico: recipients covered
+    std::string identificativo;           // PEC msgid, no angle brackets
+    std::optional<std::string> msgid;     // original Message-ID WITH angle brackets
+    std::optional<ReceiptKind> ricevuta;  // busta and avvenuta-consegna
+    std::optional<std::string> consegna;  // per-recipient notices (#7-#11)
+    std::vector<std::string> ricezione;   // presa in carico: recipients covered
     std::optional<std::string> errore_esteso;
 
     void set_time(const PecTime& t);

@@ -2,12 +2,11 @@
 // validation both share (pec-rules.md §7, DECISIONS #4 and #14).
 #include "stages/pec/index.hpp"
 
-#include <strings.h>
-
 #include <fcntl.h>
 #include <ldap.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 

@@ -17,11 +17,11 @@ namespace pecd::pec {
 
 struct ProviderRecord {
     std::string dn;
-    std::string name;                          // providerName
-    std::string unit;                          // providerUnit (secondary environments), may be empty
-    std::vector<std::string> cert_hashes;      // providerCertificateHash, lower-case hex SHA-1
-    std::vector<std::string> certificates;     // providerCertificate;binary, DER bytes
-    std::string mail_receipt;                  // mailReceipt (service mailbox)
+    std::string name;                       // providerName
+    std::string unit;                       // providerUnit (secondary environments), may be empty
+    std::vector<std::string> cert_hashes;   // providerCertificateHash, lower-case hex SHA-1
+    std::vector<std::string> certificates;  // providerCertificate;binary, DER bytes
+    std::string mail_receipt;               // mailReceipt (service mailbox)
     std::vector<std::string> managed_domains;  // managedDomains, lower-case
 };
 
@@ -42,18 +42,18 @@ Result<IndexSnapshot> load_ldif(const std::filesystem::path& path);
 Result<IndexSnapshot> parse_ldif(std::string_view text, std::string source = "ldif:<string>");
 
 struct LdapIndexOptions {
-    std::string uri;                       // ldap://127.0.0.1:3890
+    std::string uri;  // ldap://127.0.0.1:3890
     std::string base_dn = "o=postacert";
-    std::string bind_dn;                   // empty = anonymous
+    std::string bind_dn;  // empty = anonymous
     std::string bind_password;
     std::chrono::milliseconds timeout{5000};
-    std::filesystem::path cache_file;      // LDIF copy of the last good load; used when LDAP is down
+    std::filesystem::path cache_file;  // LDIF copy of the last good load; used when LDAP is down
 };
 Result<IndexSnapshot> load_ldap(const LdapIndexOptions& options);
 
 // Thread-safe holder: stages read the current snapshot while a refresh swaps in a new one.
 class ProvidersIndex {
-public:
+  public:
     explicit ProvidersIndex(IndexSnapshot initial)
         : current_(std::make_shared<const IndexSnapshot>(std::move(initial))) {}
     std::shared_ptr<const IndexSnapshot> snapshot() const {
@@ -66,7 +66,7 @@ public:
         current_ = std::move(fresh);
     }
 
-private:
+  private:
     mutable std::mutex mutex_;
     std::shared_ptr<const IndexSnapshot> current_;
 };

@@ -30,7 +30,8 @@ Result<InspectReport> inspect_message(std::string_view raw, const InspectOptions
     report.message = std::move(*message);
     const PecMessageInfo& m = report.message;
 
-    if (m.type == MessageType::ordinary) report.verdict.push_back("not a PEC message (ordinary mail)");
+    if (m.type == MessageType::ordinary)
+        report.verdict.push_back("not a PEC message (ordinary mail)");
     if (carries_daticert(m.type) && !m.daticert)
         report.verdict.push_back(m.daticert_error ? "daticert.xml unreadable: " + *m.daticert_error
                                                   : "daticert.xml missing");
@@ -40,13 +41,15 @@ Result<InspectReport> inspect_message(std::string_view raw, const InspectOptions
         VerifyOptions vo;
         vo.chain = have_anchors ? ChainCheck::full : ChainCheck::crypto_only;
         vo.at_signing_time = options.at_signing_time;
-        auto result = verify_smime(raw, options.trust, options.index ? &*options.index : nullptr, vo);
+        auto result =
+            verify_smime(raw, options.trust, options.index ? &*options.index : nullptr, vo);
         if (result) {
             report.signature = std::move(*result);
             report.chain_checked = report.signature->chain_checked;
             if (!report.signature->ok())
-                report.verdict.push_back("signature: " + std::string(to_string(report.signature->failure)) +
-                                         ": " + report.signature->reason);
+                report.verdict.push_back(
+                    "signature: " + std::string(to_string(report.signature->failure)) + ": " +
+                    report.signature->reason);
         } else {
             report.signature_error = result.error().message;
             report.verdict.push_back("signature not checked: " + report.signature_error);
@@ -73,7 +76,8 @@ std::string format_text(const InspectReport& r) {
     if (m.tipo_ricevuta) out << "tipo ricevuta:   " << to_string(*m.tipo_ricevuta) << "\n";
     if (m.daticert) {
         const Daticert& d = *m.daticert;
-        out << "daticert:\n  tipo:           " << to_string(d.tipo) << " (errore " << to_string(d.errore) << ")\n"
+        out << "daticert:\n  tipo:           " << to_string(d.tipo) << " (errore "
+            << to_string(d.errore) << ")\n"
             << "  mittente:       " << d.mittente << "\n";
         for (const auto& dest : d.destinatari)
             out << "  destinatario:   " << dest.address << " (" << to_string(dest.kind) << ")\n";
@@ -96,12 +100,15 @@ std::string format_text(const InspectReport& r) {
         if (m.original->riferimento_message_id)
             out << "  riferimento:    " << *m.original->riferimento_message_id << "\n";
         if (m.original->subject) out << "  subject:        " << *m.original->subject << "\n";
-        if (m.original->hash_parts > 0) out << "  .hash parts:    " << m.original->hash_parts << "\n";
+        if (m.original->hash_parts > 0)
+            out << "  .hash parts:    " << m.original->hash_parts << "\n";
     }
     if (r.signature) {
         const VerifyReport& s = *r.signature;
-        out << "signature:       " << (s.ok() ? "valid" : "INVALID: " + std::string(to_string(s.failure)))
-            << (r.chain_checked ? "" : " (cryptographic check only: no trust anchors given)") << "\n";
+        out << "signature:       "
+            << (s.ok() ? "valid" : "INVALID: " + std::string(to_string(s.failure)))
+            << (r.chain_checked ? "" : " (cryptographic check only: no trust anchors given)")
+            << "\n";
         if (!s.ok()) out << "  reason:         " << s.reason << "\n";
         if (!s.signer_subject.empty()) out << "  signer:         " << s.signer_subject << "\n";
         if (!s.signer_email.empty()) out << "  signer email:   " << s.signer_email << "\n";
@@ -111,10 +118,12 @@ std::string format_text(const InspectReport& r) {
         if (s.signing_time) out << "  signing time:   " << utc(*s.signing_time) << "\n";
         if (!s.provider_name.empty()) out << "  provider:       " << s.provider_name << "\n";
     } else {
-        out << "signature:       " << (r.signature_error.empty() ? "none" : r.signature_error) << "\n";
+        out << "signature:       " << (r.signature_error.empty() ? "none" : r.signature_error)
+            << "\n";
     }
     for (const auto& p : m.problems) out << "problem:         " << p << "\n";
-    out << "verdict:         " << (r.valid ? "valid PEC message" : "NOT a valid PEC message") << "\n";
+    out << "verdict:         " << (r.valid ? "valid PEC message" : "NOT a valid PEC message")
+        << "\n";
     for (const auto& v : r.verdict) out << "  - " << v << "\n";
     return out.str();
 }
@@ -127,15 +136,24 @@ std::string format_json(const InspectReport& r) {
     if (r.signature) {
         const VerifyReport& s = *r.signature;
         w.begin_object()
-            .key("ok").value(s.ok())
-            .key("failure").value(to_string(s.failure))
-            .key("reason").value(s.reason)
-            .key("signer_subject").value(s.signer_subject)
-            .key("signer_email").value(s.signer_email)
-            .key("signer_cert_sha1").value(s.signer_cert_sha1)
-            .key("digest_algorithm").value(s.digest_algorithm)
-            .key("protocol").value(s.protocol)
-            .key("provider").value(s.provider_name);
+            .key("ok")
+            .value(s.ok())
+            .key("failure")
+            .value(to_string(s.failure))
+            .key("reason")
+            .value(s.reason)
+            .key("signer_subject")
+            .value(s.signer_subject)
+            .key("signer_email")
+            .value(s.signer_email)
+            .key("signer_cert_sha1")
+            .value(s.signer_cert_sha1)
+            .key("digest_algorithm")
+            .value(s.digest_algorithm)
+            .key("protocol")
+            .value(s.protocol)
+            .key("provider")
+            .value(s.provider_name);
         if (s.signing_time) w.key("signing_time").value(utc(*s.signing_time));
         w.end_object();
     } else {

@@ -8,7 +8,6 @@
 namespace pecd::pec {
 namespace {
 
-
 // The breve hash (DECISIONS #6): SHA-1, 40 lowercase hex.
 Result<std::string> sha1_hex(std::string_view bytes) {
     unsigned char digest[EVP_MAX_MD_SIZE];

@@ -90,8 +90,8 @@ int rome_offset_minutes(time_t utc) {
     std::tm tm{};
     gmtime_r(&utc, &tm);
     int year = tm.tm_year + 1900;
-    int64_t start = last_sunday_utc_0100(year, 3);   // last Sunday of March
-    int64_t end = last_sunday_utc_0100(year, 10);    // last Sunday of October
+    int64_t start = last_sunday_utc_0100(year, 3);  // last Sunday of March
+    int64_t end = last_sunday_utc_0100(year, 10);   // last Sunday of October
     return (utc >= start && utc < end) ? 120 : 60;
 }
 
@@ -107,19 +107,27 @@ std::tm rome_local(std::chrono::system_clock::time_point t, int* offset_minutes)
 
 }  // namespace
 
-std::string_view to_string(MessageType type) { return name_of(kMessageTypes, type); }
+std::string_view to_string(MessageType type) {
+    return name_of(kMessageTypes, type);
+}
 std::optional<MessageType> message_type_from_string(std::string_view name) {
     return lookup(kMessageTypes, name);
 }
-std::string_view to_string(ReceiptKind kind) { return name_of(kReceiptKinds, kind); }
+std::string_view to_string(ReceiptKind kind) {
+    return name_of(kReceiptKinds, kind);
+}
 std::optional<ReceiptKind> receipt_kind_from_string(std::string_view name) {
     return lookup(kReceiptKinds, name, true);
 }
-std::string_view to_string(DaticertType type) { return name_of(kDaticertTypes, type); }
+std::string_view to_string(DaticertType type) {
+    return name_of(kDaticertTypes, type);
+}
 std::optional<DaticertType> daticert_type_from_string(std::string_view literal) {
     return lookup(kDaticertTypes, literal);
 }
-std::string_view to_string(DaticertError error) { return name_of(kDaticertErrors, error); }
+std::string_view to_string(DaticertError error) {
+    return name_of(kDaticertErrors, error);
+}
 std::optional<DaticertError> daticert_error_from_string(std::string_view literal) {
     return lookup(kDaticertErrors, literal);
 }

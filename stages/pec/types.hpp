@@ -11,18 +11,18 @@ namespace pecd::pec {
 
 // The eleven message kinds of pec-rules.md §2.1 plus ordinary (non-PEC) mail.
 enum class MessageType {
-    ordinary,                  // not a PEC system message
-    busta_trasporto,           // #1  X-Trasporto: posta-certificata
-    busta_anomalia,            // #2  X-Trasporto: errore
-    accettazione,              // #3  X-Ricevuta: accettazione
-    non_accettazione,          // #4  X-Ricevuta: non-accettazione
-    non_accettazione_virus,    // #5  X-Ricevuta: non-accettazione + X-VerificaSicurezza: errore
-    presa_in_carico,           // #6  X-Ricevuta: presa-in-carico
-    avvenuta_consegna,         // #7  X-Ricevuta: avvenuta-consegna (completa/breve/sintetica)
-    errore_consegna,           // #8  X-Ricevuta: errore-consegna
-    preavviso_errore_consegna, // #9  X-Ricevuta: preavviso-errore-consegna (12 h and 24 h)
-    rilevazione_virus,         // #10 X-Ricevuta: rilevazione-virus
-    errore_consegna_virus,     // #11 X-Ricevuta: errore-consegna + X-VerificaSicurezza: errore
+    ordinary,                   // not a PEC system message
+    busta_trasporto,            // #1  X-Trasporto: posta-certificata
+    busta_anomalia,             // #2  X-Trasporto: errore
+    accettazione,               // #3  X-Ricevuta: accettazione
+    non_accettazione,           // #4  X-Ricevuta: non-accettazione
+    non_accettazione_virus,     // #5  X-Ricevuta: non-accettazione + X-VerificaSicurezza: errore
+    presa_in_carico,            // #6  X-Ricevuta: presa-in-carico
+    avvenuta_consegna,          // #7  X-Ricevuta: avvenuta-consegna (completa/breve/sintetica)
+    errore_consegna,            // #8  X-Ricevuta: errore-consegna
+    preavviso_errore_consegna,  // #9  X-Ricevuta: preavviso-errore-consegna (12 h and 24 h)
+    rilevazione_virus,          // #10 X-Ricevuta: rilevazione-virus
+    errore_consegna_virus,      // #11 X-Ricevuta: errore-consegna + X-VerificaSicurezza: errore
 };
 
 std::string_view to_string(MessageType type);  // stable snake-case name, used in JSON output
@@ -65,10 +65,10 @@ struct Recipient {
 // One instant per transaction (DECISIONS #2), rendered in Italian legal time (Europe/Rome).
 struct PecTime {
     std::chrono::system_clock::time_point instant;
-    std::string giorno() const;  // "dd/mm/yyyy" local
-    std::string ora() const;     // "hh:mm:ss" local
-    std::string zona() const;    // "+0100" / "+0200"
-    std::string rfc5322() const; // Date: header value
+    std::string giorno() const;   // "dd/mm/yyyy" local
+    std::string ora() const;      // "hh:mm:ss" local
+    std::string zona() const;     // "+0100" / "+0200"
+    std::string rfc5322() const;  // Date: header value
     bool operator==(const PecTime&) const = default;
 };
 

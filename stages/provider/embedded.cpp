@@ -127,21 +127,22 @@ outbox_sender(fs::path dir) {
 std::function<Result<std::vector<RecipientStatus>>(
     const std::string&, const std::vector<std::string>&, const fs::path&)>
 outbox_file_sender(fs::path dir) {
-    return [dir = std::move(dir)](const std::string&, const std::vector<std::string>& rcpts,
-                                  const fs::path& queue_file) -> Result<std::vector<RecipientStatus>> {
-        // The file going out is a queue file already, complete and durable: the outbox gets a
-        // second name for it under its own id, the MTA's unlink removes it.
-        const std::string id = queue_file.filename().string();
-        auto linked = runner::BatchPublisher::link_durably(queue_file, dir / id);
-        if (!linked && linked.error().kind == ErrorKind::not_found) {
-            if (auto st = durable::make_dir(dir); !st) return context(st.error(), "outbox");
-            linked = runner::BatchPublisher::link_durably(queue_file, dir / id);
-        }
-        if (!linked) return context(linked.error(), "outbox");
-        std::vector<RecipientStatus> out;
-        for (const auto& r : rcpts) out.push_back({r, Outcome::ok, "2.0.0", "queued as " + id});
-        return out;
-    };
+    return
+        [dir = std::move(dir)](const std::string&, const std::vector<std::string>& rcpts,
+                               const fs::path& queue_file) -> Result<std::vector<RecipientStatus>> {
+            // The file going out is a queue file already, complete and durable: the outbox gets a
+            // second name for it under its own id, the MTA's unlink removes it.
+            const std::string id = queue_file.filename().string();
+            auto linked = runner::BatchPublisher::link_durably(queue_file, dir / id);
+            if (!linked && linked.error().kind == ErrorKind::not_found) {
+                if (auto st = durable::make_dir(dir); !st) return context(st.error(), "outbox");
+                linked = runner::BatchPublisher::link_durably(queue_file, dir / id);
+            }
+            if (!linked) return context(linked.error(), "outbox");
+            std::vector<RecipientStatus> out;
+            for (const auto& r : rcpts) out.push_back({r, Outcome::ok, "2.0.0", "queued as " + id});
+            return out;
+        };
 }
 
 bool contains_eicar(std::string_view message) {

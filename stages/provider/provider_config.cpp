@@ -185,9 +185,11 @@ ProviderSettings read_all(Reader& r) {
     // crl_urls[i] is where `pecd refresh-crl` downloads crl_files[i] from.
     s.crl_urls = split_list(c.get("trust", "crl_urls"));
     if (!s.crl_urls.empty() && s.crl_urls.size() != s.trust.crl_files.size())
-        r.problem("trust", "crl_urls", "must list one URL per entry of crl_files, in the same order");
+        r.problem("trust", "crl_urls",
+                  "must list one URL per entry of crl_files, in the same order");
     for (const auto& url : s.crl_urls)
-        if (!url.starts_with("http://")) r.problem("trust", "crl_urls", url + " is not an http:// URL");
+        if (!url.starts_with("http://"))
+            r.problem("trust", "crl_urls", url + " is not an http:// URL");
     if (s.trust.ca_files.empty() && s.trust.ca_dirs.empty())
         r.problem("trust", "ca_files", "is required (the trust anchors of the PEC providers)");
     if (auto crl = c.get_bool("trust", "check_crl", true); crl)

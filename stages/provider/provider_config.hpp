@@ -45,7 +45,7 @@ struct ProviderSettings {
     fs::path pkcs11_module, pin_file;
     pec::SignatureProtocol protocol = pec::SignatureProtocol::pkcs7_signature;
 
-    pec::TrustConfig trust;  // [trust]
+    pec::TrustConfig trust;             // [trust]
     std::vector<std::string> crl_urls;  // [trust] crl_urls: where crl_files are refreshed from
 
     // [index]

@@ -24,8 +24,8 @@ struct CrlFree {
 using Crl = std::unique_ptr<X509_CRL, CrlFree>;
 
 Crl parse_crl(std::string_view bytes) {
-    std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new_mem_buf(bytes.data(), static_cast<int>(bytes.size())),
-                                                  BIO_free);
+    std::unique_ptr<BIO, decltype(&BIO_free)> bio(
+        BIO_new_mem_buf(bytes.data(), static_cast<int>(bytes.size())), BIO_free);
     if (!bio) return nullptr;
     Crl crl(PEM_read_bio_X509_CRL(bio.get(), nullptr, nullptr, nullptr));
     if (crl) return crl;
@@ -41,10 +41,11 @@ bool signed_by_anchor(X509_CRL* crl, const std::string& anchors_pem) {
     std::unique_ptr<BIO, decltype(&BIO_free)> bio(
         BIO_new_mem_buf(anchors_pem.data(), static_cast<int>(anchors_pem.size())), BIO_free);
     while (bio) {
-        std::unique_ptr<X509, decltype(&X509_free)> cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr),
-                                                         X509_free);
+        std::unique_ptr<X509, decltype(&X509_free)> cert(
+            PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr), X509_free);
         if (!cert) break;
-        if (X509_NAME_cmp(X509_get_subject_name(cert.get()), X509_CRL_get_issuer(crl)) != 0) continue;
+        if (X509_NAME_cmp(X509_get_subject_name(cert.get()), X509_CRL_get_issuer(crl)) != 0)
+            continue;
         EVP_PKEY* key = X509_get0_pubkey(cert.get());
         if (key && X509_CRL_verify(crl, key) == 1) {
             ERR_clear_error();
@@ -58,12 +59,15 @@ bool signed_by_anchor(X509_CRL* crl, const std::string& anchors_pem) {
 // RFC 5280 §5.2.3: the CRL number only grows; without it, compare thisUpdate.
 bool older_than(X509_CRL* fresh, X509_CRL* current) {
     using Number = std::unique_ptr<ASN1_INTEGER, decltype(&ASN1_INTEGER_free)>;
-    Number a(static_cast<ASN1_INTEGER*>(X509_CRL_get_ext_d2i(fresh, NID_crl_number, nullptr, nullptr)),
-             ASN1_INTEGER_free);
-    Number b(static_cast<ASN1_INTEGER*>(X509_CRL_get_ext_d2i(current, NID_crl_number, nullptr, nullptr)),
-             ASN1_INTEGER_free);
+    Number a(
+        static_cast<ASN1_INTEGER*>(X509_CRL_get_ext_d2i(fresh, NID_crl_number, nullptr, nullptr)),
+        ASN1_INTEGER_free);
+    Number b(
+        static_cast<ASN1_INTEGER*>(X509_CRL_get_ext_d2i(current, NID_crl_number, nullptr, nullptr)),
+        ASN1_INTEGER_free);
     if (a && b) return ASN1_INTEGER_cmp(a.get(), b.get()) < 0;
-    return ASN1_TIME_compare(X509_CRL_get0_lastUpdate(fresh), X509_CRL_get0_lastUpdate(current)) < 0;
+    return ASN1_TIME_compare(X509_CRL_get0_lastUpdate(fresh), X509_CRL_get0_lastUpdate(current)) <
+           0;
 }
 
 }  // namespace
@@ -71,8 +75,9 @@ bool older_than(X509_CRL* fresh, X509_CRL* current) {
 Result<std::string> refresh_index(const Config& config) {
     auto settings = read_settings(config);
     if (!settings) return std::unexpected(settings.error());
-    auto snapshot = settings->index_source == ProviderSettings::IndexSource::ldap ? pec::load_ldap(settings->ldap)
-                                                                                  : pec::load_ldif(settings->ldif);
+    auto snapshot = settings->index_source == ProviderSettings::IndexSource::ldap
+                        ? pec::load_ldap(settings->ldap)
+                        : pec::load_ldif(settings->ldif);
     if (!snapshot) return std::unexpected(snapshot.error());
     return std::to_string(snapshot->providers.size()) + " providers from " + snapshot->source;
 }
@@ -80,7 +85,8 @@ Result<std::string> refresh_index(const Config& config) {
 Result<std::string> refresh_crls(const Config& config) {
     auto settings = read_settings(config);
     if (!settings) return std::unexpected(settings.error());
-    if (settings->crl_urls.empty()) return std::string("no [trust] crl_urls configured: nothing to do");
+    if (settings->crl_urls.empty())
+        return std::string("no [trust] crl_urls configured: nothing to do");
     std::string anchors;
     for (const auto& f : settings->trust.ca_files) {
         auto pem = durable::read_file(f, 16u << 20);
@@ -93,7 +99,8 @@ Result<std::string> refresh_crls(const Config& config) {
     for (size_t i = 0; i < settings->crl_urls.size(); ++i) {
         const std::string& url = settings->crl_urls[i];
         const fs::path& file = settings->trust.crl_files[i];
-        auto body = http::request({"GET", url, "", "", "", std::chrono::seconds(30), "CRL " + url, 64u << 20});
+        auto body = http::request(
+            {"GET", url, "", "", "", std::chrono::seconds(30), "CRL " + url, 64u << 20});
         Status problem;
         Crl fresh;
         if (!body) {
@@ -101,7 +108,8 @@ Result<std::string> refresh_crls(const Config& config) {
         } else if (!(fresh = parse_crl(*body))) {
             problem = fail(ErrorKind::permanent, url + ": not a CRL (PEM or DER)");
         } else if (!signed_by_anchor(fresh.get(), anchors)) {
-            problem = fail(ErrorKind::permanent, url + ": CRL not signed by a configured trust anchor");
+            problem =
+                fail(ErrorKind::permanent, url + ": CRL not signed by a configured trust anchor");
         }
         if (!problem) {
             if (first_error.empty()) {
@@ -113,12 +121,14 @@ Result<std::string> refresh_crls(const Config& config) {
         // Never go back in time: an older CRL could un-revoke a certificate.
         if (auto current = durable::read_file(file, 64u << 20); current) {
             if (Crl old = parse_crl(*current); old && older_than(fresh.get(), old.get())) {
-                if (first_error.empty()) first_error = url + ": CRL older than the one in " + file.string();
+                if (first_error.empty())
+                    first_error = url + ": CRL older than the one in " + file.string();
                 error_kind = ErrorKind::permanent;
                 continue;
             }
         }
-        if (auto st = durable::write_file_atomic(file, *body); !st) return std::unexpected(st.error());
+        if (auto st = durable::write_file_atomic(file, *body); !st)
+            return std::unexpected(st.error());
         ++updated;
     }
     if (!first_error.empty()) return fail(error_kind, first_error);

@@ -14,7 +14,8 @@
 
 namespace pecd::provider {
 
-// A one-line summary on success ("2 providers from ldap://..."). LDAP down with no cache: transient.
+// A one-line summary on success ("2 providers from ldap://..."). LDAP down with no cache:
+// transient.
 Result<std::string> refresh_index(const Config& config);
 
 // Each CRL is parsed (PEM or DER), its signature checked against the trust anchors, and written

@@ -301,10 +301,10 @@ scheduler::Handler timeout_handler(pec::TimeoutStage stage,
         env.set_attr(attr::time, std::to_string(now));
         // The notice's emission is a legal-log event; the scheduler has no log of its own, so the
         // deliver stage logs it with the delivery (from these attrs).
-        env.set_attr(attr::emitted, std::string(legallog::to_string(
-                                        stage == pec::TimeoutStage::first_12h
-                                            ? legallog::Event::preavviso_12h
-                                            : legallog::Event::preavviso_24h)));
+        env.set_attr(attr::emitted,
+                     std::string(legallog::to_string(stage == pec::TimeoutStage::first_12h
+                                                         ? legallog::Event::preavviso_12h
+                                                         : legallog::Event::preavviso_24h)));
         env.set_attr(attr::concerning, *recipient);
         env.set_attr(attr::sender, t->original.sender);
         env.set_attr(attr::subject, t->original.subject);

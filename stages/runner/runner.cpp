@@ -20,7 +20,9 @@ constexpr std::string_view kDeferTmpSuffix = ".defer.tmp";
 constexpr char kDestSeparator = '~';
 constexpr std::string_view kDeferredMark = "@deferred";
 
-bool ends_with(std::string_view s, std::string_view suffix) { return s.ends_with(suffix); }
+bool ends_with(std::string_view s, std::string_view suffix) {
+    return s.ends_with(suffix);
+}
 
 }  // namespace
 
@@ -84,7 +86,9 @@ dev_t device_of(const fs::path& path) {
 }
 }  // namespace
 
-BatchPublisher* BatchPublisher::current() { return current_publisher; }
+BatchPublisher* BatchPublisher::current() {
+    return current_publisher;
+}
 
 Status BatchPublisher::publish_durably(const fs::path& tmp, const fs::path& dest) {
     if (auto* batch = current()) {
@@ -133,7 +137,8 @@ Status StageRunner::publish(BatchPublisher& publisher) {
             st = durable::sync_data_at(p.tmp);
         } else if (dev_t dev = device_of(p.tmp.parent_path()); flushed.insert(dev).second) {
             auto dir = durable::open_dir(p.tmp.parent_path());
-            st = dir ? durable::sync_filesystem_shared(dir->get()) : Status(std::unexpected(dir.error()));
+            st = dir ? durable::sync_filesystem_shared(dir->get())
+                     : Status(std::unexpected(dir.error()));
         }
         if (!st) {
             discard_from(0);
@@ -155,7 +160,8 @@ Status StageRunner::publish(BatchPublisher& publisher) {
             st = durable::sync_dir(dir);
         else if (dev_t dev = device_of(dir); dev != spool_device() && synced.insert(dev).second) {
             auto fd = durable::open_dir(dir);
-            st = fd ? durable::sync_filesystem_shared(fd->get()) : Status(std::unexpected(fd.error()));
+            st = fd ? durable::sync_filesystem_shared(fd->get())
+                    : Status(std::unexpected(fd.error()));
         }
         if (!st) return st;
     }
@@ -182,7 +188,9 @@ Status StageRunner::quarantine_file(const fs::path& file, const std::string& id,
 // and removes the entry from the set, so a crash in the middle never moves anything twice.
 Status StageRunner::deliver_output_set(const fs::path& out_dir, std::vector<fs::path>* touched) {
     auto names = durable::list_dir(out_dir);
-    if (!names) return names.error().kind == ErrorKind::not_found ? Status{} : Status(std::unexpected(names.error()));
+    if (!names)
+        return names.error().kind == ErrorKind::not_found ? Status{}
+                                                          : Status(std::unexpected(names.error()));
     for (const auto& name : *names) {
         size_t sep = name.find(kDestSeparator);
         if (sep == std::string::npos) {
@@ -191,7 +199,8 @@ Status StageRunner::deliver_output_set(const fs::path& out_dir, std::vector<fs::
         }
         std::string dest = name.substr(0, sep);
         std::string id = name.substr(sep + 1);
-        // "<stage>@deferred~<id>": the output waits in deferred/<stage> (its envelope says until when).
+        // "<stage>@deferred~<id>": the output waits in deferred/<stage> (its envelope says until
+        // when).
         bool deferred = dest.ends_with(kDeferredMark);
         if (deferred) dest.resize(dest.size() - kDeferredMark.size());
         auto dest_dir = deferred && spool::is_stage(dest)
@@ -235,11 +244,13 @@ Status StageRunner::recover() {
         if (auto st = sync_point({}, {active_dir_}); !st) return st;
     std::vector<fs::path> touched{active_dir_};
     for (const auto& id : committed)
-        if (auto st = deliver_output_set(active_dir_ / (id + std::string(kOutSuffix)), &touched); !st)
+        if (auto st = deliver_output_set(active_dir_ / (id + std::string(kOutSuffix)), &touched);
+            !st)
             return st;
     if (auto st = sync_point({}, touched); !st) return st;
     for (const auto& id : committed)
-        if (auto st = durable::remove_dir(active_dir_ / (id + std::string(kOutSuffix))); !st) return st;
+        if (auto st = durable::remove_dir(active_dir_ / (id + std::string(kOutSuffix))); !st)
+            return st;
     // Claimed inputs: one whose last record is this stage's routing was committed in place and
     // moves on; any other goes back to the queue (a torn append is cut off first).
     size_t routed = 0;
@@ -282,7 +293,9 @@ Status StageRunner::recover() {
             continue;
         struct stat st {};
         if (::stat((active_dir_ / name).c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
-        if (auto q = quarantine_file(active_dir_ / name, name, "unexpected file in active/" + stage_); !q)
+        if (auto q =
+                quarantine_file(active_dir_ / name, name, "unexpected file in active/" + stage_);
+            !q)
             return q;
     }
     if (returned + routed > 0)
@@ -343,10 +356,10 @@ bool StageRunner::plan_route_in_place(Claimed& c, std::vector<StageOutput>& outp
     const spool::Envelope& in = c.info.env;
     auto dest = spool_.destination_dir(out.destination);
     if (!dest || out.env.id != c.id || out.env.sender != in.sender ||
-        out.env.recipients != in.recipients || out.env.user != in.user || out.env.client != in.client ||
-        out.body.fd != c.fd.get() || out.body.offset != c.info.body_offset() ||
-        out.body.size != c.info.body_size || out.env.attempts != in.attempts ||
-        out.env.history.size() < in.history.size())
+        out.env.recipients != in.recipients || out.env.user != in.user ||
+        out.env.client != in.client || out.body.fd != c.fd.get() ||
+        out.body.offset != c.info.body_offset() || out.body.size != c.info.body_size ||
+        out.env.attempts != in.attempts || out.env.history.size() < in.history.size())
         return false;
     // A removed attribute cannot be expressed by appending: write the file anew instead.
     for (const auto& [key, value] : in.attrs)
@@ -534,7 +547,8 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
             env.attempts += 1;
             if (env.attempts >= options_.max_attempts) {
                 c.outcome = Claimed::Outcome::quarantine;
-                c.reason = "gave up after " + std::to_string(env.attempts) + " attempts: " + c.reason;
+                c.reason =
+                    "gave up after " + std::to_string(env.attempts) + " attempts: " + c.reason;
                 continue;
             }
             double factor = std::pow(2.0, std::min(env.attempts - 1, 30));
@@ -546,7 +560,8 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
             fs::path tmp = active_dir_ / (c.id + std::string(kDeferTmpSuffix));
             (void)durable::unlink_file(tmp);
             auto written = spool::write_queue_file(
-                tmp, env, spool::BodySource::from_file(c.fd.get(), c.info.body_offset(), c.info.body_size));
+                tmp, env,
+                spool::BodySource::from_file(c.fd.get(), c.info.body_offset(), c.info.body_size));
             // If even the rewrite fails (disk full), the file is deferred as it is: it comes back
             // at the next deferred scan, and the fault has been logged.
             if (written) {
@@ -576,7 +591,8 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
                                            active_dir_ / (c.id + std::string(kOutSuffix)));
             if (!st) return abandon(st.error());
         } else if (c.outcome == Claimed::Outcome::defer && c.defer_fd) {
-            auto st = durable::rename_file(active_dir_ / (c.id + std::string(kDeferTmpSuffix)), c.input);
+            auto st =
+                durable::rename_file(active_dir_ / (c.id + std::string(kDeferTmpSuffix)), c.input);
             if (!st) return abandon(st.error());
         }
     }
@@ -584,8 +600,9 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
     // In-place hops and deferrals unlink nothing, so a batch of them skips it. In batch mode the
     // filesystem's journal keeps metadata operations in order (docs/spool-layout.md), so the
     // renames need no flush between them.
-    bool has_output_sets = std::any_of(items.begin(), items.end(),
-                                       [](const Claimed& c) { return c.outcome == Claimed::Outcome::ok; });
+    bool has_output_sets = std::any_of(items.begin(), items.end(), [](const Claimed& c) {
+        return c.outcome == Claimed::Outcome::ok;
+    });
     if (has_output_sets && options_.sync == SyncMode::strict)
         if (auto st = sync_point({}, {active_dir_}); !st) return std::unexpected(st.error());
 
@@ -599,7 +616,9 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
         switch (c.outcome) {
             case Claimed::Outcome::ok:
                 st = durable::unlink_file(c.input);
-                if (st) st = deliver_output_set(active_dir_ / (c.id + std::string(kOutSuffix)), &touched);
+                if (st)
+                    st = deliver_output_set(active_dir_ / (c.id + std::string(kOutSuffix)),
+                                            &touched);
                 if (st) ++done;
                 break;
             case Claimed::Outcome::consume:
@@ -665,8 +684,10 @@ Result<size_t> StageRunner::drain(const std::atomic<bool>& stop) {
         auto flush = [&]() {
             if (batch.empty()) return;
             auto n = process_batch(batch);
-            if (!n) failure = std::unexpected(n.error());
-            else pass += *n;
+            if (!n)
+                failure = std::unexpected(n.error());
+            else
+                pass += *n;
             batch.clear();
         };
         while (struct dirent* entry = ::readdir(dir)) {
@@ -693,7 +714,8 @@ Result<size_t> StageRunner::drain(const std::atomic<bool>& stop) {
         if (failure) flush();
         // Claimed but unprocessed files (after a failure) stay in active/ for recover().
         if (!failure) {
-            if (auto st = recover(); !st) PECD_LOG(error) << stage_ << ": recovery: " << st.error().message;
+            if (auto st = recover(); !st)
+                PECD_LOG(error) << stage_ << ": recovery: " << st.error().message;
             return std::unexpected(failure.error());
         }
         total += pass;
@@ -745,12 +767,15 @@ void close_all(LoopContext* ctx) {
 void schedule_drain(LoopContext* ctx) {
     // Coalesces a burst of inotify events into one drain on the next loop turn.
     if (!uv_is_active(reinterpret_cast<uv_handle_t*>(&ctx->kick)))
-        uv_timer_start(&ctx->kick, [](uv_timer_t* t) {
-            auto* c = static_cast<LoopContext*>(t->data);
-            auto n = c->runner->drain(*c->stop);
-            if (!n) PECD_LOG(error) << c->runner->stage() << ": " << n.error().message;
-            if (c->stop->load()) close_all(c);
-        }, 0, 0);
+        uv_timer_start(
+            &ctx->kick,
+            [](uv_timer_t* t) {
+                auto* c = static_cast<LoopContext*>(t->data);
+                auto n = c->runner->drain(*c->stop);
+                if (!n) PECD_LOG(error) << c->runner->stage() << ": " << n.error().message;
+                if (c->stop->load()) close_all(c);
+            },
+            0, 0);
 }
 }  // namespace
 
@@ -775,23 +800,32 @@ Status StageRunner::run(const std::atomic<bool>& stop) {
     // inotify is a hint: the periodic rescan below is what guarantees nothing is missed (queue
     // overflow, events lost across a restart, NFS).
     uv_fs_event_init(&loop, &ctx.watch);
-    int rc = uv_fs_event_start(&ctx.watch, [](uv_fs_event_t* w, const char*, int, int) {
-        schedule_drain(static_cast<LoopContext*>(w->data));
-    }, queue_dir_.c_str(), 0);
+    int rc = uv_fs_event_start(
+        &ctx.watch,
+        [](uv_fs_event_t* w, const char*, int, int) {
+            schedule_drain(static_cast<LoopContext*>(w->data));
+        },
+        queue_dir_.c_str(), 0);
     ctx.watching = true;
     if (rc != 0)
-        PECD_LOG(warn) << stage_ << ": cannot watch " << queue_dir_.string() << ": " << uv_strerror(rc)
-                       << "; relying on periodic rescans";
-    uv_timer_start(&ctx.rescan, [](uv_timer_t* t) { schedule_drain(static_cast<LoopContext*>(t->data)); },
-                   static_cast<uint64_t>(options_.rescan_interval.count()),
-                   static_cast<uint64_t>(options_.rescan_interval.count()));
-    uv_timer_start(&ctx.deferred, [](uv_timer_t* t) {
-        auto* c = static_cast<LoopContext*>(t->data);
-        auto n = c->runner->release_due_deferred();
-        if (!n) PECD_LOG(error) << c->runner->stage() << ": deferred scan: " << n.error().message;
-        else if (*n > 0) schedule_drain(c);
-    }, static_cast<uint64_t>(options_.deferred_scan_interval.count()),
-                   static_cast<uint64_t>(options_.deferred_scan_interval.count()));
+        PECD_LOG(warn) << stage_ << ": cannot watch " << queue_dir_.string() << ": "
+                       << uv_strerror(rc) << "; relying on periodic rescans";
+    uv_timer_start(
+        &ctx.rescan, [](uv_timer_t* t) { schedule_drain(static_cast<LoopContext*>(t->data)); },
+        static_cast<uint64_t>(options_.rescan_interval.count()),
+        static_cast<uint64_t>(options_.rescan_interval.count()));
+    uv_timer_start(
+        &ctx.deferred,
+        [](uv_timer_t* t) {
+            auto* c = static_cast<LoopContext*>(t->data);
+            auto n = c->runner->release_due_deferred();
+            if (!n)
+                PECD_LOG(error) << c->runner->stage() << ": deferred scan: " << n.error().message;
+            else if (*n > 0)
+                schedule_drain(c);
+        },
+        static_cast<uint64_t>(options_.deferred_scan_interval.count()),
+        static_cast<uint64_t>(options_.deferred_scan_interval.count()));
     // The legal log's file of the day is closed once the day is over, even on an idle stage
     // (a busy one closes it at the first record of the new day), so that it can be sealed.
     uv_timer_start(

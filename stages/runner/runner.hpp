@@ -68,12 +68,14 @@ struct StageResult {
 // them, and commits the batch only after that (docs/spool-layout.md, "Publishing"): one flush per
 // batch instead of a few per file.
 class BatchPublisher {
-public:
+  public:
     // The publisher of the batch whose stage function runs on this thread; null outside a runner
     // batch, where the caller makes its file durable and renames it itself.
     static BatchPublisher* current();
     // `tmp` is complete and closed; it is renamed to `dest` (never replacing a file) once durable.
-    void publish(fs::path tmp, fs::path dest) { pending_.push_back({std::move(tmp), std::move(dest)}); }
+    void publish(fs::path tmp, fs::path dest) {
+        pending_.push_back({std::move(tmp), std::move(dest)});
+    }
     bool empty() const { return pending_.empty() && linked_dirs_.empty(); }
     // The same for any caller: left to the batch of this thread if there is one, else done now
     // (fdatasync, rename, fsync of dest's directory; tmp removed on failure).
@@ -85,7 +87,7 @@ public:
     // again and finds it.
     static Status link_durably(const fs::path& existing, const fs::path& dest);
 
-private:
+  private:
     friend class StageRunner;
     struct Pending {
         fs::path tmp, dest;
@@ -126,7 +128,7 @@ struct RunnerStats {
 };
 
 class StageRunner {
-public:
+  public:
     StageRunner(spool::Spool spool, std::string stage, StageFunction fn, RunnerOptions options);
 
     const std::string& stage() const { return stage_; }
@@ -160,7 +162,7 @@ public:
     void wake();
     void detach_wake();  // the loop is closing: wake() must not touch its handle any more
 
-private:
+  private:
     struct Claimed;
     Result<size_t> process_batch(std::vector<std::string>& names);
     bool plan_route_in_place(Claimed& c, std::vector<StageOutput>& outputs, int64_t now);
@@ -182,7 +184,7 @@ private:
     fs::path active_dir_;
     std::mutex wake_mutex_;
     void* loop_async_ = nullptr;  // uv_async_t of the running loop, guarded by wake_mutex_
-    durable::Fd spool_fd_;  // kept open for syncfs (batch mode)
+    durable::Fd spool_fd_;        // kept open for syncfs (batch mode)
     dev_t spool_device_ = 0;
     // Batch mode: the last batch's moves wait for the next sync point 1, or drain()'s last sync.
     bool unsynced_moves_ = false;

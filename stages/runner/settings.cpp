@@ -20,7 +20,8 @@ Result<SpoolSettings> spool_settings(const Config& config) {
     s.max_message_size = *size;
     std::string action = config.get("spool", "oversize_action", "bounce");
     if (action != "bounce" && action != "defer")
-        return fail(ErrorKind::config, config.source() + ": [spool] oversize_action must be bounce or defer");
+        return fail(ErrorKind::config,
+                    config.source() + ": [spool] oversize_action must be bounce or defer");
     s.oversize_bounces = action == "bounce";
     return s;
 }
@@ -33,17 +34,22 @@ Result<RunnerOptions> runner_options(const Config& config) {
         return fail(ErrorKind::config, config.source() + ": [runner] batch_size must be 1-4096");
     o.batch_size = static_cast<size_t>(*batch);
     std::string sync = config.get("runner", "sync", "batch");
-    if (sync == "batch") o.sync = SyncMode::batch;
-    else if (sync == "strict") o.sync = SyncMode::strict;
-    else return fail(ErrorKind::config, config.source() + ": [runner] sync must be batch or strict");
+    if (sync == "batch")
+        o.sync = SyncMode::batch;
+    else if (sync == "strict")
+        o.sync = SyncMode::strict;
+    else
+        return fail(ErrorKind::config, config.source() + ": [runner] sync must be batch or strict");
     auto get = [&](const char* key, std::chrono::milliseconds& into) -> Status {
         auto d = config.get_duration("runner", key, into);
         if (!d) return std::unexpected(d.error());
         into = *d;
         return {};
     };
-    if (auto st = get("rescan_interval", o.rescan_interval); !st) return std::unexpected(st.error());
-    if (auto st = get("deferred_scan_interval", o.deferred_scan_interval); !st) return std::unexpected(st.error());
+    if (auto st = get("rescan_interval", o.rescan_interval); !st)
+        return std::unexpected(st.error());
+    if (auto st = get("deferred_scan_interval", o.deferred_scan_interval); !st)
+        return std::unexpected(st.error());
     if (auto st = get("backoff_base", o.backoff_base); !st) return std::unexpected(st.error());
     if (auto st = get("backoff_max", o.backoff_max); !st) return std::unexpected(st.error());
     auto attempts = config.get_int("runner", "max_attempts", o.max_attempts);

@@ -142,23 +142,23 @@ namespace {
 // new claim time, so that no other node sees it expire and runs a slow task a second time. A
 // renewal that fails means someone else has the claim now: the keeper stops and says so.
 class LeaseKeeper {
-public:
+  public:
     LeaseKeeper(TaskStore& store, fs::path claimed, const SchedulerOptions& options,
                 std::function<int64_t()> now)
         : store_(store), claimed_(std::move(claimed)) {
         const auto interval = std::max(options.lease / 3, std::chrono::milliseconds(10));
-        thread_ = std::thread([this, interval, node = options.node, pid = options.pid,
-                               now = std::move(now)] {
-            std::unique_lock lock(mutex_);
-            while (!cv_.wait_for(lock, interval, [this] { return stopping_; })) {
-                auto renewed = store_.renew(claimed_, node, pid, now());
-                if (!renewed) {
-                    lost_ = renewed.error().message;
-                    return;
+        thread_ = std::thread(
+            [this, interval, node = options.node, pid = options.pid, now = std::move(now)] {
+                std::unique_lock lock(mutex_);
+                while (!cv_.wait_for(lock, interval, [this] { return stopping_; })) {
+                    auto renewed = store_.renew(claimed_, node, pid, now());
+                    if (!renewed) {
+                        lost_ = renewed.error().message;
+                        return;
+                    }
+                    claimed_ = std::move(*renewed);
                 }
-                claimed_ = std::move(*renewed);
-            }
-        });
+            });
     }
     ~LeaseKeeper() { stop(); }
     // Stops renewing; returns the claim's current name.
@@ -173,7 +173,7 @@ public:
     }
     const std::optional<std::string>& lost() const { return lost_; }
 
-private:
+  private:
     TaskStore& store_;
     fs::path claimed_;
     std::mutex mutex_;
@@ -226,8 +226,8 @@ void Scheduler::run_claimed(fs::path claimed, const std::string& key,
         if (keeper.lost()) {
             // Another scheduler took the claim while this one could not renew it (a stalled node,
             // a lost shared filesystem): the task is theirs now; touch nothing.
-            PECD_LOG(error) << "task " << task->key << ": claim lost while running: "
-                            << *keeper.lost();
+            PECD_LOG(error) << "task " << task->key
+                            << ": claim lost while running: " << *keeper.lost();
             ++stats.lost;
             return;
         }

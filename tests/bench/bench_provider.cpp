@@ -264,7 +264,9 @@ int main(int argc, char** argv) {
                 beta_cpu, 1000 * (alpha_cpu + beta_cpu) / static_cast<double>(messages));
     struct rusage self {};
     ::getrusage(RUSAGE_SELF, &self);
-    auto seconds = [](const timeval& tv) { return static_cast<double>(tv.tv_sec) + tv.tv_usec / 1e6; };
+    auto seconds = [](const timeval& tv) {
+        return static_cast<double>(tv.tv_sec) + tv.tv_usec / 1e6;
+    };
     std::printf("CPU: the MTAs (this process: submissions, relays, durable enqueues) %.2f s\n",
                 seconds(self.ru_utime) + seconds(self.ru_stime));
     std::printf("end to end: %.2f s, %.1f messages/s (%.1f signatures/s by the providers)\n",

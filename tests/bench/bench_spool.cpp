@@ -1,6 +1,7 @@
 // Spool bench: prints figures, asserts nothing.
 //
-//   bench_spool BIN_DIR [messages=5000] [size=10240] [big_spool_files=1000000] [enqueue_concurrency=16]
+//   bench_spool BIN_DIR [messages=5000] [size=10240] [big_spool_files=1000000]
+//   [enqueue_concurrency=16]
 //               [sync=batch|strict]
 //
 // 1. enqueue rate: `messages` pec-enqueue processes (one per message, as Postfix's pipe(8)
@@ -63,7 +64,9 @@ double cpu_seconds(pid_t pid) {
 
 int main(int argc, char** argv) {
     if (argc < 2) {
-        std::fprintf(stderr, "usage: %s BIN_DIR [messages] [size] [big_spool_files] [concurrency]\n", argv[0]);
+        std::fprintf(stderr,
+                     "usage: %s BIN_DIR [messages] [size] [big_spool_files] [concurrency]\n",
+                     argv[0]);
         return 2;
     }
     fs::path bin = argv[1];
@@ -78,17 +81,20 @@ int main(int argc, char** argv) {
     fs::create_directories(dir);
     fs::path conf = dir / "pecd.conf";
     std::ofstream(conf) << "[spool]\ndirectory = " << (dir / "spool").string()
-                        << "\n[runner]\nbatch_size = 128\nrescan_interval = 1s\nsync = " << sync << "\n";
-    pecd::testing::run({(bin / "pecd").string(), "-c", conf.string(), "init"}, {.stdout_path = "/dev/null"});
+                        << "\n[runner]\nbatch_size = 128\nrescan_interval = 1s\nsync = " << sync
+                        << "\n";
+    pecd::testing::run({(bin / "pecd").string(), "-c", conf.string(), "init"},
+                       {.stdout_path = "/dev/null"});
     spool::Spool sp(dir / "spool");
     std::string body = "From: a@pec.alpha.test\r\nTo: b@pec.beta.test\r\nSubject: bench\r\n\r\n";
-    while (body.size() < size) body += "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789\r\n";
+    while (body.size() < size)
+        body += "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789\r\n";
     body.resize(size);
     fs::path input = dir / "msg.eml";
     std::ofstream(input, std::ios::binary) << body;
 
-    std::printf("pecd spool bench: %d messages of %zu bytes, %u cores, sync = %s, spool on %s\n", messages,
-                size, std::thread::hardware_concurrency(), sync.c_str(), dir.c_str());
+    std::printf("pecd spool bench: %d messages of %zu bytes, %u cores, sync = %s, spool on %s\n",
+                messages, size, std::thread::hardware_concurrency(), sync.c_str(), dir.c_str());
 
     // 1. enqueue
     std::atomic<int> next{0}, failed{0};
@@ -104,8 +110,9 @@ int main(int argc, char** argv) {
         });
     for (auto& t : producers) t.join();
     double enqueue_s = seconds_since(t0);
-    std::printf("enqueue: %.0f messages/s (%d pec-enqueue processes, %d at a time, %.2f s, %d failed)\n",
-                messages / enqueue_s, messages, concurrency, enqueue_s, failed.load());
+    std::printf(
+        "enqueue: %.0f messages/s (%d pec-enqueue processes, %d at a time, %.2f s, %d failed)\n",
+        messages / enqueue_s, messages, concurrency, enqueue_s, failed.load());
 
     // 1b. the same commit without a process per message: the spool's own cost.
     {
@@ -126,22 +133,27 @@ int main(int argc, char** argv) {
             });
         for (auto& t : writers) t.join();
         double s = seconds_since(t1);
-        std::printf("enqueue in-process: %.0f messages/s (%d threads, same durable commit, no process spawn)\n",
-                    messages / s, concurrency);
+        std::printf(
+            "enqueue in-process: %.0f messages/s (%d threads, same durable commit, no process "
+            "spawn)\n",
+            messages / s, concurrency);
     }
 
     // 2. full chain
     std::vector<pid_t> stages;
     t0 = Clock::now();
     for (auto stage : spool::kStages)
-        stages.push_back(pecd::testing::spawn({(bin / "pecd").string(), "-c", conf.string(), std::string(stage)},
-                                              {.stderr_path = (dir / "stages.log").string()}));
+        stages.push_back(
+            pecd::testing::spawn({(bin / "pecd").string(), "-c", conf.string(), std::string(stage)},
+                                 {.stderr_path = (dir / "stages.log").string()}));
     while (count_files(sp.outbox_dir()) < static_cast<size_t>(messages) && seconds_since(t0) < 600)
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
     double chain_s = seconds_since(t0);
     double cpu_total = 0;
-    std::printf("chain: %.0f messages/s through %zu stage processes (%.2f s, every hop durable, group commit)\n",
-                messages / chain_s, stages.size(), chain_s);
+    std::printf(
+        "chain: %.0f messages/s through %zu stage processes (%.2f s, every hop durable, group "
+        "commit)\n",
+        messages / chain_s, stages.size(), chain_s);
     for (size_t i = 0; i < stages.size(); ++i) {
         double cpu = cpu_seconds(stages[i]);
         cpu_total += cpu;
@@ -149,7 +161,8 @@ int main(int argc, char** argv) {
                     cpu * 1e6 / messages);
     }
     std::printf("per hop: %.1f us CPU and %.1f us wall per message on average\n",
-                cpu_total * 1e6 / messages / stages.size(), chain_s * 1e6 / messages / stages.size());
+                cpu_total * 1e6 / messages / stages.size(),
+                chain_s * 1e6 / messages / stages.size());
     for (pid_t p : stages) pecd::testing::stop_pid(p);
 
     // 3. a big spool
@@ -177,21 +190,26 @@ int main(int argc, char** argv) {
         t0 = Clock::now();
         int rc = pecd::testing::run({(bin / "pecq").string(), "-c", conf.string(), "summary"},
                                     {.stdout_path = "/dev/null"});
-        std::printf("pecq summary of %ld queue files: %.2f s (exit %d)\n", big, seconds_since(t0), rc);
+        std::printf("pecq summary of %ld queue files: %.2f s (exit %d)\n", big, seconds_since(t0),
+                    rc);
         // A restart: a handful of claimed files left behind, then the time until recovery is done
         // and the first message has gone through again.
         for (int i = 0; i < 100; ++i) {
             auto id = spool::new_queue_id(spool::now_us());
             env.id = id;
-            (void)spool::write_queue_file(sp.active_dir("deliver") / id, env, spool::BodySource::from_bytes(small));
+            (void)spool::write_queue_file(sp.active_dir("deliver") / id, env,
+                                          spool::BodySource::from_bytes(small));
         }
         t0 = Clock::now();
-        pecd::testing::ProcessGuard deliver(pecd::testing::spawn(
-            {(bin / "pecd").string(), "-c", conf.string(), "deliver"}, {.stderr_path = (dir / "big.log").string()}));
+        pecd::testing::ProcessGuard deliver(
+            pecd::testing::spawn({(bin / "pecd").string(), "-c", conf.string(), "deliver"},
+                                 {.stderr_path = (dir / "big.log").string()}));
         while (count_files(sp.queue_dir("receipt")) == 0 && seconds_since(t0) < 600)
             std::this_thread::sleep_for(std::chrono::milliseconds(1));
-        std::printf("restart over %ld queue files: first message through after %.3f s (recovery of 100 claimed files included)\n",
-                    big, seconds_since(t0));
+        std::printf(
+            "restart over %ld queue files: first message through after %.3f s (recovery of 100 "
+            "claimed files included)\n",
+            big, seconds_since(t0));
     }
     std::error_code ec;
     fs::remove_all(dir, ec);

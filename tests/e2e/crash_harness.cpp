@@ -39,14 +39,14 @@ using pecd::testing::SpawnOptions;
 namespace {
 
 int failures = 0;
-#define CHECK(cond, ...)                                        \
-    do {                                                        \
-        if (!(cond)) {                                          \
-            std::fprintf(stderr, "FAILED: %s: ", #cond);        \
-            std::fprintf(stderr, __VA_ARGS__);                  \
-            std::fprintf(stderr, "\n");                         \
-            ++failures;                                         \
-        }                                                       \
+#define CHECK(cond, ...)                                 \
+    do {                                                 \
+        if (!(cond)) {                                   \
+            std::fprintf(stderr, "FAILED: %s: ", #cond); \
+            std::fprintf(stderr, __VA_ARGS__);           \
+            std::fprintf(stderr, "\n");                  \
+            ++failures;                                  \
+        }                                                \
     } while (0)
 
 struct Setup {
@@ -63,10 +63,11 @@ Setup make_setup(const fs::path& bin, const std::string& name) {
     fs::remove_all(s.dir);
     fs::create_directories(s.dir);
     s.conf = s.dir / "pecd.conf";
-    std::ofstream(s.conf) << "[spool]\ndirectory = " << (s.dir / "spool").string()
-                          << "\nmax_message_size = 10M\n[runner]\nrescan_interval = 300ms\n"
-                             "deferred_scan_interval = 100ms\nbackoff_base = 50ms\nbackoff_max = 200ms\n"
-                             "max_attempts = 1000\nbatch_size = 32\n";
+    std::ofstream(s.conf)
+        << "[spool]\ndirectory = " << (s.dir / "spool").string()
+        << "\nmax_message_size = 10M\n[runner]\nrescan_interval = 300ms\n"
+           "deferred_scan_interval = 100ms\nbackoff_base = 50ms\nbackoff_max = 200ms\n"
+           "max_attempts = 1000\nbatch_size = 32\n";
     int rc = pecd::testing::run({(bin / "pecd").string(), "-c", s.conf.string(), "init"},
                                 {.stdout_path = "/dev/null"});
     if (rc != 0) {
@@ -83,19 +84,21 @@ std::string make_message(int seq, std::mt19937& rng) {
     m << "From: sender@pec.alpha.test\r\nTo: rcpt@pec.beta.test\r\nSubject: crash " << seq
       << "\r\nX-Crash-Seq: " << seq << "\r\n\r\n";
     int lines = std::uniform_int_distribution<int>(2, 250)(rng);
-    for (int i = 0; i < lines; ++i) m << "line " << i << " of message " << seq << " " << rng() << "\r\n";
+    for (int i = 0; i < lines; ++i)
+        m << "line " << i << " of message " << seq << " " << rng() << "\r\n";
     return m.str();
 }
 
-int enqueue(const Setup& s, const std::string& body, const std::vector<std::string>& extra_env = {}) {
-    fs::path tmp = s.dir / ("in." + std::to_string(::getpid()) + "." +
-                            std::to_string(std::hash<std::thread::id>{}(std::this_thread::get_id())));
-    {
-        std::ofstream(tmp, std::ios::binary) << body;
-    }
-    int rc = pecd::testing::run({(s.bin / "pec-enqueue").string(), "-c", s.conf.string(), "-f",
-                                 "sender@pec.alpha.test", "-u", "sender", "--", "rcpt@pec.beta.test"},
-                                {.env = extra_env, .stdin_path = tmp.string()});
+int enqueue(const Setup& s, const std::string& body,
+            const std::vector<std::string>& extra_env = {}) {
+    fs::path tmp =
+        s.dir / ("in." + std::to_string(::getpid()) + "." +
+                 std::to_string(std::hash<std::thread::id>{}(std::this_thread::get_id())));
+    { std::ofstream(tmp, std::ios::binary) << body; }
+    int rc =
+        pecd::testing::run({(s.bin / "pec-enqueue").string(), "-c", s.conf.string(), "-f",
+                            "sender@pec.alpha.test", "-u", "sender", "--", "rcpt@pec.beta.test"},
+                           {.env = extra_env, .stdin_path = tmp.string()});
     fs::remove(tmp);
     return rc;
 }
@@ -116,7 +119,8 @@ void verify_final_state(const Setup& s, const std::map<int, std::string>& expect
         CHECK(fd.has_value(), "open %s", p.c_str());
         if (!fd) continue;
         auto info = spool::read_header(fd->get(), p.string());
-        CHECK(info.has_value(), "outbox file %s readable: %s", name.c_str(), info ? "" : info.error().message.c_str());
+        CHECK(info.has_value(), "outbox file %s readable: %s", name.c_str(),
+              info ? "" : info.error().message.c_str());
         if (!info) continue;
         auto body = spool::read_body(fd->get(), *info);
         size_t at = body->find("X-Crash-Seq: ");
@@ -141,8 +145,8 @@ void verify_final_state(const Setup& s, const std::map<int, std::string>& expect
     }
     CHECK(missing == 0, "%zu message(s) missing", missing);
     CHECK(duplicated == 0, "%zu message(s) duplicated", duplicated);
-    CHECK(names->size() == expected.size(), "outbox holds %zu files for %zu messages", names->size(),
-          expected.size());
+    CHECK(names->size() == expected.size(), "outbox holds %zu files for %zu messages",
+          names->size(), expected.size());
     for (spool::Area area : spool::kAreas)
         for (auto stage : spool::kStages)
             CHECK(count_files(s.spool.area_dir(area, stage)) == 0, "%s/%s is empty",
@@ -171,8 +175,9 @@ int crash_mode(const fs::path& bin, int messages, int min_kills) {
     std::mutex procs_mutex;
     std::vector<pid_t> procs(spool::kStages.size(), -1);
     auto start_stage = [&](size_t i) {
-        procs[i] = spawn({(bin / "pecd").string(), "-c", s.conf.string(), std::string(spool::kStages[i])},
-                         {.stderr_path = log.string()});
+        procs[i] =
+            spawn({(bin / "pecd").string(), "-c", s.conf.string(), std::string(spool::kStages[i])},
+                  {.stderr_path = log.string()});
     };
     for (size_t i = 0; i < procs.size(); ++i) start_stage(i);
 
@@ -186,7 +191,8 @@ int crash_mode(const fs::path& bin, int messages, int min_kills) {
         for (const auto& [seq, body] : expected) {
             // pec-enqueue either commits (0) or defers (75) like Postfix would retry.
             int rc;
-            while ((rc = enqueue(s, body)) == 75) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+            while ((rc = enqueue(s, body)) == 75)
+                std::this_thread::sleep_for(std::chrono::milliseconds(5));
             if (rc != 0) enqueue_failures++;
         }
         enqueue_done = true;
@@ -196,7 +202,8 @@ int crash_mode(const fs::path& bin, int messages, int min_kills) {
     std::mt19937 chaos(777);
     auto started = std::chrono::steady_clock::now();
     while (kills < min_kills || !enqueue_done) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(5, 120)(chaos)));
+        std::this_thread::sleep_for(
+            std::chrono::milliseconds(std::uniform_int_distribution<int>(5, 120)(chaos)));
         size_t victim = std::uniform_int_distribution<size_t>(0, procs.size() - 1)(chaos);
         std::lock_guard lock(procs_mutex);
         ::kill(procs[victim], SIGKILL);
@@ -213,8 +220,10 @@ int crash_mode(const fs::path& bin, int messages, int min_kills) {
     CHECK(kills >= min_kills, "only %d kills", kills);
     CHECK(arrived, "the chain drained within the deadline");
     verify_final_state(s, expected);
-    if (failures == 0) fs::remove_all(s.dir);
-    else std::fprintf(stderr, "state kept in %s\n", s.dir.c_str());
+    if (failures == 0)
+        fs::remove_all(s.dir);
+    else
+        std::fprintf(stderr, "state kept in %s\n", s.dir.c_str());
     return failures == 0 ? 0 : 1;
 }
 
@@ -236,29 +245,33 @@ int fault_mode(const fs::path& bin, int messages) {
     // The stages meet a full disk, failing fsyncs and failing renames: nothing may arrive, and
     // nothing may be lost or quarantined.
     for (const char* fault : {"write=ENOSPC", "fsync=EIO@3", "rename=EIO@5", "open=EMFILE@4"}) {
-        int rc = pecd::testing::run({(bin / "pecd").string(), "-c", s.conf.string(), "--once", "all"},
-                                    {.env = {std::string("PECD_FAULTS=") + fault},
-                                     .stderr_path = (s.dir / "fault.log").string()});
+        int rc =
+            pecd::testing::run({(bin / "pecd").string(), "-c", s.conf.string(), "--once", "all"},
+                               {.env = {std::string("PECD_FAULTS=") + fault},
+                                .stderr_path = (s.dir / "fault.log").string()});
         std::printf("fault: pecd all --once with %s exited %d\n", fault, rc);
         size_t quarantined = 0;
         for (auto stage : spool::kStages)
             quarantined += count_files(s.spool.area_dir(spool::Area::quarantine, stage));
         CHECK(quarantined == 0, "nothing quarantined by a transient fault (%s)", fault);
     }
-    CHECK(count_files(s.spool.outbox_dir()) == 0, "nothing went through while every write failed (%zu)",
-          count_files(s.spool.outbox_dir()));
+    CHECK(count_files(s.spool.outbox_dir()) == 0,
+          "nothing went through while every write failed (%zu)", count_files(s.spool.outbox_dir()));
     // The fault clears: a normal daemon resumes and everything arrives exactly once.
-    pecd::testing::ProcessGuard daemon(spawn({(bin / "pecd").string(), "-c", s.conf.string(), "all"},
-                                             {.stderr_path = (s.dir / "resume.log").string()}));
+    pecd::testing::ProcessGuard daemon(
+        spawn({(bin / "pecd").string(), "-c", s.conf.string(), "all"},
+              {.stderr_path = (s.dir / "resume.log").string()}));
     bool arrived = wait_for_outbox(s, expected.size(), 120);
     for (auto stage : spool::kStages)
-        CHECK(count_files(s.spool.area_dir(spool::Area::deferred, stage)) == 0, "deferred/%s drained",
-              std::string(stage).c_str());
+        CHECK(count_files(s.spool.area_dir(spool::Area::deferred, stage)) == 0,
+              "deferred/%s drained", std::string(stage).c_str());
     daemon = pecd::testing::ProcessGuard();
     CHECK(arrived, "the chain resumed and drained after the fault cleared");
     verify_final_state(s, expected);
-    if (failures == 0) fs::remove_all(s.dir);
-    else std::fprintf(stderr, "state kept in %s\n", s.dir.c_str());
+    if (failures == 0)
+        fs::remove_all(s.dir);
+    else
+        std::fprintf(stderr, "state kept in %s\n", s.dir.c_str());
     return failures == 0 ? 0 : 1;
 }
 

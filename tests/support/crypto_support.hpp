@@ -9,12 +9,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-
-#include "tests/support/temp_dir.hpp"
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+
+#include "tests/support/temp_dir.hpp"
 
 namespace pecd::test {
 

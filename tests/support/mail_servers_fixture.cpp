@@ -44,7 +44,6 @@ Status write_text(const fs::path& p, std::string_view text) {
     return {};
 }
 
-
 Status chown_to(const fs::path& p, const char* user) {
     passwd* pw = ::getpwnam(user);
     if (!pw) return fail(ErrorKind::config, std::string("no user ") + user);
@@ -392,8 +391,7 @@ Result<std::unique_ptr<ServerFixture>> start_postfix(const std::vector<std::stri
             "virtual_uid_maps = static:65534\nvirtual_gid_maps = static:65534\n"
             "virtual_mailbox_limit = 0\n";
         // chroot n everywhere: a plain master start does not populate a chroot jail.
-        std::string master_cf = "127.0.0.1:" + std::to_string(port) +
-                                " inet n - n - - smtpd\n" +
+        std::string master_cf = "127.0.0.1:" + std::to_string(port) + " inet n - n - - smtpd\n" +
                                 postfix_internal_services("virtual unix - n n - - virtual\n");
         return prepare_postfix(d / "etc", main_cf, master_cf);
     };
@@ -472,7 +470,8 @@ Result<std::unique_ptr<ServerFixture>> start_pec_postfix(const PecPostfixOptions
         pec_master = replace_all(pec_master, "/usr/local/bin/pec-enqueue", o.pec_enqueue.string());
         pec_master = replace_all(pec_master, "/etc/pecd/pecd.conf", o.pecd_conf.string());
         pec_master = replace_all(pec_master, "user=pecd", "user=" + o.pipe_user);
-        std::string master_cf = pec_master + postfix_internal_services("relay unix - - n - - smtp\n");
+        std::string master_cf =
+            pec_master + postfix_internal_services("relay unix - - n - - smtp\n");
         return prepare_postfix(d / "etc", main_cf, master_cf);
     };
     if (auto st = (*f)->launch(prepare, greets, d / "maillog"); !st)

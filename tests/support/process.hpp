@@ -35,9 +35,9 @@ inline pid_t spawn(const std::vector<std::string>& argv, const SpawnOptions& opt
     envp.push_back(nullptr);
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 0,
-                                     options.stdin_path.empty() ? "/dev/null" : options.stdin_path.c_str(),
-                                     O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(
+        &actions, 0, options.stdin_path.empty() ? "/dev/null" : options.stdin_path.c_str(),
+        O_RDONLY, 0);
     if (!options.stdout_path.empty())
         posix_spawn_file_actions_addopen(&actions, 1, options.stdout_path.c_str(),
                                          O_WRONLY | O_CREAT | O_APPEND, 0644);
@@ -83,7 +83,7 @@ inline void stop_pid(pid_t pid, std::chrono::milliseconds grace = std::chrono::m
 
 // RAII: the process is stopped by PID when the guard goes out of scope, also on test failure.
 class ProcessGuard {
-public:
+  public:
     ProcessGuard() = default;
     explicit ProcessGuard(pid_t pid) : pid_(pid) {}
     ProcessGuard(ProcessGuard&& o) noexcept : pid_(o.release()) {}
@@ -102,7 +102,7 @@ public:
         return p;
     }
 
-private:
+  private:
     pid_t pid_ = -1;
 };
 

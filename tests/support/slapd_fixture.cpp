@@ -1,7 +1,5 @@
 #include "tests/support/slapd_fixture.hpp"
 
-#include "tests/support/ports.hpp"
-
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <ldap.h>
@@ -19,6 +17,8 @@
 #include <optional>
 #include <sstream>
 #include <thread>
+
+#include "tests/support/ports.hpp"
 
 namespace pecd::test {
 namespace {
@@ -50,7 +50,6 @@ std::string read_text(const std::filesystem::path& p) {
     ss << in.rdbuf();
     return ss.str();
 }
-
 
 // True once slapd accepts a bind as the rootdn: the listener is open and the database loaded.
 Result<bool> answers(const std::string& uri, const SlapdOptions& o) {

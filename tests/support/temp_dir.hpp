@@ -11,7 +11,7 @@
 namespace pecd::test {
 
 class TempDir {
-public:
+  public:
     explicit TempDir(const std::string& prefix = "pecd-test") {
         std::string tmpl = (std::filesystem::temp_directory_path() / (prefix + "-XXXXXX")).string();
         if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed for " + tmpl);
@@ -25,7 +25,7 @@ public:
     TempDir& operator=(const TempDir&) = delete;
     const std::filesystem::path& path() const { return path_; }
 
-private:
+  private:
     std::filesystem::path path_;
 };
 

@@ -135,7 +135,6 @@ class TestTsa {
     int port_ = 0;
 };
 
-
 SealOptions seal_options(const fs::path& dir, const std::string& url, bool with_ca = true) {
     SealOptions o;
     o.directory = dir;

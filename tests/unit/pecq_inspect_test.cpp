@@ -32,8 +32,10 @@ Inspected inspect(const std::filesystem::path& file, const std::string& extra = 
 }
 
 // A field of the JSON output, read with jq (an independent parser).
-std::string jq(const std::filesystem::path& file, const std::string& filter, const std::string& extra = "") {
-    auto r = run(kPecq + " inspect --json " + extra + " " + quote(file) + " | jq -r " + quote(filter));
+std::string jq(const std::filesystem::path& file, const std::string& filter,
+               const std::string& extra = "") {
+    auto r =
+        run(kPecq + " inspect --json " + extra + " " + quote(file) + " | jq -r " + quote(filter));
     std::string out = r.output;
     while (!out.empty() && out.back() == '\n') out.pop_back();
     return out;
@@ -48,11 +50,14 @@ TEST(PecqInspect, RealSignedFixturesAreValidAndNameTheirSigner) {
         const char* identificativo;
     };
     for (const Case& c : {
-             Case{"aruba-accettazione-2018.eml", "accettazione", "accettazione", "Posta Certificata ARUBA PEC",
+             Case{"aruba-accettazione-2018.eml", "accettazione", "accettazione",
+                  "Posta Certificata ARUBA PEC",
                   "opec288.20181113163926.01838.310.1.63@pec.aruba.it"},
              Case{"aruba-avvenuta-consegna-2018.eml", "avvenuta-consegna", "avvenuta-consegna",
-                  "Posta Certificata ARUBA PEC", "opec288.20181113163926.01838.310.1.63@pec.aruba.it"},
-             Case{"sogei-busta-breve-2018.eml", "busta-trasporto", "posta-certificata", "Posta Certificata Sogei",
+                  "Posta Certificata ARUBA PEC",
+                  "opec288.20181113163926.01838.310.1.63@pec.aruba.it"},
+             Case{"sogei-busta-breve-2018.eml", "busta-trasporto", "posta-certificata",
+                  "Posta Certificata Sogei",
                   "opec288.20181208122618.17535.2665.1.3@pcert.sogei.it"},
          }) {
         SCOPED_TRACE(c.file);
@@ -62,7 +67,8 @@ TEST(PecqInspect, RealSignedFixturesAreValidAndNameTheirSigner) {
         EXPECT_EQ(jq(kFixtures / c.file, ".message.type"), c.type);
         EXPECT_EQ(jq(kFixtures / c.file, ".message.daticert.tipo"), c.tipo);
         EXPECT_EQ(jq(kFixtures / c.file, ".message.daticert.identificativo"), c.identificativo);
-        EXPECT_NE(jq(kFixtures / c.file, ".signature.signer_subject").find(c.signer), std::string::npos);
+        EXPECT_NE(jq(kFixtures / c.file, ".signature.signer_subject").find(c.signer),
+                  std::string::npos);
         EXPECT_EQ(jq(kFixtures / c.file, ".signature.digest_algorithm"), "sha1");
         EXPECT_EQ(jq(kFixtures / c.file, ".valid"), "true");
     }
@@ -84,11 +90,12 @@ TEST(PecqInspect, AnonymisedFixturesAreClassifiedButNotValid) {
         EXPECT_EQ(jq(kFixtures / c.file, ".message.type"), c.type);
         EXPECT_EQ(jq(kFixtures / c.file, ".signature.failure"), "no_signature");
     }
-    EXPECT_EQ(jq(kFixtures / "anon-accettazione.eml", ".message.daticert.mittente"), "sender@fakepec.it");
+    EXPECT_EQ(jq(kFixtures / "anon-accettazione.eml", ".message.daticert.mittente"),
+              "sender@fakepec.it");
 }
 
 class PecqInspectOwnMessages : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         const auto& pki = pecd::test::test_pki();
         auto key = load_pem_key(pki / "alpha.crt", pki / "alpha.key", "");
@@ -99,13 +106,15 @@ protected:
         ASSERT_TRUE(ids);
         MessageBuilder builder({"Gestore Alfa S.p.A.", "pec.alpha.test"},
                                std::make_shared<TemplateSet>(std::move(*templates)),
-                               make_entity_signer(*key), std::shared_ptr<IdentificativoGenerator>(std::move(*ids)));
+                               make_entity_signer(*key),
+                               std::shared_ptr<IdentificativoGenerator>(std::move(*ids)));
         Transaction t;
         t.time = PecTime{std::chrono::system_clock::now()};
         t.identificativo = "pecd.test.1@pec.alpha.test";
         t.original.sender = "mario.rossi@pec.alpha.test";
-        t.original.recipients = {{"anna.bianchi@pec.beta.test", RecipientKind::certificato, AddressField::to},
-                                 {"esterno@example.org", RecipientKind::esterno, AddressField::cc}};
+        t.original.recipients = {
+            {"anna.bianchi@pec.beta.test", RecipientKind::certificato, AddressField::to},
+            {"esterno@example.org", RecipientKind::esterno, AddressField::cc}};
         t.original.subject = "Fattura 12";
         t.original.message_id = "<client-1@alpha.test>";
         auto built = builder.accettazione(t);
@@ -117,13 +126,14 @@ protected:
                         " -noout -fingerprint -sha1 | sed 's/.*=//; s/://g'");
         std::string sha1 = hash.output.substr(0, 40);
         auto b64 = run("base64 -w0 " + quote(pki / "alpha.der"));
-        pecd::test::write_file(dir_.path() / "index.ldif",
-                                  "dn: providerName=Gestore Alfa,o=postacert\nobjectClass: provider\n"
-                                  "providerName: Gestore Alfa\nproviderCertificateHash: " + sha1 +
-                                      "\nproviderCertificate;binary:: " + b64.output +
-                                      "\nmailReceipt: ricevute@pec.alpha.test\nmanagedDomains: pec.alpha.test\n");
-        trust_ = "--ca " + quote(pki / "ca.crt") + " --crl " + quote(pki / "crl-empty.pem") + " --index " +
-                 quote(dir_.path() / "index.ldif");
+        pecd::test::write_file(
+            dir_.path() / "index.ldif",
+            "dn: providerName=Gestore Alfa,o=postacert\nobjectClass: provider\n"
+            "providerName: Gestore Alfa\nproviderCertificateHash: " +
+                sha1 + "\nproviderCertificate;binary:: " + b64.output +
+                "\nmailReceipt: ricevute@pec.alpha.test\nmanagedDomains: pec.alpha.test\n");
+        trust_ = "--ca " + quote(pki / "ca.crt") + " --crl " + quote(pki / "crl-empty.pem") +
+                 " --index " + quote(dir_.path() / "index.ldif");
     }
     pecd::test::TempDir dir_{"pecq-inspect"};
     std::string trust_;
@@ -134,7 +144,8 @@ TEST_F(PecqInspectOwnMessages, SignedReceiptVerifiesWithChainAndIndex) {
     EXPECT_EQ(r.status, 0) << r.output;
     EXPECT_EQ(jq(dir_.path() / "acc.eml", ".chain_checked", trust_), "true");
     EXPECT_EQ(jq(dir_.path() / "acc.eml", ".signature.provider", trust_), "Gestore Alfa");
-    EXPECT_EQ(jq(dir_.path() / "acc.eml", ".message.daticert.destinatari[1].tipo", trust_), "esterno");
+    EXPECT_EQ(jq(dir_.path() / "acc.eml", ".message.daticert.destinatari[1].tipo", trust_),
+              "esterno");
 }
 
 TEST_F(PecqInspectOwnMessages, TamperedOrUnknownSignerIsRefusedWithItsReason) {
@@ -151,12 +162,14 @@ TEST_F(PecqInspectOwnMessages, TamperedOrUnknownSignerIsRefusedWithItsReason) {
     auto hash = run("openssl x509 -inform DER -in " + quote(pki / "beta.der") +
                     " -noout -fingerprint -sha1 | sed 's/.*=//; s/://g'");
     auto b64 = run("base64 -w0 " + quote(pki / "beta.der"));
-    pecd::test::write_file(dir_.path() / "beta-only.ldif",
-                           "dn: providerName=Gestore Beta,o=postacert\nobjectClass: provider\n"
-                           "providerName: Gestore Beta\nproviderCertificateHash: " + hash.output.substr(0, 40) +
-                               "\nproviderCertificate;binary:: " + b64.output +
-                               "\nmailReceipt: ricevute@pec.beta.test\nmanagedDomains: pec.beta.test\n");
-    std::string other = "--ca " + quote(pki / "ca.crt") + " --index " + quote(dir_.path() / "beta-only.ldif");
+    pecd::test::write_file(
+        dir_.path() / "beta-only.ldif",
+        "dn: providerName=Gestore Beta,o=postacert\nobjectClass: provider\n"
+        "providerName: Gestore Beta\nproviderCertificateHash: " +
+            hash.output.substr(0, 40) + "\nproviderCertificate;binary:: " + b64.output +
+            "\nmailReceipt: ricevute@pec.beta.test\nmanagedDomains: pec.beta.test\n");
+    std::string other =
+        "--ca " + quote(pki / "ca.crt") + " --index " + quote(dir_.path() / "beta-only.ldif");
     EXPECT_EQ(inspect(dir_.path() / "acc.eml", other).status, 1);
     EXPECT_EQ(jq(dir_.path() / "acc.eml", ".signature.failure", other), "not_in_index");
     // Standard input works too.

@@ -321,9 +321,9 @@ TEST(ProviderLegalLog, KilledBetweenLogSyncAndCommitLeavesNoOutputWithoutItsReco
     // Every stage that had work was killed twice: before its log step and after its sync.
     // (alpha's receipt stage has none: the receipts alpha delivers end at its deliver stage.)
     EXPECT_EQ(killed, (std::set<std::string>{"alpha/classify", "alpha/wrap", "alpha/verify",
-                                             "alpha/deliver", "alpha/outbound",
-                                             "beta/classify", "beta/verify", "beta/deliver",
-                                             "beta/receipt", "beta/outbound"}));
+                                             "alpha/deliver", "alpha/outbound", "beta/classify",
+                                             "beta/verify", "beta/deliver", "beta/receipt",
+                                             "beta/outbound"}));
     // At least once: every event is there, the killed batches' ones again (and what a killed
     // deliver or outbound did twice, the mailbox write or the send, is logged as often).
     auto alpha = stage_events(records_of(net.alpha)), beta = stage_events(records_of(net.beta));

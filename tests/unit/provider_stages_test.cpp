@@ -156,7 +156,8 @@ TEST(ProviderStages, DeliverSplitsTransientRecipients) {
     EXPECT_EQ(notice_out->outputs[0].destination, "deliver");
     EXPECT_EQ(notice_out->outputs[0].env.recipients, std::vector<std::string>{luca});
     EXPECT_EQ(notice_out->records.size(), 1u) << "anna's delivery is logged all the same";
-    Input delivered_in(net.root(), envelope("mario@pec.alpha.test", {anna}), "Subject: x\r\n\r\nx\r\n");
+    Input delivered_in(net.root(), envelope("mario@pec.alpha.test", {anna}),
+                       "Subject: x\r\n\r\nx\r\n");
     auto delivered = (*deliver)(delivered_in.get());
     ASSERT_TRUE(delivered.has_value());
     EXPECT_TRUE(delivered->outputs.empty());

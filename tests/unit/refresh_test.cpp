@@ -20,17 +20,15 @@ using pecd::test::write_file;
 
 const std::string kPecd = std::string(PECD_BINARY_DIR) + "/bin/pecd";
 
-
-
 class Refresh : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         const fs::path& pki = pecd::test::test_pki();
         fs::path d = dir_.path();
         fs::create_directories(d / "www");
         fs::create_directories(d / "trust");
         fs::copy_file(pki / "crl-empty.pem", d / "trust/crl.pem");  // the older CRL in place
-        fs::copy_file(pki / "crl-revoked.pem", d / "www/ca.crl");    // the CA published a newer one
+        fs::copy_file(pki / "crl-revoked.pem", d / "www/ca.crl");   // the CA published a newer one
         auto der = run("openssl crl -in " + quote(pki / "crl-revoked.pem") + " -outform DER -out " +
                        quote(d / "www/ca-der.crl"));
         ASSERT_EQ(der.status, 0) << der.output;
@@ -39,18 +37,21 @@ protected:
         auto hash = run("openssl x509 -inform DER -in " + quote(pki / "alpha.der") +
                         " -noout -fingerprint -sha1 | sed 's/.*=//; s/://g'");
         auto b64 = run("base64 -w0 " + quote(pki / "alpha.der"));
-        write_file(d / "index.ldif", "dn: providerName=Gestore Alpha,o=postacert\nobjectClass: provider\n"
-                                     "providerName: Gestore Alpha\nproviderCertificateHash: " +
-                                         hash.output.substr(0, 40) + "\nproviderCertificate;binary:: " + b64.output +
-                                         "\nmailReceipt: posta-certificata@pec.alpha.test\nmanagedDomains: pec.alpha.test\n");
+        write_file(d / "index.ldif",
+                   "dn: providerName=Gestore Alpha,o=postacert\nobjectClass: provider\n"
+                   "providerName: Gestore Alpha\nproviderCertificateHash: " +
+                       hash.output.substr(0, 40) + "\nproviderCertificate;binary:: " + b64.output +
+                       "\nmailReceipt: posta-certificata@pec.alpha.test\nmanagedDomains: "
+                       "pec.alpha.test\n");
         auto port = pecd::test::free_loopback_port();
         ASSERT_TRUE(port) << port.error().message;
         port_ = *port;
         server_ = pecd::testing::ProcessGuard(pecd::testing::spawn(
-            {"/usr/bin/python3", "-m", "http.server", std::to_string(port_), "--bind", "127.0.0.1", "--directory",
-             (d / "www").string()},
+            {"/usr/bin/python3", "-m", "http.server", std::to_string(port_), "--bind", "127.0.0.1",
+             "--directory", (d / "www").string()},
             {.env = {}, .stdin_path = "", .stdout_path = "/dev/null", .stderr_path = "/dev/null"}));
-        for (int i = 0; i < 200 && !pecd::test::loopback_port_answers(port_); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+        for (int i = 0; i < 200 && !pecd::test::loopback_port_answers(port_); ++i)
+            std::this_thread::sleep_for(std::chrono::milliseconds(25));
         ASSERT_TRUE(pecd::test::loopback_port_answers(port_)) << "http.server did not start";
     }
 
@@ -60,10 +61,12 @@ protected:
         fs::path d = dir_.path();
         fs::create_directories(d / "mail/pec.alpha.test");
         std::ofstream(d / "pecd.conf")
-            << "[spool]\ndirectory = spool\n[provider]\nname = Gestore Alpha S.p.A.\nmail_domain = pec.alpha.test\n"
+            << "[spool]\ndirectory = spool\n[provider]\nname = Gestore Alpha S.p.A.\nmail_domain = "
+               "pec.alpha.test\n"
                "domains = pec.alpha.test\ntemplates = "
-            << PECD_SOURCE_DIR << "/conf/templates\nvirus_store = virus\n[keys]\ncert = " << (pki / "alpha.crt").string()
-            << "\nkey = " << (pki / "alpha.key").string() << "\n[trust]\nca_files = " << (pki / "ca.crt").string()
+            << PECD_SOURCE_DIR << "/conf/templates\nvirus_store = virus\n[keys]\ncert = "
+            << (pki / "alpha.crt").string() << "\nkey = " << (pki / "alpha.key").string()
+            << "\n[trust]\nca_files = " << (pki / "ca.crt").string()
             << "\ncrl_files = trust/crl.pem\ncrl_urls = http://127.0.0.1:" << port_ << crl_path
             << "\n[index]\nsource = ldif\nldif = index.ldif\n[mailbox]\nmaildir = mail\n"
             << extra;
@@ -112,14 +115,16 @@ TEST_F(Refresh, BadOlderOrUnreachableCrlsLeaveTheOldFileInPlace) {
 }
 
 TEST_F(Refresh, CrlRefreshRunsAsAPeriodicSchedulerTask) {
-    fs::path conf = config("/ca.crl", "[scheduler]\ndirectory = tasks\nnode = test\ncommand.crl-refresh = " + kPecd +
-                                          " -c " + (dir_.path() / "pecd.conf").string() +
-                                          " refresh-crl\nevery.crl-refresh = 1h\n");
+    fs::path conf = config(
+        "/ca.crl", "[scheduler]\ndirectory = tasks\nnode = test\ncommand.crl-refresh = " + kPecd +
+                       " -c " + (dir_.path() / "pecd.conf").string() +
+                       " refresh-crl\nevery.crl-refresh = 1h\n");
     auto r = run(kPecd + " -c " + quote(conf) + " --once scheduler 2>&1");
     EXPECT_EQ(r.status, 0) << r.output;
     EXPECT_EQ(crl_in_place(), read_file(pecd::test::test_pki() / "crl-revoked.pem"));
     // The periodic task is scheduled again for the next hour.
-    auto tasks = run(std::string(PECD_BINARY_DIR) + "/bin/pecq -c " + quote(conf) + " tasks list 2>&1");
+    auto tasks =
+        run(std::string(PECD_BINARY_DIR) + "/bin/pecq -c " + quote(conf) + " tasks list 2>&1");
     EXPECT_NE(tasks.output.find("periodic.crl-refresh"), std::string::npos) << tasks.output;
 }
 
@@ -133,7 +138,8 @@ TEST_F(Refresh, IndexRefreshReloadsTheRunningDaemons) {
     EXPECT_NE(alone.output.find("0 running pecd"), std::string::npos) << alone.output;
     fs::path log = dir_.path() / "daemon.log";
     pecd::testing::ProcessGuard daemon(pecd::testing::spawn(
-        {kPecd, "-c", conf.string(), "all"}, {.env = {}, .stdin_path = "", .stdout_path = "", .stderr_path = log.string()}));
+        {kPecd, "-c", conf.string(), "all"},
+        {.env = {}, .stdin_path = "", .stdout_path = "", .stderr_path = log.string()}));
     for (int i = 0; i < 200 && read_file(log).find("running 6 stage") == std::string::npos; ++i)
         std::this_thread::sleep_for(std::chrono::milliseconds(25));
     auto told = run(kPecd + " -c " + quote(conf) + " refresh-index 2>&1");

@@ -5,11 +5,11 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <atomic>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>

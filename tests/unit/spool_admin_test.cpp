@@ -1,10 +1,9 @@
 // Spool tree and administration (what pecq does): listing, qshape summary, hold/release/requeue/
 // delete, idleness and stale temporaries.
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/file.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <chrono>
@@ -16,11 +15,11 @@
 #include <vector>
 
 #include "spool-layout/durable.hpp"
-#include "tests/support/temp_dir.hpp"
 #include "spool-layout/queue_admin.hpp"
 #include "spool-layout/queue_file.hpp"
 #include "spool-layout/queue_id.hpp"
 #include "spool-layout/spool.hpp"
+#include "tests/support/temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using namespace pecd;
@@ -33,7 +32,8 @@ using TempDir = pecd::test::TempDir;
 std::vector<std::string> names_in(const fs::path& dir) {
     std::vector<std::string> out;
     std::error_code ec;
-    for (const auto& e : fs::directory_iterator(dir, ec)) out.push_back(e.path().filename().string());
+    for (const auto& e : fs::directory_iterator(dir, ec))
+        out.push_back(e.path().filename().string());
     std::sort(out.begin(), out.end());
     return out;
 }
@@ -46,7 +46,7 @@ void spit(const fs::path& p, std::string_view data) {
 constexpr int64_t kMinute = 60'000'000;
 
 class spoolAdminTest : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         auto s = Spool::open(dir_.path() / "spool", true);
         ASSERT_TRUE(s.has_value()) << s.error().message;
@@ -66,14 +66,17 @@ protected:
         env.next_attempt_us = attempts ? now_us() + 3600 * 1'000'000LL : 0;
         env.last_error = attempts ? "421 try later" : "";
         env.history = {{"enqueue", env.arrival_us, "pec-enqueue"}};
-        auto fd = write_queue_file(spool_.area_dir(area, stage) / env.id, env, BodySource::from_bytes(body));
+        auto fd = write_queue_file(spool_.area_dir(area, stage) / env.id, env,
+                                   BodySource::from_bytes(body));
         EXPECT_TRUE(fd.has_value()) << (fd ? "" : fd.error().message);
         bodies_[env.id] = body;
         return env;
     }
-    void quarantine_reason_file(std::string_view stage, const std::string& id, const std::string& reason) {
+    void quarantine_reason_file(std::string_view stage, const std::string& id,
+                                const std::string& reason) {
         spit(spool_.area_dir(Area::quarantine, stage) / (id + ".reason"),
-             "stage: " + std::string(stage) + "\ntime: 1\noriginal-name: " + id + "\nreason: " + reason + "\n");
+             "stage: " + std::string(stage) + "\ntime: 1\noriginal-name: " + id +
+                 "\nreason: " + reason + "\n");
     }
     std::optional<std::pair<Envelope, std::string>> read(const fs::path& p) {
         auto fd = durable::open_file(p, O_RDONLY);
@@ -92,7 +95,8 @@ protected:
     std::map<std::string, std::string> bodies_;
 };
 
-ListOptions options(std::optional<Area> area, std::optional<std::string> stage, bool envelopes = true) {
+ListOptions options(std::optional<Area> area, std::optional<std::string> stage,
+                    bool envelopes = true) {
     ListOptions o;
     o.area = area;
     o.stage = std::move(stage);
@@ -108,7 +112,8 @@ const QueueEntry* find_entry(const std::vector<QueueEntry>& entries, const std::
 
 }  // namespace
 
-// ---- the tree ------------------------------------------------------------------------------------
+// ---- the tree
+// ------------------------------------------------------------------------------------
 
 TEST(spoolTree, OpenCreatesEveryDirectoryAndRefusesMissingWithoutCreate) {
     TempDir dir;
@@ -121,7 +126,8 @@ TEST(spoolTree, OpenCreatesEveryDirectoryAndRefusesMissingWithoutCreate) {
     EXPECT_TRUE(fs::is_directory(s->outbox_dir()));
     EXPECT_TRUE(fs::is_directory(s->root() / "lock"));
     for (Area a : kAreas)
-        for (auto st : kStages) EXPECT_TRUE(fs::is_directory(s->area_dir(a, st))) << to_string(a) << "/" << st;
+        for (auto st : kStages)
+            EXPECT_TRUE(fs::is_directory(s->area_dir(a, st))) << to_string(a) << "/" << st;
     EXPECT_TRUE(Spool::open(dir.path() / "spool", false).has_value());
     // A single missing stage directory is noticed.
     fs::remove(s->area_dir(Area::hold, "receipt"));
@@ -173,7 +179,8 @@ TEST_F(spoolAdminTest, StageLockIsExclusiveAndReleased) {
     EXPECT_TRUE(again.has_value()) << "released with its holder";
 }
 
-// ---- listing -------------------------------------------------------------------------------------
+// ---- listing
+// -------------------------------------------------------------------------------------
 
 TEST_F(spoolAdminTest, ListEntriesWithEnvelopes) {
     Envelope q1 = put(Area::queue, "classify", "body one");
@@ -265,15 +272,17 @@ TEST_F(spoolAdminTest, ListEntriesWithoutEnvelopesAndFilters) {
     EXPECT_EQ(ids_of(q_only), std::vector<std::string>{q.id});
 }
 
-// ---- summary -------------------------------------------------------------------------------------
+// ---- summary
+// -------------------------------------------------------------------------------------
 
 TEST_F(spoolAdminTest, SummarizeCountsByAgeBucket) {
     auto labels = summary_bucket_labels();
-    ASSERT_EQ(labels, (std::vector<std::string>{"5", "10", "20", "40", "80", "160", "320", "640", "1280", "1280+"}));
+    ASSERT_EQ(labels, (std::vector<std::string>{"5", "10", "20", "40", "80", "160", "320", "640",
+                                                "1280", "1280+"}));
     // Ages chosen mid-bucket (minutes): bucket index = first label the age is below.
-    const std::vector<std::pair<double, size_t>> ages = {{0.5, 0}, {4.5, 0}, {7.5, 1},  {15, 2},    {30, 3},
-                                                         {60, 4},  {100, 5}, {200, 6},  {500, 7},   {1000, 8},
-                                                         {2000, 9}, {100000, 9}};
+    const std::vector<std::pair<double, size_t>> ages = {
+        {0.5, 0}, {4.5, 0}, {7.5, 1}, {15, 2},   {30, 3},   {60, 4},
+        {100, 5}, {200, 6}, {500, 7}, {1000, 8}, {2000, 9}, {100000, 9}};
     for (const auto& [minutes, _] : ages)
         put(Area::queue, "classify", "x", now_ - static_cast<int64_t>(minutes * kMinute));
     put(Area::hold, "wrap", "x", now_ - 3 * kMinute);
@@ -281,8 +290,9 @@ TEST_F(spoolAdminTest, SummarizeCountsByAgeBucket) {
     Envelope qu = put(Area::quarantine, "outbound", "x", now_ - 45 * kMinute);
     quarantine_reason_file("outbound", qu.id, "r");  // not a message: not counted
     Envelope a = put(Area::active, "verify", "x", now_ - 1 * kMinute);
-    fs::create_directories(spool_.active_dir("verify") / (a.id + ".out"));       // output set: not counted
-    fs::create_directories(spool_.active_dir("verify") / (a.id + ".out.tmp"));   // neither
+    fs::create_directories(spool_.active_dir("verify") /
+                           (a.id + ".out"));  // output set: not counted
+    fs::create_directories(spool_.active_dir("verify") / (a.id + ".out.tmp"));  // neither
 
     auto rows = summarize(spool_, now_);
     ASSERT_TRUE(rows.has_value()) << rows.error().message;
@@ -331,7 +341,8 @@ TEST_F(spoolAdminTest, SummarizeCountsMessagesNotRunnerTemporaries) {
     EXPECT_EQ(listed->size(), 2u) << "list and summary must agree";
 }
 
-// ---- hold / release / requeue / remove -----------------------------------------------------------
+// ---- hold / release / requeue / remove
+// -----------------------------------------------------------
 
 TEST_F(spoolAdminTest, HoldAndReleaseMoveBetweenQueueAndHold) {
     Envelope e = put(Area::queue, "wrap", "held body");
@@ -399,7 +410,8 @@ TEST_F(spoolAdminTest, RequeueFoldsTrailerRecordsIntoTheRewrittenEnvelope) {
     fs::path held = spool_.area_dir(Area::hold, "verify") / e.id;
     {
         std::ofstream out(held, std::ios::binary | std::ios::app);
-        out << encode_trailer_hist({"wrap", 42, "-> verify"}) << encode_trailer_attr("route", "pec");
+        out << encode_trailer_hist({"wrap", 42, "-> verify"})
+            << encode_trailer_attr("route", "pec");
     }
     ASSERT_TRUE(requeue(spool_, e.id).has_value());
     fs::path queued = spool_.queue_dir("verify") / e.id;
@@ -465,7 +477,8 @@ TEST_F(spoolAdminTest, UnknownAndInvalidIds) {
         auto st = op(spool_, unknown);
         ASSERT_FALSE(st.has_value());
         EXPECT_EQ(st.error().kind, ErrorKind::not_found);
-        for (const std::string& bad : std::vector<std::string>{"../x", "../../etc/passwd", "", "UPPER", unknown + "/.."}) {
+        for (const std::string& bad :
+             std::vector<std::string>{"../x", "../../etc/passwd", "", "UPPER", unknown + "/.."}) {
             auto b = op(spool_, bad);
             ASSERT_FALSE(b.has_value()) << bad;
             EXPECT_EQ(b.error().kind, ErrorKind::permanent) << bad;
@@ -473,7 +486,8 @@ TEST_F(spoolAdminTest, UnknownAndInvalidIds) {
     }
 }
 
-// ---- idleness and temporaries --------------------------------------------------------------------
+// ---- idleness and temporaries
+// --------------------------------------------------------------------
 
 TEST_F(spoolAdminTest, IsIdle) {
     EXPECT_EQ(is_idle(spool_).value(), true);
@@ -533,7 +547,8 @@ TEST_F(spoolAdminTest, CleanStaleTmpKeepsLockedFiles) {
 
 TEST_F(spoolAdminTest, QuarantineReasonParsing) {
     Envelope q = put(Area::quarantine, "wrap", "x");
-    Location where{Area::quarantine, "wrap", q.id, spool_.area_dir(Area::quarantine, "wrap") / q.id};
+    Location where{Area::quarantine, "wrap", q.id,
+                   spool_.area_dir(Area::quarantine, "wrap") / q.id};
     EXPECT_FALSE(quarantine_reason(spool_, where).has_value()) << "no .reason file";
     quarantine_reason_file("wrap", q.id, "the reason");
     EXPECT_EQ(quarantine_reason(spool_, where), "the reason");

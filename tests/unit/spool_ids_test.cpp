@@ -35,7 +35,8 @@ TEST(spoolQueueId, NowIsMicrosecondsSinceEpoch) {
 }
 
 TEST(spoolQueueId, ArrivalRoundTrips) {
-    for (int64_t t : {int64_t{0}, int64_t{1}, int64_t{15}, int64_t{16}, now_us(), int64_t{0x0fffffffffffff}}) {
+    for (int64_t t :
+         {int64_t{0}, int64_t{1}, int64_t{15}, int64_t{16}, now_us(), int64_t{0x0fffffffffffff}}) {
         std::string id = new_queue_id(t);
         auto back = arrival_from_id(id);
         ASSERT_TRUE(back.has_value()) << id;
@@ -58,8 +59,20 @@ TEST(spoolQueueId, ArrivalFromGarbageIsEmpty) {
 
 TEST(spoolQueueId, SortsByArrival) {
     // Lexicographic order of ids (what a sorted directory listing gives) is arrival order.
-    std::vector<int64_t> times = {0, 1, 9, 10, 15, 16, 255, 256, 4095, 4096, 1'700'000'000'000'000,
-                                  1'700'000'000'000'001, now_us(), now_us() + 3'600'000'000};
+    std::vector<int64_t> times = {0,
+                                  1,
+                                  9,
+                                  10,
+                                  15,
+                                  16,
+                                  255,
+                                  256,
+                                  4095,
+                                  4096,
+                                  1'700'000'000'000'000,
+                                  1'700'000'000'000'001,
+                                  now_us(),
+                                  now_us() + 3'600'000'000};
     std::sort(times.begin(), times.end());
     std::vector<std::string> ids;
     for (int64_t t : times) ids.push_back(new_queue_id(t));
@@ -69,7 +82,8 @@ TEST(spoolQueueId, SortsByArrival) {
     std::vector<std::string> seq;
     for (int i = 0; i < 200; ++i) {
         int64_t t = now_us();
-        while (now_us() == t) {}  // distinct microseconds
+        while (now_us() == t) {
+        }  // distinct microseconds
         seq.push_back(new_queue_id(now_us()));
     }
     EXPECT_TRUE(std::is_sorted(seq.begin(), seq.end()));
@@ -119,7 +133,8 @@ TEST(spoolQueueId, DerivedIdsAreValidAndDeterministic) {
 
 TEST(spoolQueueId, DerivedWithBadTagsIsRejectedByValidation) {
     std::string parent = new_queue_id(now_us());
-    for (std::string_view tag : {"", "ABC", "a_b", "a.b", "a/b", "abcdefghijklmnopq", "../x", " "}) {
+    for (std::string_view tag :
+         {"", "ABC", "a_b", "a.b", "a/b", "abcdefghijklmnopq", "../x", " "}) {
         EXPECT_FALSE(is_valid_queue_id(derived_queue_id(parent, tag))) << "tag '" << tag << "'";
     }
 }
@@ -135,18 +150,43 @@ TEST(spoolQueueId, InvalidIdsRejected) {
     bad_dot[13] = '-';
     std::string too_long_suffix = good + "-" + std::string(200, 'a');
     std::string long_but_valid_tags = good;
-    while (long_but_valid_tags.size() + 17 <= 160) long_but_valid_tags += "-" + std::string(16, 'a');
+    while (long_but_valid_tags.size() + 17 <= 160)
+        long_but_valid_tags += "-" + std::string(16, 'a');
     ASSERT_TRUE(is_valid_queue_id(long_but_valid_tags)) << long_but_valid_tags.size();
     std::string over_160 = long_but_valid_tags;
     while (over_160.size() <= 160) over_160 += "-a";
 
-    for (const std::string& bad : std::vector<std::string>{
-             "", "../x", "..", ".", "/", "x", good.substr(0, 29), good.substr(0, 14), upper, bad_dot,
-             good + "-", good + "--a", good + "-A", good + "_a", good + ".out", good + ".out.tmp",
-             good + ".defer.tmp", good + ".reason", good + "/x", "../" + good, good.substr(0, 27) + "/..",
-             std::string(13, 'g') + "." + std::string(16, '0'), std::string(13, '0') + "." + std::string(15, '0') + "g",
-             std::string(13, '0') + "." + std::string(15, '0') + ".", too_long_suffix, over_160,
-             std::string("0000000000000.00000000000000\0" "00", 30), " " + good.substr(1)}) {
+    for (const std::string& bad :
+         std::vector<std::string>{"",
+                                  "../x",
+                                  "..",
+                                  ".",
+                                  "/",
+                                  "x",
+                                  good.substr(0, 29),
+                                  good.substr(0, 14),
+                                  upper,
+                                  bad_dot,
+                                  good + "-",
+                                  good + "--a",
+                                  good + "-A",
+                                  good + "_a",
+                                  good + ".out",
+                                  good + ".out.tmp",
+                                  good + ".defer.tmp",
+                                  good + ".reason",
+                                  good + "/x",
+                                  "../" + good,
+                                  good.substr(0, 27) + "/..",
+                                  std::string(13, 'g') + "." + std::string(16, '0'),
+                                  std::string(13, '0') + "." + std::string(15, '0') + "g",
+                                  std::string(13, '0') + "." + std::string(15, '0') + ".",
+                                  too_long_suffix,
+                                  over_160,
+                                  std::string("0000000000000.00000000000000\0"
+                                              "00",
+                                              30),
+                                  " " + good.substr(1)}) {
         EXPECT_FALSE(is_valid_queue_id(bad)) << "'" << bad << "'";
     }
 }

@@ -1,10 +1,9 @@
 // The real programs on a temporary spool: pec-enqueue (exit codes are Postfix's contract), pecd
 // --once, and pecq.
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <chrono>
@@ -18,10 +17,10 @@
 #include <vector>
 
 #include "spool-layout/durable.hpp"
-#include "tests/support/temp_dir.hpp"
 #include "spool-layout/queue_file.hpp"
 #include "spool-layout/queue_id.hpp"
 #include "spool-layout/spool.hpp"
+#include "tests/support/temp_dir.hpp"
 
 extern char** environ;
 
@@ -50,7 +49,8 @@ void spit(const fs::path& p, std::string_view data) {
 std::vector<std::string> names_in(const fs::path& dir) {
     std::vector<std::string> out;
     std::error_code ec;
-    for (const auto& e : fs::directory_iterator(dir, ec)) out.push_back(e.path().filename().string());
+    for (const auto& e : fs::directory_iterator(dir, ec))
+        out.push_back(e.path().filename().string());
     std::sort(out.begin(), out.end());
     return out;
 }
@@ -63,8 +63,8 @@ struct Ran {
 
 // fork/exec with stdin from `input`, stdout/stderr captured; PECD_* variables from the test's own
 // environment are not passed on, `env` adds some.
-Ran run(const fs::path& scratch, const std::vector<std::string>& argv, const std::string& input = "",
-        const std::vector<std::string>& env = {}) {
+Ran run(const fs::path& scratch, const std::vector<std::string>& argv,
+        const std::string& input = "", const std::vector<std::string>& env = {}) {
     static int counter = 0;
     std::string tag = std::to_string(::getpid()) + "." + std::to_string(counter++);
     fs::path in_path = scratch / ("stdin." + tag), out_path = scratch / ("stdout." + tag),
@@ -106,7 +106,9 @@ Ran run(const fs::path& scratch, const std::vector<std::string>& argv, const std
     return r;
 }
 
-std::string describe(const Ran& r) { return "exit " + std::to_string(r.code) + "\nstdout: " + r.out + "\nstderr: " + r.err; }
+std::string describe(const Ran& r) {
+    return "exit " + std::to_string(r.code) + "\nstdout: " + r.out + "\nstderr: " + r.err;
+}
 
 // Body with CRLF line ends, binary bytes and NULs.
 std::string message(int i, size_t extra = 0) {
@@ -120,11 +122,12 @@ std::string message(int i, size_t extra = 0) {
 }
 
 class spoolProgramsTest : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         for (const char* program : {"pecd", "pec-enqueue", "pecq"})
             ASSERT_TRUE(fs::exists(kBin + program))
-                << kBin + program << " is missing: build the pecd, pec-enqueue and pecq targets first";
+                << kBin + program
+                << " is missing: build the pecd, pec-enqueue and pecq targets first";
         root_ = dir_.path() / "spool";
         conf_ = dir_.path() / "pecd.conf";
         write_conf("");
@@ -134,7 +137,8 @@ protected:
         ASSERT_TRUE(Spool::open(root_, false).has_value());
     }
     void write_conf(const std::string& extra_spool_lines) {
-        spit(conf_, "[spool]\ndirectory = " + root_.string() + "\nmax_message_size = 1M\n" + extra_spool_lines);
+        spit(conf_, "[spool]\ndirectory = " + root_.string() + "\nmax_message_size = 1M\n" +
+                        extra_spool_lines);
     }
     Ran enqueue(const std::vector<std::string>& args, const std::string& input,
                 const std::vector<std::string>& env = {}) {
@@ -177,11 +181,14 @@ protected:
     Spool spool_;
 };
 
-bool contains(const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; }
+bool contains(const std::string& hay, const std::string& needle) {
+    return hay.find(needle) != std::string::npos;
+}
 
 }  // namespace
 
-// ---- pec-enqueue ---------------------------------------------------------------------------------
+// ---- pec-enqueue
+// ---------------------------------------------------------------------------------
 
 TEST_F(spoolProgramsTest, EnqueueCommitsTheMessage) {
     std::string body = message(1, 100000);
@@ -197,7 +204,8 @@ TEST_F(spoolProgramsTest, EnqueueCommitsTheMessage) {
     const Envelope& env = stored->first;
     EXPECT_EQ(env.id, files[0]);
     EXPECT_EQ(env.sender, "mittente@pec.example.it");
-    EXPECT_EQ(env.recipients, (std::vector<std::string>{"uno@pec.example.it", "due@pec.example.org"}));
+    EXPECT_EQ(env.recipients,
+              (std::vector<std::string>{"uno@pec.example.it", "due@pec.example.org"}));
     EXPECT_EQ(env.user, "mittente");
     EXPECT_EQ(env.client, "192.0.2.1");
     EXPECT_EQ(env.attempts, 0);
@@ -219,13 +227,14 @@ TEST_F(spoolProgramsTest, EnqueueNullSenderEmptyBodyAndOddRecipients) {
     ASSERT_TRUE(stored.has_value());
     EXPECT_EQ(stored->first.sender, "");
     EXPECT_EQ(stored->first.user, "");
-    EXPECT_EQ(stored->first.recipients, (std::vector<std::string>{"strano destinatario@x.it", "percento%41@y.it"}));
+    EXPECT_EQ(stored->first.recipients,
+              (std::vector<std::string>{"strano destinatario@x.it", "percento%41@y.it"}));
     EXPECT_EQ(stored->second, "");
 }
 
 TEST_F(spoolProgramsTest, EnqueueFaultsDeferAndLeaveNothing) {
-    for (const char* spec : {"open=EIO", "write=ENOSPC", "write=EIO@2", "fsync=EIO", "fsync=EIO@2", "rename=EIO",
-                             "write=EDQUOT@3"}) {
+    for (const char* spec : {"open=EIO", "write=ENOSPC", "write=EIO@2", "fsync=EIO", "fsync=EIO@2",
+                             "rename=EIO", "write=EDQUOT@3"}) {
         SCOPED_TRACE(spec);
         auto r = simple_enqueue(message(2, 200000), {std::string("PECD_FAULTS=") + spec});
         EXPECT_EQ(r.code, 75) << describe(r);
@@ -241,19 +250,22 @@ TEST_F(spoolProgramsTest, EnqueueFaultsDeferAndLeaveNothing) {
 TEST_F(spoolProgramsTest, EnqueueTempFailsOnSetupProblems) {
     std::string body = message(4);
     // Missing configuration file.
-    auto r = run(dir_.path(), {kBin + "pec-enqueue", "-c", (dir_.path() / "absent.conf").string(), "-f", "a@b", "--",
-                               "c@d"},
+    auto r = run(dir_.path(),
+                 {kBin + "pec-enqueue", "-c", (dir_.path() / "absent.conf").string(), "-f", "a@b",
+                  "--", "c@d"},
                  body);
     EXPECT_EQ(r.code, 75) << describe(r);
     // Configuration without [spool] directory.
     fs::path empty_conf = dir_.path() / "empty.conf";
     spit(empty_conf, "[spool]\nmax_message_size = 1M\n");
-    r = run(dir_.path(), {kBin + "pec-enqueue", "-c", empty_conf.string(), "-f", "a@b", "--", "c@d"}, body);
+    r = run(dir_.path(),
+            {kBin + "pec-enqueue", "-c", empty_conf.string(), "-f", "a@b", "--", "c@d"}, body);
     EXPECT_EQ(r.code, 75) << describe(r);
     // Spool directory missing (never created: pec-enqueue must not create it).
     fs::path other_conf = dir_.path() / "other.conf";
     spit(other_conf, "[spool]\ndirectory = " + (dir_.path() / "nospool").string() + "\n");
-    r = run(dir_.path(), {kBin + "pec-enqueue", "-c", other_conf.string(), "-f", "a@b", "--", "c@d"}, body);
+    r = run(dir_.path(),
+            {kBin + "pec-enqueue", "-c", other_conf.string(), "-f", "a@b", "--", "c@d"}, body);
     EXPECT_EQ(r.code, 75) << describe(r);
     EXPECT_FALSE(fs::exists(dir_.path() / "nospool"));
     // Bad arguments: no recipients, no sender, unknown option.
@@ -289,7 +301,8 @@ TEST_F(spoolProgramsTest, EnqueueOversize) {
     expect_nothing_left();
 }
 
-// ---- pecd --once ---------------------------------------------------------------------------------
+// ---- pecd --once
+// ---------------------------------------------------------------------------------
 
 TEST_F(spoolProgramsTest, PecdAllOnceDrainsIntoOutbox) {
     std::map<std::string, std::string> bodies;
@@ -300,7 +313,8 @@ TEST_F(spoolProgramsTest, PecdAllOnceDrainsIntoOutbox) {
         ASSERT_EQ(r.code, 0) << describe(r);
         auto after = queued();
         std::vector<std::string> added;
-        std::set_difference(after.begin(), after.end(), before.begin(), before.end(), std::back_inserter(added));
+        std::set_difference(after.begin(), after.end(), before.begin(), before.end(),
+                            std::back_inserter(added));
         ASSERT_EQ(added.size(), 1u);
         bodies[added[0]] = body;
     }
@@ -315,10 +329,12 @@ TEST_F(spoolProgramsTest, PecdAllOnceDrainsIntoOutbox) {
         EXPECT_TRUE(stored->second == bodies[id]);
         // enqueue + every stage
         ASSERT_EQ(stored->first.history.size(), 1 + kStages.size());
-        for (size_t k = 0; k < kStages.size(); ++k) EXPECT_EQ(stored->first.history[k + 1].stage, kStages[k]);
+        for (size_t k = 0; k < kStages.size(); ++k)
+            EXPECT_EQ(stored->first.history[k + 1].stage, kStages[k]);
     }
     for (Area a : kAreas)
-        for (auto st : kStages) EXPECT_TRUE(names_in(spool_.area_dir(a, st)).empty()) << to_string(a) << "/" << st;
+        for (auto st : kStages)
+            EXPECT_TRUE(names_in(spool_.area_dir(a, st)).empty()) << to_string(a) << "/" << st;
     auto again = run_pecd({"all", "--once"});
     EXPECT_EQ(again.code, 0) << describe(again);
     EXPECT_EQ(names_in(spool_.outbox_dir()).size(), bodies.size());
@@ -338,7 +354,8 @@ TEST_F(spoolProgramsTest, PecdSingleStageOnceMovesOneStep) {
     EXPECT_EQ(names_in(spool_.queue_dir("wrap")), std::vector<std::string>{id});
 }
 
-// ---- pecq ----------------------------------------------------------------------------------------
+// ---- pecq
+// ----------------------------------------------------------------------------------------
 
 TEST_F(spoolProgramsTest, PecqListSummaryShowCat) {
     std::string body = message(9, 1234);
@@ -357,7 +374,9 @@ TEST_F(spoolProgramsTest, PecqListSummaryShowCat) {
     for (const auto& i : ids) EXPECT_TRUE(contains(list.out, "\"id\":\"" + i + "\"")) << list.out;
     EXPECT_TRUE(contains(list.out, "\"area\":\"queue\",\"stage\":\"classify\"")) << list.out;
     EXPECT_TRUE(contains(list.out, "\"sender\":\"mittente@pec.example.it\"")) << list.out;
-    EXPECT_TRUE(contains(list.out, "\"recipients\":[\"uno@pec.example.it\",\"due@pec.example.org\"]")) << list.out;
+    EXPECT_TRUE(
+        contains(list.out, "\"recipients\":[\"uno@pec.example.it\",\"due@pec.example.org\"]"))
+        << list.out;
     EXPECT_TRUE(contains(list.out, "\"sender\":\"\"")) << list.out;
     EXPECT_TRUE(contains(list.out, "\"size\":" + std::to_string(body.size()) + ",")) << list.out;
     auto text = run_pecq({"list"});
@@ -371,7 +390,8 @@ TEST_F(spoolProgramsTest, PecqListSummaryShowCat) {
 
     auto summary = run_pecq({"summary", "--json"});
     ASSERT_EQ(summary.code, 0) << describe(summary);
-    EXPECT_TRUE(contains(summary.out, "\"queue\":\"queue/classify\",\"total\":2,\"counts\":[2,0,0,0,0,0,0,0,0,0]"))
+    EXPECT_TRUE(contains(
+        summary.out, "\"queue\":\"queue/classify\",\"total\":2,\"counts\":[2,0,0,0,0,0,0,0,0,0]"))
         << summary.out;
     EXPECT_TRUE(contains(summary.out, "\"queue\":\"queue/wrap\",\"total\":0")) << summary.out;
     EXPECT_TRUE(contains(summary.out, "\"buckets_minutes\":[\"5\",\"10\"")) << summary.out;
@@ -389,7 +409,8 @@ TEST_F(spoolProgramsTest, PecqListSummaryShowCat) {
 
     auto cat = run_pecq({"cat", id});
     ASSERT_EQ(cat.code, 0) << describe(cat);
-    EXPECT_TRUE(cat.out == body) << "pecq cat is not byte-identical (" << cat.out.size() << " vs " << body.size() << ")";
+    EXPECT_TRUE(cat.out == body) << "pecq cat is not byte-identical (" << cat.out.size() << " vs "
+                                 << body.size() << ")";
 
     std::string unknown = new_queue_id(now_us());
     EXPECT_EQ(run_pecq({"show", unknown}).code, 3);
@@ -401,7 +422,8 @@ TEST_F(spoolProgramsTest, PecqShowsQuarantineReasonsAndUnreadableFiles) {
     std::string id = new_queue_id(now_us());
     fs::path q = spool_.area_dir(Area::quarantine, "verify");
     spit(q / id, "not a queue file");
-    spit(q / (id + ".reason"), "stage: verify\ntime: 1\noriginal-name: " + id + "\nreason: firma non valida\n");
+    spit(q / (id + ".reason"),
+         "stage: verify\ntime: 1\noriginal-name: " + id + "\nreason: firma non valida\n");
     auto list = run_pecq({"list", "--json", "--area", "quarantine"});
     ASSERT_EQ(list.code, 0) << describe(list);
     EXPECT_TRUE(contains(list.out, "\"id\":\"" + id + "\",\"problem\":\"")) << list.out;

@@ -1,9 +1,8 @@
 // Queue file format: percent encoding, envelope round trips, bodies, and corrupt files.
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -14,9 +13,9 @@
 #include <string>
 
 #include "spool-layout/durable.hpp"
-#include "tests/support/temp_dir.hpp"
 #include "spool-layout/queue_file.hpp"
 #include "spool-layout/queue_id.hpp"
+#include "tests/support/temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using namespace pecd;
@@ -59,7 +58,9 @@ Envelope full_envelope() {
                    {"classify", env.arrival_us + 1, "-> wrap"},
                    {"wrap", env.arrival_us + 2, ""},
                    {"", 0, "note with spaces and %"}};
-    env.attrs = {{"route", "submission"}, {"key with space", "value\nwith newline"}, {"empty", ""},
+    env.attrs = {{"route", "submission"},
+                 {"key with space", "value\nwith newline"},
+                 {"empty", ""},
                  {"bytes", all_bytes()}};
     return env;
 }
@@ -135,8 +136,8 @@ TEST(spoolPercentEncoding, DecodeAcceptsLowerAndUpperHex) {
 }
 
 TEST(spoolPercentEncoding, OddInputsAreCorrupt) {
-    for (std::string_view bad : {"%", "abc%", "%4", "abc%4", "%zz", "%4g", "%g4", "%%41", "% 1", "%-1",
-                                 "x%\n0"}) {
+    for (std::string_view bad :
+         {"%", "abc%", "%4", "abc%4", "%zz", "%4g", "%g4", "%%41", "% 1", "%-1", "x%\n0"}) {
         auto dec = percent_decode(bad);
         ASSERT_FALSE(dec.has_value()) << "'" << bad << "' decoded to '" << *dec << "'";
         EXPECT_EQ(dec.error().kind, ErrorKind::corrupt) << bad;
@@ -195,7 +196,8 @@ TEST(spoolQueueFileHeader, ManyRecipientsBeyondFirstReadChunk) {
         Envelope env = full_envelope();
         env.recipients.clear();
         for (size_t i = 0; i < count; ++i)
-            env.recipients.push_back("destinatario.numero." + std::to_string(i) + "@pec.example.it");
+            env.recipients.push_back("destinatario.numero." + std::to_string(i) +
+                                     "@pec.example.it");
         std::string body = "body after a long envelope\r\n";
         fs::path p = tmp.path() / ("many" + std::to_string(count));
         std::string header = write_raw(p, env, body);
@@ -272,7 +274,8 @@ TEST(spoolQueueFileHeader, FormatBodySizeAndPatchingTheField) {
     {
         auto fd = durable::open_file(p, O_WRONLY);
         ASSERT_TRUE(fd.has_value());
-        ASSERT_TRUE(durable::pwrite_all(fd->get(), format_body_size(body.size()), static_cast<off_t>(off)));
+        ASSERT_TRUE(
+            durable::pwrite_all(fd->get(), format_body_size(body.size()), static_cast<off_t>(off)));
     }
     auto info = read_header(p);
     ASSERT_TRUE(info.has_value()) << info.error().message;
@@ -288,12 +291,13 @@ TEST(spoolQueueFileHeader, FormatBodySizeAndPatchingTheField) {
 
 TEST(spoolQueueFileBody, FromBytesIsByteIdentical) {
     TempDir tmp;
-    for (size_t size : {size_t{0}, size_t{1}, size_t{255}, size_t{256 * 1024 - 1}, size_t{256 * 1024},
-                        size_t{700 * 1024}}) {
+    for (size_t size : {size_t{0}, size_t{1}, size_t{255}, size_t{256 * 1024 - 1},
+                        size_t{256 * 1024}, size_t{700 * 1024}}) {
         std::string body;
         body.reserve(size);
         std::mt19937 rng(static_cast<unsigned>(size));
-        for (size_t i = 0; i < size; ++i) body += (i % 50 == 48) ? '\r' : (i % 50 == 49) ? '\n' : static_cast<char>(rng());
+        for (size_t i = 0; i < size; ++i)
+            body += (i % 50 == 48) ? '\r' : (i % 50 == 49) ? '\n' : static_cast<char>(rng());
         Envelope env = full_envelope();
         fs::path p = tmp.path() / ("bytes" + std::to_string(size));
         auto fd = write_queue_file(p, env, BodySource::from_bytes(body));
@@ -331,7 +335,8 @@ TEST(spoolQueueFileBody, FromFileRangeIsByteIdentical) {
     out_env.history.push_back({"test", 5, "copied"});
     fs::path dst = tmp.path() / "dst";
     auto out = write_queue_file(
-        dst, out_env, BodySource::from_file(src_fd->get(), src_info->body_offset(), src_info->body_size));
+        dst, out_env,
+        BodySource::from_file(src_fd->get(), src_info->body_offset(), src_info->body_size));
     ASSERT_TRUE(out.has_value()) << out.error().message;
     out->reset();
     auto info = read_header(dst);
@@ -345,7 +350,8 @@ TEST(spoolQueueFileBody, FromFileRangeIsByteIdentical) {
 
     // A sub-range of another file.
     fs::path part = tmp.path() / "part";
-    auto p = write_queue_file(part, out_env, BodySource::from_file(src_fd->get(), src_info->body_offset() + 10, 100));
+    auto p = write_queue_file(
+        part, out_env, BodySource::from_file(src_fd->get(), src_info->body_offset() + 10, 100));
     ASSERT_TRUE(p.has_value());
     p->reset();
     auto pinfo = read_header(part);
@@ -390,7 +396,8 @@ TEST(spoolQueueFileBody, InjectedWriteFaultRemovesThePartialFile) {
     EXPECT_FALSE(fs::exists(p));
     // Large bodies take the two-write path: the fault on the second write must clean up too.
     ASSERT_TRUE(durable::set_faults("write=EIO@2"));
-    auto big = write_queue_file(p, full_envelope(), BodySource::from_bytes(std::string(300000, 'y')));
+    auto big =
+        write_queue_file(p, full_envelope(), BodySource::from_bytes(std::string(300000, 'y')));
     durable::clear_faults();
     ASSERT_FALSE(big.has_value());
     EXPECT_FALSE(fs::exists(p));
@@ -399,7 +406,7 @@ TEST(spoolQueueFileBody, InjectedWriteFaultRemovesThePartialFile) {
 // ---- corrupt files -----------------------------------------------------------------------------
 
 class spoolCorruptQueueFile : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         env_ = full_envelope();
         header_ = encode_header(env_, body_.size());
@@ -426,7 +433,8 @@ TEST_F(spoolCorruptQueueFile, TruncatedBody) {
 }
 
 TEST_F(spoolCorruptQueueFile, TruncatedHeader) {
-    for (size_t len : {size_t{0}, size_t{3}, kQueueMagic.size(), header_.size() / 2, header_.size() - 1})
+    for (size_t len :
+         {size_t{0}, size_t{3}, kQueueMagic.size(), header_.size() / 2, header_.size() - 1})
         expect_corrupt(good_.substr(0, len), "truncated to " + std::to_string(len));
 }
 
@@ -438,7 +446,8 @@ TEST_F(spoolCorruptQueueFile, ExtraTrailingLinesThatAreNotRecords) {
     expect_corrupt(good_ + "rcpt extra@x.it\n", "an envelope field in the trailer");
     expect_corrupt(good_ + "hist stage notanumber note\n", "a bad trailer history record");
     expect_corrupt(good_ + "attr k%zz v\n", "a bad trailer attr record");
-    expect_corrupt(good_ + encode_trailer_hist({"wrap", 1, "ok"}) + "junk\n", "junk after a good record");
+    expect_corrupt(good_ + encode_trailer_hist({"wrap", 1, "ok"}) + "junk\n",
+                   "junk after a good record");
 }
 
 TEST_F(spoolCorruptQueueFile, TornTrailerIsIgnoredAndReported) {
@@ -468,7 +477,8 @@ TEST(spoolQueueFileTrailer, RecordsAreMergedIntoTheEnvelope) {
     std::string body("body\r\nwith\0nul\r\n", 16);
     std::string header = encode_header(env, body.size());
     HistoryEntry hop{"wrap phase", 1234, "-> verify %weird\n"};
-    std::vector<std::string> records = {encode_trailer_hist(hop), encode_trailer_attr("route", "changed value"),
+    std::vector<std::string> records = {encode_trailer_hist(hop),
+                                        encode_trailer_attr("route", "changed value"),
                                         encode_trailer_attr("new key", std::string("\0\xff", 2))};
     std::string trailer;
     for (const auto& r : records) {

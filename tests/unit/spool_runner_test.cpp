@@ -2,10 +2,9 @@
 // hand-made directory states, injected I/O faults, and the libuv event loop.
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <atomic>
@@ -23,12 +22,12 @@
 #include <vector>
 
 #include "spool-layout/durable.hpp"
-#include "tests/support/temp_dir.hpp"
 #include "spool-layout/queue_file.hpp"
 #include "spool-layout/queue_id.hpp"
 #include "spool-layout/spool.hpp"
 #include "stages/common/log.hpp"
 #include "stages/runner/runner.hpp"
+#include "tests/support/temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using namespace pecd;
@@ -69,7 +68,8 @@ extern "C" int fsync(int fd) {
 }
 extern "C" int syncfs(int fd) {
     if (spy::recording.load()) spy::syncfs_calls++;
-    if (int ms = spy::syncfs_delay_ms.load()) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    if (int ms = spy::syncfs_delay_ms.load())
+        std::this_thread::sleep_for(std::chrono::milliseconds(ms));
     static auto real = spy::real<int (*)(int)>("syncfs");
     return real(fd);
 }
@@ -86,7 +86,8 @@ using TempDir = pecd::test::TempDir;
 std::vector<std::string> names_in(const fs::path& dir) {
     std::vector<std::string> out;
     std::error_code ec;
-    for (const auto& e : fs::directory_iterator(dir, ec)) out.push_back(e.path().filename().string());
+    for (const auto& e : fs::directory_iterator(dir, ec))
+        out.push_back(e.path().filename().string());
     std::sort(out.begin(), out.end());
     return out;
 }
@@ -163,7 +164,7 @@ RunnerOptions small_options(SyncMode mode) {
 }
 
 class RunnerTest : public ::testing::TestWithParam<SyncMode> {
-protected:
+  protected:
     void SetUp() override {
         log::set_level(log::Level::error);
         auto s = Spool::open(dir_.path() / "spool", true);
@@ -174,7 +175,8 @@ protected:
     void TearDown() override { durable::clear_faults(); }
 
     // Writes a complete file in tmp/ and renames it into the queue (what pec-enqueue does).
-    std::string enqueue(std::string_view stage, const std::string& body, Envelope* env_out = nullptr) {
+    std::string enqueue(std::string_view stage, const std::string& body,
+                        Envelope* env_out = nullptr) {
         Envelope env = make_env();
         fs::path tmp = spool_.tmp_dir() / env.id;
         if (!write_at(tmp, env, body)) return {};
@@ -184,7 +186,9 @@ protected:
         if (env_out) *env_out = env;
         return env.id;
     }
-    fs::path dir(Area area, std::string_view stage = "classify") const { return spool_.area_dir(area, stage); }
+    fs::path dir(Area area, std::string_view stage = "classify") const {
+        return spool_.area_dir(area, stage);
+    }
     void expect_active_clean(std::string_view stage = "classify") {
         for (const auto& n : names_in(spool_.active_dir(stage))) {
             EXPECT_EQ(n.find(".tmp"), std::string::npos) << "leftover " << n;
@@ -216,8 +220,11 @@ protected:
     std::atomic<bool> stop_{false};
 };
 
-INSTANTIATE_TEST_SUITE_P(spoolSync, RunnerTest, ::testing::Values(SyncMode::strict, SyncMode::batch),
-                         [](const auto& info) { return info.param == SyncMode::strict ? "strict" : "batch"; });
+INSTANTIATE_TEST_SUITE_P(spoolSync, RunnerTest,
+                         ::testing::Values(SyncMode::strict, SyncMode::batch),
+                         [](const auto& info) {
+                             return info.param == SyncMode::strict ? "strict" : "batch";
+                         });
 
 // Like pass_through, but the output is always written as a new file (the output-set path).
 StageFunction copy_to(std::string destination) {
@@ -237,7 +244,8 @@ StageFunction failing(ErrorKind kind, std::string message, std::atomic<int>* cal
 
 }  // namespace
 
-// ---- the normal path -----------------------------------------------------------------------------
+// ---- the normal path
+// -----------------------------------------------------------------------------
 
 TEST_P(RunnerTest, PassThroughIsByteIdenticalWithHistory) {
     for (int i = 0; i < 11; ++i) enqueue("classify", body_for(i));
@@ -288,7 +296,8 @@ TEST_P(RunnerTest, LargeBodyPassesThroughByteIdentical) {
 TEST_P(RunnerTest, ChainOfStagesEndsInOutbox) {
     for (int i = 0; i < 5; ++i) enqueue("classify", body_for(i));
     for (size_t k = 0; k < kStages.size(); ++k) {
-        std::string next = k + 1 < kStages.size() ? std::string(kStages[k + 1]) : std::string(kOutbox);
+        std::string next =
+            k + 1 < kStages.size() ? std::string(kStages[k + 1]) : std::string(kOutbox);
         StageRunner r(spool_, std::string(kStages[k]), pass_through(next), options_);
         ASSERT_EQ(r.drain(stop_).value_or(99), 5u) << kStages[k];
     }
@@ -347,9 +356,12 @@ TEST_P(RunnerTest, ThreeDerivedOutputsToDifferentDestinationsDeliveredOnce) {
 
 TEST_P(RunnerTest, ZeroOutputsConsumesTheInput) {
     enqueue("classify", "dropped");
-    StageRunner r(spool_, "classify",
-                  [](const StageInput&) -> Result<std::vector<StageOutput>> { return std::vector<StageOutput>{}; },
-                  options_);
+    StageRunner r(
+        spool_, "classify",
+        [](const StageInput&) -> Result<std::vector<StageOutput>> {
+            return std::vector<StageOutput>{};
+        },
+        options_);
     ASSERT_EQ(r.drain(stop_).value_or(99), 1u);
     EXPECT_TRUE(names_in(spool_.queue_dir("classify")).empty());
     expect_active_clean();
@@ -380,7 +392,8 @@ TEST_P(RunnerTest, InvalidOutputsGoToQuarantineAndDeliverNothing) {
     auto n = r.drain(stop_);
     ASSERT_TRUE(n.has_value()) << n.error().message;
     EXPECT_EQ(*n, 0u);
-    EXPECT_TRUE(names_in(spool_.queue_dir("wrap")).empty()) << "a rejected output set must deliver nothing";
+    EXPECT_TRUE(names_in(spool_.queue_dir("wrap")).empty())
+        << "a rejected output set must deliver nothing";
     EXPECT_TRUE(names_in(spool_.queue_dir("verify")).empty());
     for (const auto& id : {foreign, unknown_dest, second_output_bad}) {
         EXPECT_TRUE(fs::exists(dir(Area::quarantine) / id)) << id;
@@ -505,7 +518,8 @@ TEST_P(RunnerTest, OutputOntoAnExistingIdIsQuarantinedAndDoesNotWedgeTheStage) {
         squatter.sender = "already@there.it";
         ASSERT_TRUE(write_at(spool_.queue_dir("wrap") / id, squatter, "already there"));
         std::string other = enqueue("classify", "innocent bystander");
-        StageRunner r(spool_, "classify", in_place ? pass_through("wrap") : copy_to("wrap"), options_);
+        StageRunner r(spool_, "classify", in_place ? pass_through("wrap") : copy_to("wrap"),
+                      options_);
         (void)r.drain(stop_);
         auto st = r.recover();
         EXPECT_TRUE(st.has_value()) << "recovery fails for good: " << st.error().message;
@@ -571,13 +585,15 @@ TEST_P(RunnerTest, DeferredOutputsAreNeverInPlaceAndNeedAStage) {
     std::string a = enqueue("classify", "in place but deferred");
     std::string b = enqueue("classify", "deferred to the outbox");
     StageFunction fn = [&, past_us](const StageInput& in) -> Result<std::vector<StageOutput>> {
-        StageOutput o{in.env.id == a ? "wrap" : std::string(kOutbox), in.env, in.body_source(), true};
+        StageOutput o{in.env.id == a ? "wrap" : std::string(kOutbox), in.env, in.body_source(),
+                      true};
         o.defer_until_us = past_us;
         return std::vector<StageOutput>{o};
     };
     StageRunner r(spool_, "classify", fn, options_);
     (void)r.drain(stop_);
-    EXPECT_TRUE(fs::exists(dir(Area::deferred, "wrap") / a)) << "a deferred output must wait in deferred/";
+    EXPECT_TRUE(fs::exists(dir(Area::deferred, "wrap") / a))
+        << "a deferred output must wait in deferred/";
     EXPECT_FALSE(fs::exists(spool_.queue_dir("wrap") / a));
     EXPECT_TRUE(fs::exists(dir(Area::quarantine) / b)) << "the outbox has no deferred area";
     EXPECT_TRUE(names_in(spool_.outbox_dir()).empty());
@@ -588,13 +604,15 @@ TEST_P(RunnerTest, DeferredOutputsAreNeverInPlaceAndNeedAStage) {
     EXPECT_TRUE(fs::exists(spool_.queue_dir("wrap") / a));
 }
 
-// ---- deferrals -----------------------------------------------------------------------------------
+// ---- deferrals
+// -----------------------------------------------------------------------------------
 
 TEST_P(RunnerTest, TransientErrorDefersWithBackoff) {
     std::string body = body_for(3);
     std::string id = enqueue("classify", body);
     std::atomic<int> calls{0};
-    StageRunner r(spool_, "classify", failing(ErrorKind::transient, "mx unreachable", &calls), options_);
+    StageRunner r(spool_, "classify", failing(ErrorKind::transient, "mx unreachable", &calls),
+                  options_);
     int64_t before = now_us();
     auto n = r.drain(stop_);
     int64_t after = now_us();
@@ -705,7 +723,8 @@ TEST_P(RunnerTest, MaxAttemptsQuarantinesWithReason) {
     std::string body = body_for(9);
     std::string id = enqueue("classify", body);
     std::atomic<int> calls{0};
-    StageRunner r(spool_, "classify", failing(ErrorKind::transient, "4.4.1 still down", &calls), options_);
+    StageRunner r(spool_, "classify", failing(ErrorKind::transient, "4.4.1 still down", &calls),
+                  options_);
     for (int attempt = 1; attempt <= 2; ++attempt) {
         ASSERT_TRUE(r.drain(stop_).has_value());
         auto s = load(dir(Area::deferred) / id);
@@ -729,12 +748,14 @@ TEST_P(RunnerTest, MaxAttemptsQuarantinesWithReason) {
     EXPECT_EQ(r.stats().quarantined.load(), 1u);
 }
 
-// ---- quarantine ----------------------------------------------------------------------------------
+// ---- quarantine
+// ----------------------------------------------------------------------------------
 
 TEST_P(RunnerTest, PermanentErrorQuarantinesWithReason) {
     std::string body = body_for(1);
     std::string id = enqueue("classify", body);
-    StageRunner r(spool_, "classify", failing(ErrorKind::permanent, "5.1.1 no such mailbox"), options_);
+    StageRunner r(spool_, "classify", failing(ErrorKind::permanent, "5.1.1 no such mailbox"),
+                  options_);
     auto n = r.drain(stop_);
     ASSERT_TRUE(n.has_value());
     EXPECT_EQ(*n, 0u);
@@ -751,7 +772,8 @@ TEST_P(RunnerTest, PermanentErrorQuarantinesWithReason) {
 }
 
 TEST_P(RunnerTest, OtherNonTransientKindsQuarantineToo) {
-    for (ErrorKind kind : {ErrorKind::corrupt, ErrorKind::config, ErrorKind::not_found, ErrorKind::conflict}) {
+    for (ErrorKind kind :
+         {ErrorKind::corrupt, ErrorKind::config, ErrorKind::not_found, ErrorKind::conflict}) {
         std::string id = enqueue("classify", "k");
         StageRunner r(spool_, "classify", failing(kind, "kind"), options_);
         ASSERT_TRUE(r.drain(stop_).has_value());
@@ -788,7 +810,8 @@ TEST_P(RunnerTest, CorruptFilesInQueueAreQuarantined) {
         EXPECT_TRUE(fs::exists(dir(Area::quarantine) / (id + ".reason"))) << id;
     }
     EXPECT_NE(slurp(dir(Area::quarantine) / (misnamed + ".reason")).find(m.id), std::string::npos);
-    EXPECT_EQ(slurp(dir(Area::quarantine) / t.id), full) << "quarantine keeps the bytes as they were";
+    EXPECT_EQ(slurp(dir(Area::quarantine) / t.id), full)
+        << "quarantine keeps the bytes as they were";
     EXPECT_TRUE(names_in(spool_.queue_dir("classify")).empty());
     expect_active_clean();
 }
@@ -824,10 +847,11 @@ TEST_P(RunnerTest, InvalidFileNamesInQueueAreQuarantined) {
     expect_active_clean();
 }
 
-// ---- crash recovery from hand-made states --------------------------------------------------------
+// ---- crash recovery from hand-made states
+// --------------------------------------------------------
 
 class RecoveryTest : public RunnerTest {
-protected:
+  protected:
     // A claimed input: the file sits in active/classify.
     std::string claimed_input(const std::string& body, Envelope* env_out = nullptr) {
         Envelope env = make_env();
@@ -850,15 +874,19 @@ protected:
     }
 };
 
-INSTANTIATE_TEST_SUITE_P(spoolSync, RecoveryTest, ::testing::Values(SyncMode::strict, SyncMode::batch),
-                         [](const auto& info) { return info.param == SyncMode::strict ? "strict" : "batch"; });
+INSTANTIATE_TEST_SUITE_P(spoolSync, RecoveryTest,
+                         ::testing::Values(SyncMode::strict, SyncMode::batch),
+                         [](const auto& info) {
+                             return info.param == SyncMode::strict ? "strict" : "batch";
+                         });
 
 TEST_P(RecoveryTest, A_ClaimedInputWithoutOutputGoesBackToTheQueue) {
     std::string a = claimed_input(body_for(1));
     std::string b = claimed_input(body_for(2));
     StageRunner r(spool_, "classify", pass_through("wrap"), options_);
     run_recover(r);
-    EXPECT_EQ(names_in(spool_.queue_dir("classify")), (std::vector<std::string>{std::min(a, b), std::max(a, b)}));
+    EXPECT_EQ(names_in(spool_.queue_dir("classify")),
+              (std::vector<std::string>{std::min(a, b), std::max(a, b)}));
     EXPECT_TRUE(load(spool_.queue_dir("classify") / a)->body == bodies_[a]);
     EXPECT_TRUE(names_in(spool_.queue_dir("wrap")).empty());
     ASSERT_EQ(r.drain(stop_).value_or(99), 2u);
@@ -875,7 +903,8 @@ TEST_P(RecoveryTest, B_HalfWrittenOutputSetIsDiscardedAndInputRequeued) {
     run_recover(r);
     EXPECT_FALSE(fs::exists(set));
     EXPECT_EQ(names_in(spool_.queue_dir("classify")), std::vector<std::string>{id});
-    EXPECT_TRUE(names_in(spool_.queue_dir("wrap")).empty()) << "nothing of a half-written set may escape";
+    EXPECT_TRUE(names_in(spool_.queue_dir("wrap")).empty())
+        << "nothing of a half-written set may escape";
     ASSERT_EQ(r.drain(stop_).value_or(99), 1u);
     expect_all_delivered_once(spool_.queue_dir("wrap"));
 }
@@ -892,7 +921,8 @@ TEST_P(RecoveryTest, C_CommittedOutputSetIsDeliveredAndInputRemoved) {
     output_in_set(set, "outbox", c, "third");
     StageRunner r(spool_, "classify", pass_through("wrap"), options_);
     run_recover(r);
-    EXPECT_TRUE(names_in(spool_.queue_dir("classify")).empty()) << "a committed input must not be re-run";
+    EXPECT_TRUE(names_in(spool_.queue_dir("classify")).empty())
+        << "a committed input must not be re-run";
     EXPECT_EQ(names_in(spool_.queue_dir("wrap")), std::vector<std::string>{id});
     EXPECT_EQ(names_in(spool_.queue_dir("verify")), std::vector<std::string>{a.id});
     EXPECT_EQ(names_in(spool_.outbox_dir()), std::vector<std::string>{c.id});
@@ -951,7 +981,8 @@ TEST_P(RecoveryTest, E_DeferRewriteLeftoverIsRemoved) {
     std::string id = claimed_input(body_for(6), &env);
     Envelope rewritten = env;
     rewritten.attempts = 1;
-    ASSERT_TRUE(write_at(spool_.active_dir("classify") / (id + ".defer.tmp"), rewritten, "partial"));
+    ASSERT_TRUE(
+        write_at(spool_.active_dir("classify") / (id + ".defer.tmp"), rewritten, "partial"));
     StageRunner r(spool_, "classify", pass_through("wrap"), options_);
     run_recover(r);
     EXPECT_EQ(names_in(spool_.queue_dir("classify")), std::vector<std::string>{id});
@@ -1001,7 +1032,8 @@ TEST_P(RecoveryTest, F_InputWithDurableInPlaceRouteMovesOn) {
         },
         options_);
     run_recover(r);
-    EXPECT_TRUE(names_in(spool_.queue_dir("classify")).empty()) << "a committed hop must not be re-run";
+    EXPECT_TRUE(names_in(spool_.queue_dir("classify")).empty())
+        << "a committed hop must not be re-run";
     EXPECT_EQ(names_in(spool_.queue_dir("verify")), std::vector<std::string>{id});
     ASSERT_EQ(r.drain(stop_).value_or(99), 0u);
     EXPECT_EQ(calls.load(), 0);
@@ -1024,7 +1056,8 @@ TEST_P(RecoveryTest, G_TornAppendIsCutOffAndInputRequeued) {
     StageRunner r(spool_, "classify", pass_through("wrap"), options_);
     run_recover(r);
     EXPECT_EQ(names_in(spool_.queue_dir("classify")), std::vector<std::string>{id});
-    EXPECT_EQ(fs::file_size(spool_.queue_dir("classify") / id), original_size) << "torn bytes not cut off";
+    EXPECT_EQ(fs::file_size(spool_.queue_dir("classify") / id), original_size)
+        << "torn bytes not cut off";
     EXPECT_TRUE(names_in(spool_.queue_dir("wrap")).empty());
     ASSERT_EQ(r.drain(stop_).value_or(99), 1u);
     auto s = load(spool_.queue_dir("wrap") / id);
@@ -1057,7 +1090,8 @@ TEST_P(RecoveryTest, H_OnlyThisStagesRoutingRecordCommits) {
     EXPECT_TRUE(names_in(spool_.queue_dir("verify")).empty());
 }
 
-// ---- injected faults -----------------------------------------------------------------------------
+// ---- injected faults
+// -----------------------------------------------------------------------------
 
 struct FaultCase {
     SyncMode mode;
@@ -1076,20 +1110,19 @@ std::string fault_case_name(const ::testing::TestParamInfo<FaultCase>& info) {
 }
 
 INSTANTIATE_TEST_SUITE_P(
-    spoolFaults, FaultTest,
-    ::testing::ValuesIn([] {
+    spoolFaults, FaultTest, ::testing::ValuesIn([] {
         std::vector<FaultCase> cases;
         for (bool rewrite : {false, true})
             for (auto [mode, spec] : std::vector<std::pair<SyncMode, const char*>>{
-                     {SyncMode::batch, "fsync=EIO"},       {SyncMode::strict, "fsync=EIO"},
-                     {SyncMode::batch, "fsync=EIO@1x1"},   {SyncMode::batch, "fsync=EIO@2x1"},
-                     {SyncMode::batch, "fsync=EIO@3x1"},   {SyncMode::batch, "fsync=EIO@2"},
-                     {SyncMode::strict, "fsync=EIO@3x1"},  {SyncMode::strict, "fsync=EIO@6x1"},
-                     {SyncMode::strict, "fsync=EIO@7"},    {SyncMode::batch, "write=ENOSPC"},
-                     {SyncMode::strict, "write=ENOSPC@3"}, {SyncMode::batch, "write=EIO@2x1"},
-                     {SyncMode::batch, "rename=EIO"},      {SyncMode::batch, "rename=EIO@6x1"},
-                     {SyncMode::batch, "rename=EIO@9"},    {SyncMode::strict, "rename=EIO@14x2"},
-                     {SyncMode::batch, "unlink=EIO"},      {SyncMode::strict, "unlink=EIO@2x1"},
+                     {SyncMode::batch, "fsync=EIO"},        {SyncMode::strict, "fsync=EIO"},
+                     {SyncMode::batch, "fsync=EIO@1x1"},    {SyncMode::batch, "fsync=EIO@2x1"},
+                     {SyncMode::batch, "fsync=EIO@3x1"},    {SyncMode::batch, "fsync=EIO@2"},
+                     {SyncMode::strict, "fsync=EIO@3x1"},   {SyncMode::strict, "fsync=EIO@6x1"},
+                     {SyncMode::strict, "fsync=EIO@7"},     {SyncMode::batch, "write=ENOSPC"},
+                     {SyncMode::strict, "write=ENOSPC@3"},  {SyncMode::batch, "write=EIO@2x1"},
+                     {SyncMode::batch, "rename=EIO"},       {SyncMode::batch, "rename=EIO@6x1"},
+                     {SyncMode::batch, "rename=EIO@9"},     {SyncMode::strict, "rename=EIO@14x2"},
+                     {SyncMode::batch, "unlink=EIO"},       {SyncMode::strict, "unlink=EIO@2x1"},
                      {SyncMode::batch, "mkdir=EDQUOT@2x1"}, {SyncMode::batch, "open=EMFILE@3x2"},
                      {SyncMode::batch, "read=EIO@2"},
                  })
@@ -1132,7 +1165,8 @@ TEST_P(FaultTest, NothingLostNothingDuplicated) {
             if (bodies.contains(n)) inputs[n]++;
     for (const auto& n : names_in(spool.active_dir("classify")))
         if (n.ends_with(".out"))
-            for (const auto& o : names_in(spool.active_dir("classify") / n)) outputs[o.substr(o.find('~') + 1)]++;
+            for (const auto& o : names_in(spool.active_dir("classify") / n))
+                outputs[o.substr(o.find('~') + 1)]++;
     for (const auto& n : names_in(spool.queue_dir("wrap"))) outputs[n]++;
     for (const auto& [id, _] : bodies) {
         EXPECT_LE(inputs[id], 1) << id;
@@ -1140,7 +1174,8 @@ TEST_P(FaultTest, NothingLostNothingDuplicated) {
         EXPECT_GE(inputs[id] + outputs[id], 1) << id << " lost while the fault lasted";
     }
     if (std::string_view(GetParam().spec) == "fsync=EIO") {
-        EXPECT_TRUE(names_in(spool.queue_dir("wrap")).empty()) << "delivered before the batch was durable";
+        EXPECT_TRUE(names_in(spool.queue_dir("wrap")).empty())
+            << "delivered before the batch was durable";
     }
 
     // After the fault: a restart (recover) and a few passes deliver everything exactly once.
@@ -1205,7 +1240,8 @@ TEST(spoolRunnerDurability, StrictModeSyncsOutputSetDirectoryBeforeCommit) {
     EXPECT_TRUE(was_synced(active)) << all;
     EXPECT_TRUE(was_synced(wrap)) << "the destination queue directory\n" << all;
     EXPECT_TRUE(was_synced(active / (env.id + ".out.tmp")))
-        << "the output set directory was never fsynced before its commit rename; synced:\n" << all;
+        << "the output set directory was never fsynced before its commit rename; synced:\n"
+        << all;
 }
 
 TEST(spoolRunnerDurability, BatchModeIsAGroupCommit) {
@@ -1251,9 +1287,9 @@ TEST(spoolRunnerDurability, BatchModeIsAGroupCommit) {
 TEST_P(RunnerTest, AnInputWithoutOutputsIsRemovedWithoutAnOutputSet) {
     Envelope env = make_env();
     ASSERT_TRUE(write_at(spool_.queue_dir("receipt") / env.id, env, "x"));
-    StageRunner r(spool_, "receipt", [](const StageInput&) -> Result<StageResult> {
-        return StageResult{};
-    }, options_);
+    StageRunner r(
+        spool_, "receipt", [](const StageInput&) -> Result<StageResult> { return StageResult{}; },
+        options_);
     ASSERT_EQ(r.drain(stop_).value_or(0), 1u);
     EXPECT_TRUE(names_in(spool_.active_dir("receipt")).empty());
     EXPECT_TRUE(names_in(spool_.queue_dir("receipt")).empty());
@@ -1387,7 +1423,8 @@ TEST(spoolRunnerDurability, LinkingOverAnotherFileIsAConflictAndChangesNothing) 
     EXPECT_EQ(st.error().kind, ErrorKind::conflict);
     EXPECT_EQ(slurp(dir.path() / "b"), "second");
     ASSERT_TRUE(durable::link_file(dir.path() / "a", dir.path() / "c"));
-    EXPECT_TRUE(durable::link_file(dir.path() / "a", dir.path() / "c")) << "same file: done already";
+    EXPECT_TRUE(durable::link_file(dir.path() / "a", dir.path() / "c"))
+        << "same file: done already";
     EXPECT_EQ(slurp(dir.path() / "c"), "first");
     // Outside a batch the new name is synced at once.
     EXPECT_EQ(BatchPublisher::current(), nullptr);
@@ -1479,7 +1516,8 @@ TEST(spoolDurable, ConcurrentSharedSyncsShareFlushes) {
     durable::clear_faults();
 }
 
-// ---- the libuv loop ------------------------------------------------------------------------------
+// ---- the libuv loop
+// ------------------------------------------------------------------------------
 
 TEST_P(RunnerTest, EventLoopProcessesFilesDroppedWhileRunning) {
     StageRunner r(spool_, "classify", pass_through("wrap"), options_);
@@ -1492,7 +1530,8 @@ TEST_P(RunnerTest, EventLoopProcessesFilesDroppedWhileRunning) {
         if (i % 5 == 0) std::this_thread::sleep_for(20ms);
     }
     auto deadline = std::chrono::steady_clock::now() + 30s;
-    while (names_in(spool_.queue_dir("wrap")).size() < 20 && std::chrono::steady_clock::now() < deadline)
+    while (names_in(spool_.queue_dir("wrap")).size() < 20 &&
+           std::chrono::steady_clock::now() < deadline)
         std::this_thread::sleep_for(10ms);
     stop_ = true;
     r.wake();
@@ -1513,7 +1552,8 @@ TEST_P(RunnerTest, EventLoopRetriesDeferredMessages) {
     std::string id = enqueue("classify", "retry me");
     std::thread loop([&] { (void)r.run(stop_); });
     auto deadline = std::chrono::steady_clock::now() + 30s;
-    while (!fs::exists(spool_.queue_dir("wrap") / id) && std::chrono::steady_clock::now() < deadline)
+    while (!fs::exists(spool_.queue_dir("wrap") / id) &&
+           std::chrono::steady_clock::now() < deadline)
         std::this_thread::sleep_for(10ms);
     stop_ = true;
     r.wake();

@@ -25,8 +25,9 @@ NodeOptions with_scheduler() {
     return o;
 }
 
-// What the relay holds back, told apart by their SMTP envelope as an MTA would: the busta is from mario, the presa in carico goes to alpha's
-// service mailbox, the avvenuta consegna comes from beta's service address to mario.
+// What the relay holds back, told apart by their SMTP envelope as an MTA would: the busta is from
+// mario, the presa in carico goes to alpha's service mailbox, the avvenuta consegna comes from
+// beta's service address to mario.
 enum class Held { busta, presa_in_carico, consegna };
 
 std::function<bool(const spool::Envelope&)> hold(std::vector<Held> what) {
