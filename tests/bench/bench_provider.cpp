@@ -8,11 +8,13 @@
 // mario@pec.alpha.test to anna@pec.beta.test (as pec-enqueue does, durable before it returns)
 // and relays each outbox file to the provider of its recipients (durable in the peer's spool
 // before the outbox file goes). Every hop is durable: spool stages with group commit, Maildir
-// delivery with fsync, outbox files with fsync. Figure: messages/s from the first submission to
-// the last receipt in the sender's mailbox (accettazione + avvenuta consegna for each, and the
-// presa in carico in alpha's service mailbox), beside `openssl speed -multi 2 -seconds 3
-// rsa2048` of the same run, and ratio = RSA-2048 signatures/s / messages/s. A message costs four
-// signatures (accettazione, busta, presa in carico, avvenuta consegna) and three verifications.
+// deliveries and outbox hand-overs published with their batch's flush, and each stage's legal
+// log (as a provider runs it).
+// Figure: messages/s from the first submission to the last receipt in the sender's mailbox
+// (accettazione + avvenuta consegna for each, and the presa in carico in alpha's service mailbox),
+// beside `openssl speed -multi 2 -seconds 3 rsa2048` of the same run, and ratio = RSA-2048
+// signatures/s / messages/s. A message costs four signatures (accettazione, busta, presa in carico,
+// avvenuta consegna) and three verifications.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -185,7 +187,9 @@ int main(int argc, char** argv) {
                              "\n[trust]\nca_files = " + (pki / "ca.crt").string() +
                              "\ncrl_files = " + (pki / "crl-empty.pem").string() +
                              "\n[index]\nsource = ldif\nldif = ../index.ldif\n"
-                             "[mailbox]\nmaildir = mail\n[antivirus]\ntype = eicar\n");
+                             "[mailbox]\nmaildir = mail\n[antivirus]\ntype = eicar\n"
+                             "[legallog]\ndirectory = legallog\nnode = " +
+                             p + "\n");
         for (const char* box : {"posta-certificata", "mario", "anna"})
             if (auto st = provider::create_maildir(dir / "mail", std::string(box) + "@" + domain);
                 !st) {
