@@ -1,6 +1,7 @@
 #include "stages/pec/smime.hpp"
 
 #include <fcntl.h>
+#include <openssl/asn1.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 #include <sys/mman.h>
@@ -646,71 +647,63 @@ Result<std::string> der_of(X509* cert) {
 // taken from a cache of decoded certificates instead. Signatures do not cover the certificates
 // field (RFC 5652 §5.4), so the cut CMS verifies exactly as the whole one.
 
-// One BER element (X.690 §8.1): single-byte tag, definite or indefinite length.
+// One BER element (X.690 §8.1), its identifier and length decoded by OpenSSL's ASN1_get_object:
+// low tag numbers (one identifier byte), definite or indefinite length.
 struct BerElement {
-    unsigned char tag = 0;
-    size_t start = 0;    // the tag byte
-    size_t content = 0;  // the first content byte
-    size_t end = 0;      // one past the element, end-of-contents octets included
+    unsigned char tag = 0;  // the identifier byte: class | constructed | number
+    size_t start = 0;       // the tag byte
+    size_t content = 0;     // the first content byte
+    size_t end = 0;         // one past the element, end-of-contents octets included
     bool indefinite = false;
     size_t content_end() const { return indefinite ? end - 2 : end; }
 };
 
 std::optional<BerElement> ber_element(std::string_view der, size_t pos, int depth = 0) {
-    auto byte = [&der](size_t i) { return static_cast<unsigned char>(der[i]); };
-    if (depth > 32 || pos + 2 > der.size() || (byte(pos) & 0x1F) == 0x1F) return std::nullopt;
+    if (depth > 32 || pos >= der.size()) return std::nullopt;
+    const auto* begin = reinterpret_cast<const unsigned char*>(der.data()) + pos;
+    const unsigned char* p = begin;
+    long length = 0;
+    int number = 0, cls = 0;
+    const int ret =
+        ASN1_get_object(&p, &length, &number, &cls, static_cast<long>(der.size() - pos));
+    if ((ret & 0x80) || number > 30) return std::nullopt;
     BerElement e;
-    e.tag = byte(pos);
+    e.tag = static_cast<unsigned char>(cls | (ret & V_ASN1_CONSTRUCTED) | number);
     e.start = pos;
-    size_t p = pos + 1;
-    unsigned char first = byte(p++);
-    if (first == 0x80) {
-        if (!(e.tag & 0x20)) return std::nullopt;  // only constructed encodings may be indefinite
+    e.content = pos + static_cast<size_t>(p - begin);
+    if (ret & 1) {  // indefinite length (constructed only): children up to end-of-contents
         e.indefinite = true;
-        e.content = p;
-        while (p + 2 <= der.size() && !(byte(p) == 0 && byte(p + 1) == 0)) {
-            auto child = ber_element(der, p, depth + 1);
+        size_t q = e.content;
+        while (q + 2 <= der.size() && !(der[q] == 0 && der[q + 1] == 0)) {
+            auto child = ber_element(der, q, depth + 1);
             if (!child) return std::nullopt;
-            p = child->end;
+            q = child->end;
         }
-        if (p + 2 > der.size()) return std::nullopt;
-        e.end = p + 2;
+        if (q + 2 > der.size()) return std::nullopt;
+        e.end = q + 2;
         return e;
     }
-    size_t length = first;
-    if (first & 0x80) {
-        size_t count = first & 0x7F;
-        if (count > 4 || p + count > der.size()) return std::nullopt;
-        length = 0;
-        for (size_t i = 0; i < count; ++i) length = (length << 8) | byte(p++);
-    }
-    if (length > der.size() - p) return std::nullopt;
-    e.content = p;
-    e.end = p + length;
+    e.end = e.content + static_cast<size_t>(length);  // within der: ASN1_get_object checked it
     return e;
 }
 
-// `outer` re-encoded with the bytes [from, to) of its content replaced by `inner`.
-std::string ber_replace(std::string_view der, const BerElement& outer, size_t from, size_t to,
-                        std::string_view inner) {
+// `outer` re-encoded with the bytes [from, to) of its content replaced by `inner`; its new
+// identifier and length written by OpenSSL's ASN1_put_object.
+std::optional<std::string> ber_replace(std::string_view der, const BerElement& outer, size_t from,
+                                       size_t to, std::string_view inner) {
     std::string content;
     content.reserve(outer.end - outer.content);
     content.append(der.substr(outer.content, from - outer.content));
     content.append(inner);
     content.append(der.substr(to, outer.end - to));  // end-of-contents octets included
-    std::string out(1, static_cast<char>(outer.tag));
-    if (outer.indefinite) {
-        out += static_cast<char>(0x80);
-    } else if (content.size() < 0x80) {
-        out += static_cast<char>(content.size());
-    } else {
-        std::string digits;
-        for (size_t n = content.size(); n > 0; n >>= 8)
-            digits.insert(digits.begin(), char(n & 0xFF));
-        out += static_cast<char>(0x80 | digits.size());
-        out += digits;
-    }
-    return out + content;
+    if (content.size() > static_cast<size_t>(INT32_MAX)) return std::nullopt;
+    unsigned char header[16];
+    unsigned char* p = header;
+    const int constructed = outer.indefinite ? 2 : ((outer.tag & V_ASN1_CONSTRUCTED) ? 1 : 0);
+    ASN1_put_object(&p, constructed, static_cast<int>(content.size()), outer.tag & 0x1F,
+                    outer.tag & 0xC0);
+    return std::string(reinterpret_cast<const char*>(header), static_cast<size_t>(p - header)) +
+           content;
 }
 
 struct CmsWithoutCertificates {
@@ -746,9 +739,11 @@ std::optional<CmsWithoutCertificates> cut_certificates(std::string_view der) {
         p = cert->end;
     }
     if (out.carried.empty()) return std::nullopt;
-    std::string cut = ber_replace(der, *signed_data, certificates->start, certificates->end, "");
-    cut = ber_replace(der, *explicit0, signed_data->start, signed_data->end, cut);
-    out.der = ber_replace(der, *info, explicit0->start, explicit0->end, cut);
+    auto cut = ber_replace(der, *signed_data, certificates->start, certificates->end, "");
+    if (cut) cut = ber_replace(der, *explicit0, signed_data->start, signed_data->end, *cut);
+    if (cut) cut = ber_replace(der, *info, explicit0->start, explicit0->end, *cut);
+    if (!cut) return std::nullopt;
+    out.der = std::move(*cut);
     return out;
 }
 
