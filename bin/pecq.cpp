@@ -69,7 +69,7 @@ int fail_with(const Error& e) {
 
 // `pecq log`: the legal log needs no spool, only its directory (--dir or [legallog] directory).
 struct LogArgs {
-    std::string dir, id, sender, recipient, since, until, ca, tsa_url, retention;
+    std::string dir, id, sender, recipient, since, until, ca, tsa_url, retention, max_seal_delay;
     bool json = false;
 };
 
@@ -87,6 +87,11 @@ int run_log(const std::string& config_file, LogArgs& a, bool verify, bool seal, 
         legallog::VerifyOptions opts;
         opts.directory = dir;
         opts.ca_file = a.ca;
+        if (!a.max_seal_delay.empty()) {
+            auto delay = parse_duration(a.max_seal_delay);
+            if (!delay) return fail_with(delay.error());
+            opts.max_seal_delay = std::chrono::duration_cast<std::chrono::microseconds>(*delay);
+        }
         auto report = legallog::verify(opts);
         if (!report) return fail_with(report.error());
         if (a.json) {
@@ -102,6 +107,8 @@ int run_log(const std::string& config_file, LogArgs& a, bool verify, bool seal, 
                 .value(uint64_t(report->sealed));
             w.key("awaiting_seal")
                 .value(uint64_t(report->unsealed_closed))
+                .key("seal_overdue")
+                .value(uint64_t(report->seal_overdue))
                 .key("open")
                 .value(uint64_t(report->open));
             w.key("problems").begin_array();
@@ -310,6 +317,9 @@ int main(int argc, char** argv) {
     log_verify->add_option("--ca", log_args.ca,
                            "TSA trust anchor: check the time-stamp signatures and chains too");
     log_verify->add_flag("--json", log_args.json, "JSON output");
+    log_verify->add_option("--max-seal-delay", log_args.max_seal_delay,
+                           "a closed file unsealed for longer (e.g. 2d) is a problem: for "
+                           "monitoring that the daily seal runs");
     auto* log_seal =
         log_cmd->add_subcommand("seal", "close stale files and time-stamp every closed file now");
     log_seal->add_option("--dir", log_args.dir,

@@ -670,6 +670,11 @@ Result<VerifyReport> verify(const VerifyOptions& options) {
     auto files = list_files(options.directory);
     if (!files) return std::unexpected(files.error());
     VerifyReport report;
+    const int64_t now_us = options.now_us != 0
+                               ? options.now_us
+                               : std::chrono::duration_cast<std::chrono::microseconds>(
+                                     std::chrono::system_clock::now().time_since_epoch())
+                                     .count();
     std::string prev_stream, prev_name, prev_last_hash;
     for (size_t fi = 0; fi < files->size(); ++fi) {
         const fs::path& file = (*files)[fi];
@@ -688,6 +693,7 @@ Result<VerifyReport> verify(const VerifyOptions& options) {
         size_t problems_before = report.problems.size();
         const auto& ls = lines->lines;
         bool closed = false;
+        int64_t closed_us = 0;
         if (ls.empty()) {
             if (!last_of_stream) problem(0, "empty file");
         } else {
@@ -724,6 +730,8 @@ Result<VerifyReport> verify(const VerifyOptions& options) {
                     ++report.records;
                 } else if (line->kind == 'C') {
                     closed = true;
+                    closed_us =
+                        line->fields.size() > 3 ? to_int<int64_t>(line->fields[3]).value_or(0) : 0;
                 }
             }
         }
@@ -737,7 +745,18 @@ Result<VerifyReport> verify(const VerifyOptions& options) {
         // The seal: final hash and RFC 3161 token over the whole file.
         fs::path tsr = file.string() + ".tsr", seal = file.string() + ".seal";
         bool has_tsr = fs::exists(tsr), has_seal = fs::exists(seal);
-        if (closed && !has_tsr && !has_seal) ++report.unsealed_closed;
+        if (closed && !has_tsr && !has_seal) {
+            ++report.unsealed_closed;
+            if (options.max_seal_delay &&
+                now_us - closed_us > static_cast<int64_t>(options.max_seal_delay->count())) {
+                ++report.seal_overdue;
+                const int64_t s = (now_us - closed_us) / 1'000'000;
+                const std::string ago = s < 120    ? std::to_string(s) + " s"
+                                        : s < 7200 ? std::to_string(s / 60) + " min"
+                                                   : std::to_string(s / 3600) + " h";
+                problem(0, "closed " + ago + " ago and still not sealed");
+            }
+        }
         if (has_seal || has_tsr) {
             if (!closed) {
                 problem(0, "sealed but not closed (its end was removed?)");

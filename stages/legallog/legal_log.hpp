@@ -3,6 +3,7 @@
 // kept 30 months. Format and discipline: docs/legal-log.md.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -180,9 +181,14 @@ struct Problem {
 struct VerifyOptions {
     fs::path directory;
     fs::path ca_file;  // TSA trust anchor; empty: token imprints only, signatures not checked
+    // When set: a closed file still without a seal this long after its close line is a problem
+    // (the daily seal task is not running, or the TSA has been refusing for that long).
+    std::optional<std::chrono::microseconds> max_seal_delay;
+    int64_t now_us = 0;  // 0: the system clock
 };
 struct VerifyReport {
     size_t files = 0, records = 0, sealed = 0, unsealed_closed = 0, open = 0;
+    size_t seal_overdue = 0;        // unsealed closed files past max_seal_delay
     std::vector<Problem> problems;  // in stream, file and line order: problems[0] is the first bad
     bool ok() const { return problems.empty(); }
 };

@@ -288,6 +288,34 @@ TEST(LegalLog, ReopeningContinuesTodaysFileAndClosesYesterdays) {
     EXPECT_EQ(report.records, 3u);
 }
 
+// Monitoring the daily seal: with a maximum delay, a closed file still unsealed after it is a
+// problem; without one, an unsealed closed file is only counted.
+TEST(LegalLog, AClosedFileUnsealedPastTheMaximumDelayIsAProblem) {
+    TempDir dir("legallog");
+    closed_file(dir.path(), 2);
+    constexpr int64_t kHour = 3'600'000'000LL;
+    auto check = [&](std::optional<int64_t> max_hours, int64_t now_us) {
+        VerifyOptions o;
+        o.directory = dir.path();
+        if (max_hours) o.max_seal_delay = std::chrono::hours(*max_hours);
+        o.now_us = now_us;
+        auto r = verify(o);
+        EXPECT_TRUE(r) << r.error().message;
+        return r ? *r : VerifyReport{};
+    };
+    auto early = check(48, kT0 + 47 * kHour);
+    EXPECT_TRUE(early.ok());
+    EXPECT_EQ(early.unsealed_closed, 1u);
+    EXPECT_EQ(early.seal_overdue, 0u);
+    auto late = check(48, kT0 + 49 * kHour);
+    EXPECT_FALSE(late.ok());
+    EXPECT_EQ(late.seal_overdue, 1u);
+    ASSERT_EQ(late.problems.size(), 1u);
+    EXPECT_NE(late.problems[0].message.find("49 h ago and still not sealed"), std::string::npos)
+        << late.problems[0].message;
+    EXPECT_TRUE(check(std::nullopt, kT0 + 1000 * kHour).ok()) << "not asked: only counted";
+}
+
 TEST(LegalLog, ClockSteppedBackKeepsFilesInOrder) {
     TempDir dir("legallog");
     FixedClock clock;
