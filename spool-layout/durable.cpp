@@ -268,6 +268,12 @@ Status sync_filesystem_shared(int fd) {
     return std::unexpected(s.last_error);
 }
 
+Status sync_filesystem_at(const fs::path& dir) {
+    auto fd = open_dir(dir);
+    if (!fd) return std::unexpected(fd.error());
+    return sync_filesystem_shared(fd->get());
+}
+
 Status rename_file(const fs::path& from, const fs::path& to) {
     if (inject(Op::rename)) return fail_errno("rename " + from.string() + " -> " + to.string());
     if (::rename(from.c_str(), to.c_str()) != 0)

@@ -136,9 +136,7 @@ Status StageRunner::publish(BatchPublisher& publisher) {
         if (options_.sync == SyncMode::strict) {
             st = durable::sync_data_at(p.tmp);
         } else if (dev_t dev = device_of(p.tmp.parent_path()); flushed.insert(dev).second) {
-            auto dir = durable::open_dir(p.tmp.parent_path());
-            st = dir ? durable::sync_filesystem_shared(dir->get())
-                     : Status(std::unexpected(dir.error()));
+            st = durable::sync_filesystem_at(p.tmp.parent_path());
         }
         if (!st) {
             discard_from(0);
@@ -158,11 +156,8 @@ Status StageRunner::publish(BatchPublisher& publisher) {
         Status st;
         if (options_.sync == SyncMode::strict)
             st = durable::sync_dir(dir);
-        else if (dev_t dev = device_of(dir); dev != spool_device() && synced.insert(dev).second) {
-            auto fd = durable::open_dir(dir);
-            st = fd ? durable::sync_filesystem_shared(fd->get())
-                    : Status(std::unexpected(fd.error()));
-        }
+        else if (dev_t dev = device_of(dir); dev != spool_device() && synced.insert(dev).second)
+            st = durable::sync_filesystem_at(dir);
         if (!st) return st;
     }
     return {};
