@@ -845,11 +845,16 @@ Result<StageResult> outbound(const Provider& p, const StageInput& in) {
     // Our busta leaving: the 12 h / 24 h timers first, so none is lost to a crash after sending.
     if (const Timeouts* timers = p.timeouts())
         if (auto st = timers->busta_leaving(env, *raw); !st) return std::unexpected(st.error());
-    Result<std::vector<RecipientStatus>> sent = fail(ErrorKind::transient, "", EXDEV);
-    if (p.services().send_queue_file)
-        sent = p.services().send_queue_file(env.sender, env.recipients, in.path);
-    if (!sent && sent.error().sys_errno == EXDEV)
-        sent = p.services().send(env.sender, env.recipients, *raw);
+    // The queue file itself when the transport takes one (the embedded outbox links it), else
+    // the message bytes; EXDEV from the former means "not on this filesystem".
+    auto hand_over = [&]() -> Result<std::vector<RecipientStatus>> {
+        if (p.services().send_queue_file) {
+            auto linked = p.services().send_queue_file(env.sender, env.recipients, in.path);
+            if (linked || linked.error().sys_errno != EXDEV) return linked;
+        }
+        return p.services().send(env.sender, env.recipients, *raw);
+    };
+    auto sent = hand_over();
     if (!sent) {
         if (sent.error().kind == ErrorKind::permanent) return std::unexpected(sent.error());
         return fail(ErrorKind::transient, "send: " + sent.error().message);
