@@ -4,8 +4,8 @@
 #include <strings.h>
 
 #include <algorithm>
-#include <cstdio>
 
+#include "stages/common/json.hpp"
 #include "stages/pec/gmime_util.hpp"
 
 namespace pecd::pec {
@@ -516,36 +516,7 @@ namespace {
 void json_string(std::string& out, std::string_view s) {
     // RFC 8259 wants UTF-8: malformed bytes become U+FFFD (GLib) rather than invalid JSON.
     std::unique_ptr<gchar, GFree> valid(g_utf8_make_valid(s.data(), static_cast<gssize>(s.size())));
-    out += '"';
-    for (const char* p = valid.get(); *p != '\0'; ++p) {
-        auto c = static_cast<unsigned char>(*p);
-        switch (c) {
-            case '"':
-                out += "\\\"";
-                break;
-            case '\\':
-                out += "\\\\";
-                break;
-            case '\n':
-                out += "\\n";
-                break;
-            case '\r':
-                out += "\\r";
-                break;
-            case '\t':
-                out += "\\t";
-                break;
-            default:
-                if (c < 0x20) {
-                    char buf[8];
-                    std::snprintf(buf, sizeof buf, "\\u%04x", c);
-                    out += buf;
-                } else {
-                    out += *p;
-                }
-        }
-    }
-    out += '"';
+    out += json::quote(std::string_view(valid.get()));
 }
 
 class Json {
