@@ -93,6 +93,23 @@ struct Node {
     std::string address(const std::string& local) const { return local + "@" + domain; }
     fs::path maildir() const { return dir / "mail"; }
     fs::path virus_store() const { return dir / "virus"; }
+    fs::path legal_log_dir() const { return dir / "legallog"; }
+
+    // One legal-log stream per stage runner, as `pecd all` opens them.
+    void attach_legal_logs() {
+        for (auto& r : runners) {
+            legallog::WriterOptions o;
+            o.directory = legal_log_dir();
+            o.node = name;
+            o.stage = r->stage();
+            auto w = legallog::Writer::open(std::move(o));
+            EXPECT_TRUE(w.has_value()) << w.error().message;
+            if (w) r->set_legal_log(std::move(*w));
+        }
+    }
+    void detach_legal_logs() {
+        for (auto& r : runners) r->set_legal_log(nullptr);
+    }
 };
 
 struct NodeOptions {

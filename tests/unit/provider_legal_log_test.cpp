@@ -20,10 +20,6 @@ namespace {
 
 const std::string kPecq = std::string(PECD_BINARY_DIR) + "/bin/pecq";
 
-fs::path log_dir(const Node& n) {
-    return n.dir / "legallog";
-}
-
 Result<std::unique_ptr<legallog::Writer>> open_log(const fs::path& dir, const std::string& node,
                                                    const std::string& stage) {
     legallog::WriterOptions o;
@@ -33,22 +29,10 @@ Result<std::unique_ptr<legallog::Writer>> open_log(const fs::path& dir, const st
     return legallog::Writer::open(std::move(o));
 }
 
-void attach_logs(Node& n) {
-    for (auto& r : n.runners) {
-        auto w = open_log(log_dir(n), n.name, r->stage());
-        ASSERT_TRUE(w.has_value()) << w.error().message;
-        r->set_legal_log(std::move(*w));
-    }
-}
-
-void detach_logs(Node& n) {
-    for (auto& r : n.runners) r->set_legal_log(nullptr);
-}
-
 std::vector<Record> records_of(const Node& n) {
     std::vector<Record> out;
-    if (!fs::exists(log_dir(n))) return out;
-    auto found = legallog::search(log_dir(n), {});
+    if (!fs::exists(n.legal_log_dir())) return out;
+    auto found = legallog::search(n.legal_log_dir(), {});
     EXPECT_TRUE(found.has_value()) << found.error().message;
     if (found)
         for (auto& f : *found) out.push_back(std::move(f.record));
@@ -155,7 +139,7 @@ using LogPoint = runner::StageRunner::LogPoint;
 bool drain_killed_at(const Node& n, runner::StageRunner& r, LogPoint point) {
     pid_t pid = ::fork();
     if (pid == 0) {
-        auto w = open_log(log_dir(n), n.name, r.stage());
+        auto w = open_log(n.legal_log_dir(), n.name, r.stage());
         if (!w) ::_exit(3);
         r.set_legal_log(std::move(*w));
         r.set_log_hook([point](LogPoint at) {
@@ -180,8 +164,8 @@ size_t queued(const Node& n, std::string_view stage) {
 
 TEST(ProviderLegalLog, CertifiedToCertifiedLogsEveryEventOnBothProviders) {
     TwoProviders net;
-    attach_logs(net.alpha);
-    attach_logs(net.beta);
+    net.alpha.attach_legal_logs();
+    net.beta.attach_legal_logs();
     const std::string mario = net.alpha.address("mario"), anna = net.beta.address("anna");
     const std::string original =
         client_message(mario, anna, "", "Fattura 1", "In allegato la fattura.");
@@ -190,8 +174,8 @@ TEST(ProviderLegalLog, CertifiedToCertifiedLogsEveryEventOnBothProviders) {
     const std::string submission = net.submit("mario", {anna}, original);
     net.run();
     net.expect_clean();
-    detach_logs(net.alpha);
-    detach_logs(net.beta);
+    net.alpha.detach_legal_logs();
+    net.beta.detach_legal_logs();
 
     auto acc = net.mailbox(net.alpha, mario);
     ASSERT_FALSE(acc.empty());
@@ -259,22 +243,23 @@ TEST(ProviderLegalLog, CertifiedToCertifiedLogsEveryEventOnBothProviders) {
 
     // pecq finds them by identificativo, and the chains hold.
     for (const Node* n : {&net.alpha, &net.beta}) {
-        auto r = run(kPecq + " log --dir " + quote(log_dir(*n)) + " --id " + id);
+        auto r = run(kPecq + " log --dir " + quote(n->legal_log_dir()) + " --id " + id);
         EXPECT_EQ(r.status, 0) << r.output;
         // alpha's two receipts from beta are found by id from verify on, not at classify.
         size_t expected = n == &net.alpha ? kAlphaEvents.size() - 2 : kBetaEvents.size();
         EXPECT_NE(r.output.find("-- " + std::to_string(expected) + " record(s)"), std::string::npos)
             << r.output;
-        r = run(kPecq + " log verify --dir " + quote(log_dir(*n)));
+        r = run(kPecq + " log verify --dir " + quote(n->legal_log_dir()));
         EXPECT_EQ(r.status, 0) << r.output;
         EXPECT_NE(r.output.find("OK"), std::string::npos) << r.output;
     }
     // by the client's Message-ID, all of them; by the queue id of the submission, its ricezione.
-    auto r = run(kPecq + " log --dir " + quote(log_dir(net.alpha)) + " --id '" + client_id + "'");
+    auto r =
+        run(kPecq + " log --dir " + quote(net.alpha.legal_log_dir()) + " --id '" + client_id + "'");
     EXPECT_NE(r.output.find("-- " + std::to_string(kAlphaEvents.size()) + " record(s)"),
               std::string::npos)
         << r.output;
-    r = run(kPecq + " log --dir " + quote(log_dir(net.alpha)) + " --id " + submission);
+    r = run(kPecq + " log --dir " + quote(net.alpha.legal_log_dir()) + " --id " + submission);
     EXPECT_NE(r.output.find("-- 1 record(s)"), std::string::npos) << r.output;
 }
 
@@ -303,7 +288,7 @@ TEST(ProviderLegalLog, KilledBetweenLogSyncAndCommitLeavesNoOutputWithoutItsReco
                     expect_every_output_logged(*n, "after killing " + key + " after its log");
                 }
                 // The next process: recovery, then the batch again, logged again.
-                auto w = open_log(log_dir(*n), n->name, r->stage());
+                auto w = open_log(n->legal_log_dir(), n->name, r->stage());
                 ASSERT_TRUE(w.has_value()) << w.error().message;
                 r->set_legal_log(std::move(*w));
                 ASSERT_TRUE(r->recover().has_value());
@@ -334,7 +319,7 @@ TEST(ProviderLegalLog, KilledBetweenLogSyncAndCommitLeavesNoOutputWithoutItsReco
     // The killed writers' files were continued: every chain holds.
     for (const Node* n : {&net.alpha, &net.beta}) {
         legallog::VerifyOptions o;
-        o.directory = log_dir(*n);
+        o.directory = n->legal_log_dir();
         auto report = legallog::verify(o);
         ASSERT_TRUE(report.has_value());
         EXPECT_TRUE(report->ok()) << report->problems.front().file << ":"
@@ -350,7 +335,7 @@ TEST(ProviderLegalLog, AFailedLogWriteHoldsTheBatchBackAndAFailedStageLogsNothin
         net.submit("mario", {anna}, client_message(mario, anna, "", "Fattura 3", "x"));
     auto& classify = *net.alpha.runners.front();
     ASSERT_EQ(classify.stage(), "classify");
-    auto w = open_log(log_dir(net.alpha), "alpha", "classify");
+    auto w = open_log(net.alpha.legal_log_dir(), "alpha", "classify");
     ASSERT_TRUE(w.has_value());
     classify.set_legal_log(std::move(*w));
     std::atomic<bool> stop{false};
@@ -377,7 +362,7 @@ TEST(ProviderLegalLog, AFailedLogWriteHoldsTheBatchBackAndAFailedStageLogsNothin
     // A stage that fails (here wrap, on a submission without any sender) logs nothing.
     auto& wrap = *net.alpha.runners[1];
     ASSERT_EQ(wrap.stage(), "wrap");
-    auto ww = open_log(log_dir(net.alpha), "alpha", "wrap");
+    auto ww = open_log(net.alpha.legal_log_dir(), "alpha", "wrap");
     ASSERT_TRUE(ww.has_value());
     wrap.set_legal_log(std::move(*ww));
     const std::string bad = net.enqueue(net.alpha, "", {anna}, "mario", "no headers at all\r\n");
@@ -405,7 +390,7 @@ TEST(ProviderLegalLog, RicezioneComesFromTheHeaderBlockAlone) {
     const std::string id = net.submit("mario", {anna}, submission);
     auto& classify = *net.alpha.runners.front();
     ASSERT_EQ(classify.stage(), "classify");
-    auto w = open_log(log_dir(net.alpha), "alpha", "classify");
+    auto w = open_log(net.alpha.legal_log_dir(), "alpha", "classify");
     ASSERT_TRUE(w.has_value());
     classify.set_legal_log(std::move(*w));
     std::atomic<bool> stop{false};

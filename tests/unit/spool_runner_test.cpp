@@ -59,6 +59,24 @@ template <class F>
 F real(const char* name) {
     return reinterpret_cast<F>(::dlsym(RTLD_NEXT, name));
 }
+// Records the fsyncs and fdatasyncs from here on, from a clean slate.
+void start() {
+    {
+        std::lock_guard lock(mutex);
+        synced.clear();
+    }
+    recording = true;
+}
+// Stops recording; returns the paths synced since start().
+std::vector<std::string> stop() {
+    recording = false;
+    std::lock_guard lock(mutex);
+    return synced;
+}
+bool contains(const std::vector<std::string>& synced_paths, const fs::path& dir) {
+    return std::any_of(synced_paths.begin(), synced_paths.end(),
+                       [&](const std::string& s) { return fs::path(s) == fs::canonical(dir); });
+}
 }  // namespace spy
 
 extern "C" int fsync(int fd) {
@@ -1217,19 +1235,10 @@ TEST(spoolRunnerDurability, StrictModeSyncsOutputSetDirectoryBeforeCommit) {
     ASSERT_TRUE(write_at(spool.queue_dir("classify") / env.id, env, "body"));
     StageRunner r(spool, "classify", copy_to("wrap"), small_options(SyncMode::strict));
     std::atomic<bool> stop{false};
-    {
-        std::lock_guard lock(spy::mutex);
-        spy::synced.clear();
-    }
-    spy::recording = true;
+    spy::start();
     auto n = r.drain(stop);
-    spy::recording = false;
+    const std::vector<std::string> synced = spy::stop();
     ASSERT_EQ(n.value_or(99), 1u);
-    std::vector<std::string> synced;
-    {
-        std::lock_guard lock(spy::mutex);
-        synced = spy::synced;
-    }
     fs::path active = fs::canonical(spool.active_dir("classify"));
     fs::path wrap = fs::canonical(spool.queue_dir("wrap"));
     auto was_synced = [&](const fs::path& p) {
@@ -1259,18 +1268,13 @@ TEST(spoolRunnerDurability, BatchModeIsAGroupCommit) {
         o.batch_size = 64;
         StageRunner r(spool, "classify", pass_through("wrap"), o);
         std::atomic<bool> stop{false};
-        {
-            std::lock_guard lock(spy::mutex);
-            spy::synced.clear();
-        }
         spy::syncfs_calls = 0;
-        spy::recording = true;
+        spy::start();
         auto n = r.drain(stop);
-        spy::recording = false;
+        const std::vector<std::string> synced = spy::stop();
         EXPECT_EQ(n.value_or(999), static_cast<size_t>(messages));
         EXPECT_EQ(names_in(spool.queue_dir("wrap")).size(), static_cast<size_t>(messages));
-        std::lock_guard lock(spy::mutex);
-        EXPECT_TRUE(spy::synced.empty()) << "per-file fsync in batch mode: " << spy::synced.front();
+        EXPECT_TRUE(synced.empty()) << "per-file fsync in batch mode: " << synced.front();
         return spy::syncfs_calls.load();
     };
     int one = syncs_for(1);
@@ -1323,23 +1327,16 @@ TEST_P(RunnerTest, PublishedFilesAreInPlaceWhenTheOutputsCommit) {
         ids.push_back(env.id);
     }
     StageRunner r(spool_, "deliver", publishing_to(box, "receipt"), options_);
-    {
-        std::lock_guard lock(spy::mutex);
-        spy::synced.clear();
-    }
-    spy::recording = true;
+    spy::start();
     ASSERT_EQ(r.drain(stop_).value_or(0), ids.size());
-    spy::recording = false;
+    const std::vector<std::string> synced = spy::stop();
     std::sort(ids.begin(), ids.end());
     EXPECT_EQ(names_in(box / "new"), ids);
     EXPECT_TRUE(names_in(box / "tmp").empty());
     EXPECT_EQ(names_in(spool_.queue_dir("receipt")), ids);
+    // Strict: each published file and its directory are synced one by one.
     if (GetParam() == SyncMode::strict) {
-        // Strict: each published file and its directory are synced one by one.
-        std::lock_guard lock(spy::mutex);
-        EXPECT_TRUE(std::any_of(spy::synced.begin(), spy::synced.end(), [&](const std::string& s) {
-            return fs::path(s) == fs::canonical(box / "new");
-        }));
+        EXPECT_TRUE(spy::contains(synced, box / "new"));
     }
 }
 
@@ -1389,13 +1386,9 @@ TEST_P(RunnerTest, LinkedFilesAreInPlaceWhenTheInputIsConsumed) {
         return StageResult{};
     };
     StageRunner r(spool_, "outbound", hand_over, options_);
-    {
-        std::lock_guard lock(spy::mutex);
-        spy::synced.clear();
-    }
-    spy::recording = true;
+    spy::start();
     ASSERT_EQ(r.drain(stop_).value_or(0), ids.size());
-    spy::recording = false;
+    const std::vector<std::string> synced = spy::stop();
     std::sort(ids.begin(), ids.end());
     EXPECT_EQ(names_in(outbox), ids);
     for (const auto& id : ids) {
@@ -1407,10 +1400,8 @@ TEST_P(RunnerTest, LinkedFilesAreInPlaceWhenTheInputIsConsumed) {
     EXPECT_TRUE(names_in(spool_.active_dir("outbound")).empty());
     EXPECT_TRUE(names_in(spool_.queue_dir("outbound")).empty());
     if (GetParam() == SyncMode::strict) {
-        std::lock_guard lock(spy::mutex);
-        EXPECT_TRUE(std::any_of(spy::synced.begin(), spy::synced.end(), [&](const std::string& s) {
-            return fs::path(s) == fs::canonical(outbox);
-        })) << "strict: the new names are synced before the inputs go";
+        EXPECT_TRUE(spy::contains(synced, outbox))
+            << "strict: the new names are synced before the inputs go";
     }
 }
 
@@ -1468,18 +1459,13 @@ TEST(spoolRunnerDurability, TheLegalLogSyncIsFoldedIntoTheBatchFlushOnlyWhenItIs
         enqueue(1);
         EXPECT_EQ(r.drain(stop).value_or(0), 1u);
         enqueue(3);
-        {
-            std::lock_guard lock(spy::mutex);
-            spy::synced.clear();
-        }
-        spy::recording = true;
+        spy::start();
         EXPECT_EQ(r.drain(stop).value_or(0), 3u);
-        spy::recording = false;
+        const std::vector<std::string> synced = spy::stop();
         fs::path log_file = r.legal_log()->current_file();
         auto found = legallog::search(dir.path() / "spool" / "log", {});
         EXPECT_EQ(found ? found->size() : 0u, 4u) << "every record written";
-        std::lock_guard lock(spy::mutex);
-        return std::count_if(spy::synced.begin(), spy::synced.end(),
+        return std::count_if(synced.begin(), synced.end(),
                              [&](const std::string& s) { return fs::path(s) == log_file; });
     };
     EXPECT_EQ(log_syncs_for(/*in_place=*/false), 0) << "output sets: the batch's syncfs covers it";

@@ -303,16 +303,7 @@ namespace {
 // The emission of each notice is a legal-log event (pec-rules.md §8), logged once by the deliver
 // stage that puts the notice in the sender's mailbox, with the transaction's data.
 TEST_F(Timeouts, EachNoticeIsInTheLegalLogOnce) {
-    const fs::path log_dir = net.alpha.dir / "legallog";
-    for (auto& r : net.alpha.runners) {
-        legallog::WriterOptions o;
-        o.directory = log_dir;
-        o.node = "alpha";
-        o.stage = r->stage();
-        auto w = legallog::Writer::open(std::move(o));
-        ASSERT_TRUE(w.has_value()) << w.error().message;
-        r->set_legal_log(std::move(*w));
-    }
+    net.alpha.attach_legal_logs();
     auto filter = hold({Held::busta});
     std::string id = send({anna}, filter);
     int64_t t0 = dispatch(id);
@@ -320,10 +311,10 @@ TEST_F(Timeouts, EachNoticeIsInTheLegalLogOnce) {
     net.run(filter);
     EXPECT_EQ(run_at(t0 + 24 * kH), 1u);
     net.run(filter);
-    for (auto& r : net.alpha.runners) r->set_legal_log(nullptr);
+    net.alpha.detach_legal_logs();
     ASSERT_EQ(notices().size(), 2u) << net.describe();
 
-    auto found = legallog::search(log_dir, {});
+    auto found = legallog::search(net.alpha.legal_log_dir(), {});
     ASSERT_TRUE(found.has_value()) << found.error().message;
     std::map<legallog::Event, std::vector<legallog::Record>> by_event;
     for (auto& f : *found) by_event[f.record.event].push_back(f.record);
