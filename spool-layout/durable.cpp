@@ -293,8 +293,8 @@ Status link_file(const fs::path& from, const fs::path& to) {
     if (::link(from.c_str(), to.c_str()) == 0) return {};
     const int err = errno;
     if (err == EEXIST) {
-        struct stat a {
-        }, b{};
+        struct stat a {};
+        struct stat b {};
         if (::stat(from.c_str(), &a) == 0 && ::stat(to.c_str(), &b) == 0 && a.st_dev == b.st_dev &&
             a.st_ino == b.st_ino)
             return {};
