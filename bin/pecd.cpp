@@ -1,5 +1,6 @@
 // pecd: runs one stage (`pecd wrap`), every stage in one process (`pecd all`), creates the spool
 // (`pecd init`) or checks the configuration (`pecd check-config`).
+#include <pthread.h>
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
@@ -266,6 +267,9 @@ int main(int argc, char** argv) {
     std::vector<std::thread> threads;
     for (auto& r : runners)
         threads.emplace_back([&r, &stop] {
+            // "pecd/deliver" in top -H, ps -L and perf: which stage uses the CPU.
+            std::string name = "pecd/" + r->stage();
+            pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
             if (auto st = r->run(stop); !st)
                 PECD_LOG(error) << r->stage() << ": " << st.error().message;
         });
