@@ -52,6 +52,8 @@ int main(int argc, char** argv) {
     if (!config) return temp_fail(config.error().message);
     auto settings = runner::spool_settings(*config);
     if (!settings) return temp_fail(settings.error().message);
+    auto runner_options = runner::runner_options(*config);
+    if (!runner_options) return temp_fail(runner_options.error().message);
     auto spool = spool::Spool::open(settings->root, /*create=*/false);
     if (!spool) return temp_fail(spool.error().message);
 
@@ -60,8 +62,9 @@ int main(int argc, char** argv) {
     env.recipients = recipients;
     env.user = user;
     env.client = client;
-    auto id =
-        spool::enqueue_message(*spool, std::move(env), STDIN_FILENO, settings->max_message_size);
+    auto id = spool::enqueue_message(
+        *spool, std::move(env), STDIN_FILENO,
+        {settings->max_message_size, runner_options->sync == runner::SyncMode::strict});
     if (!id) {
         if (id.error().kind == ErrorKind::permanent) {
             std::fprintf(stderr, "%s\n", id.error().message.c_str());

@@ -1,6 +1,7 @@
 #include "spool-layout/durable.hpp"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 
 #include <array>
@@ -189,6 +190,16 @@ Status sync_data(int fd) {
     if (inject(Op::fsync)) return fail_errno("fdatasync");
     if (::fdatasync(fd) != 0) return fail_errno("fdatasync");
     return {};
+}
+
+Status write_back_data(int fd) {
+    if (inject(Op::fsync)) return fail_errno("sync_file_range");
+    constexpr unsigned kFlags =
+        SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER;
+    if (::sync_file_range(fd, 0, 0, kFlags) == 0) return {};
+    if (errno == ENOSYS || errno == EINVAL || errno == ESPIPE || errno == EOPNOTSUPP)
+        return sync_data(fd);
+    return fail_errno("sync_file_range");
 }
 
 Status sync_file(int fd) {

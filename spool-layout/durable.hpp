@@ -72,6 +72,10 @@ Status pwrite_all(int fd, std::string_view data, off_t offset);
 // falling back to read/write across filesystems).
 Status copy_range(int in_fd, uint64_t in_offset, uint64_t size, int out_fd);
 Status sync_data(int fd);  // fdatasync
+// Writes the file's dirty data to the device and waits (sync_file_range): blocks allocated, no
+// journal commit and no cache flush of its own. The next journal commit, which flushes the
+// device cache first, then carries data and metadata together. fdatasync where unsupported.
+Status write_back_data(int fd);
 Status sync_file(int fd);  // fsync (metadata too: used for directories)
 Status sync_dir(const fs::path& dir);
 Status sync_data_at(const fs::path& path);  // open, fdatasync, close

@@ -10,7 +10,7 @@
 namespace pecd::spool {
 
 Result<std::string> enqueue_message(const Spool& spool, Envelope env, int in_fd,
-                                    uint64_t max_size) {
+                                    const EnqueueOptions& options) {
     env.arrival_us = now_us();
     env.id = new_queue_id(env.arrival_us);
     env.history.push_back({"enqueue", env.arrival_us, "pec-enqueue"});
@@ -38,11 +38,11 @@ Result<std::string> enqueue_message(const Spool& spool, Envelope env, int in_fd,
         }
         if (n == 0) break;
         size += static_cast<uint64_t>(n);
-        if (size > max_size)
-            return abandon(
-                {ErrorKind::permanent,
-                 "5.3.4 message size exceeds the limit of " + std::to_string(max_size) + " bytes",
-                 0});
+        if (size > options.max_size)
+            return abandon({ErrorKind::permanent,
+                            "5.3.4 message size exceeds the limit of " +
+                                std::to_string(options.max_size) + " bytes",
+                            0});
         if (auto st =
                 durable::write_all(fd->get(), std::string_view(buf.data(), static_cast<size_t>(n)));
             !st)
@@ -50,15 +50,20 @@ Result<std::string> enqueue_message(const Spool& spool, Envelope env, int in_fd,
     }
     auto st = durable::pwrite_all(fd->get(), format_body_size(size),
                                   static_cast<off_t>(body_size_field_offset(header)));
-    if (st) st = durable::sync_data(fd->get());
+    // Strict: the data is durable before its name exists. Otherwise it is at least written
+    // back, so that any journal commit that carries the rename (ours below, or one another
+    // process forces meanwhile) finds it on the device: never a name with an empty file.
+    if (st)
+        st = options.strict ? durable::sync_data(fd->get()) : durable::write_back_data(fd->get());
     if (!st) return abandon(st.error());
     fs::path queue = spool.queue_dir(kStages.front());
     if (auto moved = durable::rename_noreplace(tmp, queue / env.id); !moved)
         return abandon(moved.error());
-    // The rename is the commit; the directory fsync makes it survive a power cut. If that fsync
-    // fails the file may or may not survive: withdraw it and report a transient failure (Postfix
-    // retries; a duplicate at worst, if a stage took the file meanwhile).
-    if (auto synced = durable::sync_dir(queue); !synced) {
+    // The rename is the commit; the flush below makes it survive a power cut. If it fails the
+    // file may or may not survive: withdraw it and report a transient failure (Postfix retries;
+    // a duplicate at worst, if a stage took the file meanwhile).
+    auto synced = options.strict ? durable::sync_dir(queue) : durable::sync_file(fd->get());
+    if (!synced) {
         ::unlink((queue / env.id).c_str());
         return std::unexpected(synced.error());
     }

@@ -68,7 +68,7 @@ Result<std::string> enqueue(const spool::Spool& spool, const std::string& sender
     env.recipients = rcpts;
     env.user = user;
     env.client = "127.0.0.1";
-    auto id = spool::enqueue_message(spool, std::move(env), fd, 100u << 20);
+    auto id = spool::enqueue_message(spool, std::move(env), fd, {});
     ::close(fd);
     return id;
 }

@@ -128,7 +128,7 @@ int main(int argc, char** argv) {
                     spool::Envelope env;
                     env.sender = "a@pec.alpha.test";
                     env.recipients = {"b@pec.beta.test"};
-                    if (!spool::enqueue_message(own, env, in.get(), 1 << 30)) failed++;
+                    if (!spool::enqueue_message(own, env, in.get(), {1 << 30})) failed++;
                 }
             });
         for (auto& t : writers) t.join();

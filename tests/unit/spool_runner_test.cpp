@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -22,6 +23,7 @@
 #include <vector>
 
 #include "spool-layout/durable.hpp"
+#include "spool-layout/enqueue.hpp"
 #include "spool-layout/queue_file.hpp"
 #include "spool-layout/queue_id.hpp"
 #include "spool-layout/spool.hpp"
@@ -41,11 +43,12 @@ using namespace std::chrono_literals;
 namespace spy {
 std::mutex mutex;
 std::vector<std::string> synced;  // paths, as they were named at the time of the call
+std::vector<std::string> calls;   // "fdatasync <path>", in call order (sync_file_range included)
 std::atomic<bool> recording{false};
 std::atomic<int> syncfs_calls{0};
 std::atomic<int> syncfs_delay_ms{0};  // a slow disk, so that concurrent callers overlap
 
-void record(int fd) {
+void record(int fd, const char* call) {
     if (!recording.load()) return;
     char link[64];
     std::snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
@@ -53,7 +56,9 @@ void record(int fd) {
     ssize_t n = ::readlink(link, target, sizeof target - 1);
     if (n < 0) return;
     std::lock_guard lock(mutex);
-    synced.emplace_back(target, static_cast<size_t>(n));
+    std::string path(target, static_cast<size_t>(n));
+    calls.push_back(std::string(call) + " " + path);
+    if (std::string_view(call) != "sync_file_range") synced.push_back(std::move(path));
 }
 template <class F>
 F real(const char* name) {
@@ -64,6 +69,7 @@ void start() {
     {
         std::lock_guard lock(mutex);
         synced.clear();
+        calls.clear();
     }
     recording = true;
 }
@@ -80,7 +86,7 @@ bool contains(const std::vector<std::string>& synced_paths, const fs::path& dir)
 }  // namespace spy
 
 extern "C" int fsync(int fd) {
-    spy::record(fd);
+    spy::record(fd, "fsync");
     static auto real = spy::real<int (*)(int)>("fsync");
     return real(fd);
 }
@@ -92,9 +98,14 @@ extern "C" int syncfs(int fd) {
     return real(fd);
 }
 extern "C" int fdatasync(int fd) {
-    spy::record(fd);
+    spy::record(fd, "fdatasync");
     static auto real = spy::real<int (*)(int)>("fdatasync");
     return real(fd);
+}
+extern "C" int sync_file_range(int fd, off64_t offset, off64_t count, unsigned int flags) {
+    spy::record(fd, "sync_file_range");
+    static auto real = spy::real<int (*)(int, off64_t, off64_t, unsigned int)>("sync_file_range");
+    return real(fd, offset, count, flags);
 }
 
 namespace {
@@ -1567,4 +1578,51 @@ TEST_P(RunnerTest, EventLoopStopsPromptly) {
     r.wake();
     loop2.join();
     EXPECT_LT(std::chrono::steady_clock::now() - started, 5s);
+}
+
+namespace {
+// pec-enqueue's commit of one message, with the flushes it made, in order.
+std::pair<std::string, std::vector<std::string>> enqueue_recorded(const Spool& spool, bool strict) {
+    int in = ::memfd_create("message", MFD_CLOEXEC);
+    std::string message = "From: a@pec.alpha.test\r\nTo: b@pec.beta.test\r\n\r\nciao\r\n";
+    EXPECT_EQ(::write(in, message.data(), message.size()), static_cast<ssize_t>(message.size()));
+    ::lseek(in, 0, SEEK_SET);
+    Envelope env;
+    env.sender = "a@pec.alpha.test";
+    env.recipients = {"b@pec.beta.test"};
+    spy::start();
+    auto id = enqueue_message(spool, env, in, {1 << 20, strict});
+    spy::stop();
+    ::close(in);
+    EXPECT_TRUE(id) << (id ? "" : id.error().message);
+    std::lock_guard lock(spy::mutex);
+    return {id.value_or(""), spy::calls};
+}
+}  // namespace
+
+TEST(spoolEnqueueDurability, OneJournalCommitWritesTheDataBackBeforeTheRenameAndFsyncsAfter) {
+    // Default (batch) mode: the data reaches the device under the temporary name, the rename
+    // into the queue follows, and one fsync of the file commits both (its inode changed with
+    // the rename). No second flush for the directory.
+    TempDir dir;
+    Spool spool = Spool::open(dir.path() / "spool", true).value();
+    auto [id, calls] = enqueue_recorded(spool, /*strict=*/false);
+    const fs::path root = fs::canonical(spool.root());
+    const fs::path queued = root / "queue" / "classify" / id;
+    std::vector<std::string> want{
+        "sync_file_range " + (fs::canonical(spool.tmp_dir()) / id).string(),
+        "fsync " + queued.string()};
+    EXPECT_EQ(calls, want);
+    EXPECT_TRUE(fs::exists(queued));
+    EXPECT_TRUE(names_in(spool.tmp_dir()).empty());
+}
+
+TEST(spoolEnqueueDurability, StrictModeFlushesTheDataThenTheDirectory) {
+    TempDir dir;
+    Spool spool = Spool::open(dir.path() / "spool", true).value();
+    auto [id, calls] = enqueue_recorded(spool, /*strict=*/true);
+    std::vector<std::string> want{"fdatasync " + (fs::canonical(spool.tmp_dir()) / id).string(),
+                                  "fsync " + fs::canonical(spool.queue_dir("classify")).string()};
+    EXPECT_EQ(calls, want);
+    EXPECT_TRUE(fs::exists(spool.queue_dir("classify") / id));
 }
