@@ -12,6 +12,7 @@
 #include "spool-layout/queue_file.hpp"
 #include "spool-layout/queue_id.hpp"
 #include "stages/pec/gmime_util.hpp"
+#include "stages/pec/reader.hpp"
 #include "stages/runner/runner.hpp"
 
 namespace pecd::provider {
@@ -145,19 +146,16 @@ outbox_file_sender(fs::path dir) {
         };
 }
 
-bool contains_eicar(std::string_view message) {
-    static constexpr std::string_view kEicar = "EICAR-STANDARD-ANTIVIRUS-TEST-FILE!";
-    if (message.find(kEicar) != std::string_view::npos) return true;
+namespace {
+constexpr std::string_view kEicar = "EICAR-STANDARD-ANTIVIRUS-TEST-FILE!";
+}  // namespace
+
+bool contains_eicar(std::string_view raw, const pec::ParsedMessage& parsed) {
+    if (raw.find(kEicar) != std::string_view::npos) return true;
     // Attachments travel encoded: look at every decoded leaf too.
-    pec::ensure_gmime();
-    pec::GPtr<GMimeStream> stream(
-        g_mime_stream_mem_new_with_buffer(message.data(), message.size()));
-    pec::GPtr<GMimeParser> parser(g_mime_parser_new_with_stream(stream.get()));
-    pec::GPtr<GMimeMessage> parsed(g_mime_parser_construct_message(parser.get(), nullptr));
-    if (!parsed) return false;
     bool found = false;
     g_mime_message_foreach(
-        parsed.get(),
+        parsed.gmime(),
         [](GMimeObject*, GMimeObject* part, gpointer data) {
             bool& hit = *static_cast<bool*>(data);
             if (hit || !GMIME_IS_PART(part)) return;
@@ -173,6 +171,12 @@ bool contains_eicar(std::string_view message) {
     return found;
 }
 
+bool contains_eicar(std::string_view message) {
+    if (message.find(kEicar) != std::string_view::npos) return true;
+    auto parsed = pec::ParsedMessage::parse(message);
+    return parsed && contains_eicar(message, *parsed);
+}
+
 std::function<Result<ScanResult>(std::string_view)> builtin_scanner(std::string_view type) {
     if (type == "eicar")
         return [](std::string_view message) -> Result<ScanResult> {
@@ -180,6 +184,15 @@ std::function<Result<ScanResult>(std::string_view)> builtin_scanner(std::string_
             return ScanResult{};
         };
     return [](std::string_view) -> Result<ScanResult> { return ScanResult{}; };
+}
+
+std::function<Result<ScanResult>(std::string_view, const pec::ParsedMessage&)>
+builtin_parsed_scanner(std::string_view type) {
+    if (type != "eicar") return nullptr;
+    return [](std::string_view raw, const pec::ParsedMessage& parsed) -> Result<ScanResult> {
+        if (contains_eicar(raw, parsed)) return ScanResult{true, "Eicar-Test-Signature"};
+        return ScanResult{};
+    };
 }
 
 std::function<Status(std::string_view, std::string_view)> virus_store(fs::path dir) {
@@ -197,6 +210,7 @@ std::function<Status(std::string_view, std::string_view)> virus_store(fs::path d
 ProviderServices make_embedded_services(const ProviderSettings& settings) {
     ProviderServices s;
     s.scan = builtin_scanner(settings.antivirus);
+    s.scan_parsed = builtin_parsed_scanner(settings.antivirus);
     s.deliver_to_mailbox = maildir_delivery(settings.maildir_root, settings.domains);
     s.send = outbox_sender(settings.outbox);
     s.send_queue_file = outbox_file_sender(settings.outbox);

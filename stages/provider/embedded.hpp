@@ -33,7 +33,11 @@ outbox_file_sender(std::filesystem::path dir);
 // "none": everything is clean. "eicar": flags the EICAR test string in the raw message or in any
 // decoded MIME part (the standard way to test an antivirus path without a virus).
 std::function<Result<ScanResult>(std::string_view)> builtin_scanner(std::string_view type);
+// The same on a parsed message (ProviderServices::scan_parsed); empty for "none".
+std::function<Result<ScanResult>(std::string_view, const pec::ParsedMessage&)>
+builtin_parsed_scanner(std::string_view type);
 bool contains_eicar(std::string_view message);
+bool contains_eicar(std::string_view raw, const pec::ParsedMessage& parsed);
 
 // <dir>/<key>.eml, replaced atomically when stored again under the same key.
 std::function<Status(std::string_view, std::string_view)> virus_store(std::filesystem::path dir);

@@ -135,7 +135,10 @@ Result<ProviderServices> make_services(const Config& config, const ProviderSetti
         s.send = smtp_sender(a.smtp);
         s.send_queue_file = nullptr;  // the outbox's shortcut, not SMTP's
     }
-    if (a.clamd) s.scan = clamd_scanner(a.clamd);
+    if (a.clamd) {
+        s.scan = clamd_scanner(a.clamd);
+        s.scan_parsed = nullptr;  // the built-in scanner's shortcut, not clamd's
+    }
     return s;
 }
 

@@ -11,6 +11,10 @@
 
 #include "stages/common/result.hpp"
 
+namespace pecd::pec {
+class ParsedMessage;
+}
+
 namespace pecd::provider {
 
 struct ScanResult {
@@ -33,6 +37,11 @@ struct RecipientStatus {
 struct ProviderServices {
     // An Error (any kind) means the scanner could not say: the input is retried later.
     std::function<Result<ScanResult>(std::string_view message)> scan;
+    // Optional, beside `scan`: the same verdict on a message the stage has parsed already
+    // (`raw` is its bytes), so that a scanner that reads the MIME parts does not parse it again.
+    // The built-in EICAR scanner has one; clamd takes the bytes and has none.
+    std::function<Result<ScanResult>(std::string_view raw, const pec::ParsedMessage& parsed)>
+        scan_parsed;
     // Stores `message` in the mailbox of `recipient`. An Error is an operational fault and is
     // treated as transient for that recipient.
     std::function<Result<RecipientStatus>(const std::string& recipient, std::string_view message)>

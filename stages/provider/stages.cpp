@@ -326,8 +326,16 @@ Result<StageResult> classify(const Provider& p, const StageInput& in) {
 
 struct Submission {
     pec::Transaction t;
-    std::string problem;  // the first formal error, in the words of the notice
+    std::string problem;                       // the first formal error, in the words of the notice
+    std::optional<pec::ParsedMessage> parsed;  // for the antivirus, when the bytes are MIME
 };
+
+// The antivirus verdict, on the parse the stage made already when the scanner can use it.
+Result<ScanResult> scan_message(const Provider& p, std::string_view raw,
+                                const std::optional<pec::ParsedMessage>& parsed) {
+    if (parsed && p.services().scan_parsed) return p.services().scan_parsed(raw, *parsed);
+    return p.services().scan(raw);
+}
 
 // The formal checks of the access point (pec-rules.md §5.1), in order.
 Submission check_submission(const Provider& p, const spool::Envelope& env, std::string_view raw) {
@@ -338,8 +346,11 @@ Submission check_submission(const Provider& p, const spool::Envelope& env, std::
         if (s.problem.empty()) s.problem = std::move(text);
     };
 
-    auto info = pec::read_pec_message(raw);
+    auto parsed = pec::ParsedMessage::parse(raw);
+    auto info = parsed ? pec::read_pec_message(*parsed)
+                       : Result<pec::PecMessageInfo>(std::unexpected(parsed.error()));
     auto headers = pec::raw::split(pec::to_crlf(raw));
+    if (parsed) s.parsed = std::move(*parsed);
     if (!info || !headers) {
         note("messaggio non conforme allo standard RFC 5322/MIME");
         for (const auto& r : env.recipients) o.recipients.push_back({r});
@@ -427,7 +438,7 @@ Result<StageResult> wrap(const Provider& p, const StageInput& in) {
         add_related(log(Event::non_accettazione, sub.problem), out.back(), notice_id);
         return res;
     }
-    auto scan = p.services().scan(*raw);
+    auto scan = scan_message(p, *raw, sub.parsed);
     if (!scan) return fail(ErrorKind::transient, "antivirus: " + scan.error().message);
     if (scan->infected) {
         PECD_LOG(info) << env.id << ": virus at submission: " << scan->virus;
@@ -476,6 +487,7 @@ Result<StageResult> wrap(const Provider& p, const StageInput& in) {
 
 // What a received message is worth: valid PEC (signature, chain, index, From domain) or not.
 struct Verdict {
+    std::optional<pec::ParsedMessage> parsed;
     std::optional<pec::PecMessageInfo> info;
     pec::VerifyReport report;
     std::string problem;  // empty = valid PEC message
@@ -483,7 +495,10 @@ struct Verdict {
 
 Result<Verdict> judge(const Provider& p, std::string_view raw, const pec::IndexSnapshot& index) {
     Verdict v;
-    auto info = pec::read_pec_message(raw);
+    auto parsed = pec::ParsedMessage::parse(raw);
+    auto info = parsed ? pec::read_pec_message(*parsed)
+                       : Result<pec::PecMessageInfo>(std::unexpected(parsed.error()));
+    if (parsed) v.parsed = std::move(*parsed);
     auto report = p.verifier().verify(raw, &index);
     if (!report) return fail(ErrorKind::transient, "verification: " + report.error().message);
     v.report = std::move(*report);
@@ -569,7 +584,7 @@ Result<StageResult> verify(const Provider& p, const StageInput& in) {
         const pec::ProviderRecord* from =
             index->find_by_cert_hash(verdict->report.signer_cert_sha1);
         std::string receipt_box = from ? from->mail_receipt : std::string();
-        auto scan = p.services().scan(*raw);
+        auto scan = scan_message(p, *raw, verdict->parsed);
         if (!scan) return fail(ErrorKind::transient, "antivirus: " + scan.error().message);
         if (scan->infected) {
             // No delivery: one rilevazione virus per recipient to the sender's provider.

@@ -6,6 +6,8 @@
 
 #include <string>
 
+#include "stages/pec/reader.hpp"
+#include "stages/provider/embedded.hpp"
 #include "tests/support/mail_servers_fixture.hpp"
 
 namespace pecd::transport {
@@ -126,6 +128,28 @@ TEST(ClamdReply, ParsesOkFoundAndErrors) {
     ASSERT_FALSE(err);
     EXPECT_EQ(err.error().kind, ErrorKind::transient);
     EXPECT_FALSE(parse_clamd_reply("", 1));
+}
+
+TEST(BuiltinScanner, FindsEicarInADecodedAttachmentFromBytesOrFromAParse) {
+    // The embedded default: the raw form parses the message itself, the parsed form (what the
+    // stages use after their own parse) reads the same decoded parts.
+    auto raw_scan = provider::builtin_scanner("eicar");
+    auto parsed_scan = provider::builtin_parsed_scanner("eicar");
+    ASSERT_TRUE(parsed_scan);
+    for (const std::string& mail : {infected_mail(), kClean}) {
+        const bool infected = mail != kClean;
+        auto parsed = pec::ParsedMessage::parse(mail);
+        ASSERT_TRUE(parsed);
+        auto from_bytes = raw_scan(mail);
+        auto from_parse = parsed_scan(mail, *parsed);
+        ASSERT_TRUE(from_bytes && from_parse);
+        EXPECT_EQ(from_bytes->infected, infected);
+        EXPECT_EQ(from_parse->infected, infected);
+        if (infected) {
+            EXPECT_EQ(from_parse->virus, "Eicar-Test-Signature");
+        }
+    }
+    EXPECT_FALSE(provider::builtin_parsed_scanner("none")) << "none: the stages call scan()";
 }
 
 TEST(NoAntivirus, SaysCleanEvenForEicar) {
