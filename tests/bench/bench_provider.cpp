@@ -116,9 +116,9 @@ size_t relay(const spool::Spool& from, const spool::Spool& alpha, const spool::S
     return moved;
 }
 
-// utime + stime of a live process, in seconds.
-double cpu_seconds(pid_t pid) {
-    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+// utime + stime of a live process (or of one thread: "<pid>/task/<tid>"), in seconds.
+double cpu_seconds(const std::string& proc) {
+    std::ifstream stat("/proc/" + proc + "/stat");
     std::string line;
     std::getline(stat, line);
     size_t close = line.rfind(')');
@@ -270,7 +270,24 @@ int main(int argc, char** argv) {
         if (moved == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     double total_s = std::chrono::duration<double>(Clock::now() - start).count();
-    double alpha_cpu = cpu_seconds(daemons[0].pid()), beta_cpu = cpu_seconds(daemons[1].pid());
+    double alpha_cpu = cpu_seconds(std::to_string(daemons[0].pid())),
+           beta_cpu = cpu_seconds(std::to_string(daemons[1].pid()));
+    // Per stage thread (named pecd/<stage>): where each provider's CPU went.
+    std::string per_stage[2];
+    for (int i = 0; i < 2; ++i) {
+        const std::string pid = std::to_string(daemons[i].pid());
+        std::error_code ec;
+        for (const auto& task : fs::directory_iterator("/proc/" + pid + "/task", ec)) {
+            std::ifstream comm(task.path() / "comm");
+            std::string name;
+            std::getline(comm, name);
+            if (!name.starts_with("pecd/")) continue;
+            double s = cpu_seconds(pid + "/task/" + task.path().filename().string());
+            char figure[64];
+            std::snprintf(figure, sizeof figure, " %s %.2f", name.c_str() + 5, s);
+            per_stage[i] += figure;
+        }
+    }
     for (auto& d : daemons) pecd::testing::stop_pid(d.release());
     size_t got_mario = count_files(mario), got_service = count_files(service),
            got_anna = count_files(anna);
@@ -285,6 +302,7 @@ int main(int argc, char** argv) {
     double rate = static_cast<double>(messages) / total_s;
     std::printf("CPU: pecd alpha %.2f s, beta %.2f s (%.1f ms per message for both)\n", alpha_cpu,
                 beta_cpu, 1000 * (alpha_cpu + beta_cpu) / static_cast<double>(messages));
+    std::printf("CPU by stage (s): alpha%s; beta%s\n", per_stage[0].c_str(), per_stage[1].c_str());
     struct rusage self {};
     ::getrusage(RUSAGE_SELF, &self);
     auto seconds = [](const timeval& tv) {
