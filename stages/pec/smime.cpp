@@ -1005,8 +1005,11 @@ Result<VerifyReport> verify_impl(const SmimeVerifier::State& state, std::string_
     std::optional<time_t> signed_at = signing_time_of(si);
     if (signed_at) report.signing_time = std::chrono::system_clock::from_time_t(*signed_at);
 
-    // 1. Digest and signature. The content goes through OpenSSL's canonicalisation (not
-    // binary), so LF-only stored copies verify like the CRLF wire form.
+    // 1. Digest and signature. Content that is CRLF already (the wire form) is digested as it
+    // is (CMS_BINARY: the same bytes); anything else goes through OpenSSL's canonicalisation,
+    // line by line, so that LF-only stored copies verify like the wire form. Only up to 1 MiB:
+    // the check reads the whole content, and a large mapped file is read once, page by page,
+    // as it is digested (the source BIO returns the pages behind it).
     ossl::Bio content;
     MemSource source{parts.content.data(), parts.content.size(), 0, map_base, 0};
     if (parts.detached) {
@@ -1015,8 +1018,12 @@ Result<VerifyReport> verify_impl(const SmimeVerifier::State& state, std::string_
         if (!content) return fail(ErrorKind::transient, ossl::errors("BIO_new failed"));
         BIO_set_data(content.get(), &source);
     }
-    if (CMS_verify(cms.get(), nullptr, nullptr, content.get(), nullptr,
-                   CMS_NO_SIGNER_CERT_VERIFY) != 1)
+    const unsigned int verify_flags =
+        CMS_NO_SIGNER_CERT_VERIFY |
+        (parts.detached && parts.content.size() <= (1u << 20) && is_canonical_crlf(parts.content)
+             ? CMS_BINARY
+             : 0u);
+    if (CMS_verify(cms.get(), nullptr, nullptr, content.get(), nullptr, verify_flags) != 1)
         return reject(VerifyFailure::bad_signature, ossl::errors("signature check failed"));
 
     // 2. Chain, validity, purpose, CRL: cached per signer (+ carried intermediates).
