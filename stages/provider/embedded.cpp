@@ -67,10 +67,11 @@ Status write_complete(const fs::path& path, std::string_view data) {
 
 }  // namespace
 
-std::function<Result<RecipientStatus>(const std::string&, std::string_view)> maildir_delivery(
-    fs::path root, std::vector<std::string> managed_domains) {
+std::function<Result<RecipientStatus>(const std::string&, std::string_view, std::string_view)>
+maildir_delivery(fs::path root, std::vector<std::string> managed_domains) {
     return [root = std::move(root), domains = std::move(managed_domains)](
-               const std::string& recipient, std::string_view message) -> Result<RecipientStatus> {
+               const std::string& recipient, std::string_view message,
+               std::string_view key) -> Result<RecipientStatus> {
         RecipientStatus st{recipient, Outcome::ok, "2.0.0", "consegnato"};
         auto parts = mailbox_parts(recipient);
         if (!parts || std::find(domains.begin(), domains.end(), parts->second) == domains.end()) {
@@ -87,8 +88,21 @@ std::function<Result<RecipientStatus>(const std::string&, std::string_view)> mai
             st.text = "indirizzo non valido";
             return st;
         }
-        // Maildir unique name: time, queue-id randomness, pid.
-        std::string name = spool::new_queue_id(spool::now_us()) + "." + std::to_string(::getpid());
+        // Maildir unique name: the queue id (time and randomness), the same when this delivery
+        // runs again. A key that is not a queue id gets a fresh one (no re-run to recognise).
+        const std::string name =
+            (spool::is_valid_queue_id(key) ? std::string(key)
+                                           : spool::new_queue_id(spool::now_us())) +
+            ".pecd";
+        if (fs::exists(box / "new" / name, ec)) {
+            // Delivered by a run that died before its batch committed: durable now, once.
+            if (auto synced = durable::sync_data_at(box / "new" / name); !synced)
+                return context(synced.error(), "maildir " + recipient);
+            if (auto synced = durable::sync_dir(box / "new"); !synced)
+                return context(synced.error(), "maildir " + recipient);
+            return st;
+        }
+        (void)durable::unlink_file(box / "tmp" / name);  // what a dead run left half-written
         if (auto w = write_complete(box / "tmp" / name, message); !w)
             return context(w.error(), "maildir " + recipient);
         auto published =

@@ -13,9 +13,11 @@ namespace pecd::provider {
 
 // Mailboxes are directories <root>/<domain>/<local part>/ (lower case) holding tmp/, new/, cur/.
 // A mailbox that does not exist is a permanent 5.1.1; a domain we do not manage is 5.1.2.
-// Each delivery is a new file (write in tmp/, fdatasync, rename into new/, fsync new/).
-std::function<Result<RecipientStatus>(const std::string&, std::string_view)> maildir_delivery(
-    std::filesystem::path root, std::vector<std::string> managed_domains);
+// Each delivery is a new file (write in tmp/, fdatasync, rename into new/, fsync new/) named
+// "<key>.pecd": a delivery run again after a crash finds its message in new/ and adds nothing,
+// and replaces a temporary file its dead predecessor left in tmp/.
+std::function<Result<RecipientStatus>(const std::string&, std::string_view, std::string_view)>
+maildir_delivery(std::filesystem::path root, std::vector<std::string> managed_domains);
 // Creates the mailbox directories of `address` under `root` (administration, tests).
 Status create_maildir(const std::filesystem::path& root, std::string_view address);
 

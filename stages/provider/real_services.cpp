@@ -32,10 +32,12 @@ RecipientStatus status_of(const transport::RecipientOutcome& o) {
 
 // LMTP: one transaction per recipient, as the deliver stage asks for each one. A domain we do
 // not manage is 5.1.2 before any server is asked, as with the embedded Maildir.
-std::function<Result<RecipientStatus>(const std::string&, std::string_view)> lmtp_delivery(
-    std::shared_ptr<transport::MailboxDelivery> lmtp, std::vector<std::string> domains) {
+// LMTP has no idempotency key: a delivery run again after a crash is delivered again.
+std::function<Result<RecipientStatus>(const std::string&, std::string_view, std::string_view)>
+lmtp_delivery(std::shared_ptr<transport::MailboxDelivery> lmtp, std::vector<std::string> domains) {
     return [lmtp = std::move(lmtp), domains = std::move(domains)](
-               const std::string& recipient, std::string_view message) -> Result<RecipientStatus> {
+               const std::string& recipient, std::string_view message,
+               std::string_view) -> Result<RecipientStatus> {
         std::string domain = domain_of(recipient);
         if (std::find(domains.begin(), domains.end(), domain) == domains.end())
             return RecipientStatus{recipient, Outcome::permanent, "5.1.2", "dominio non gestito"};

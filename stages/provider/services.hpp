@@ -42,9 +42,12 @@ struct ProviderServices {
     // The built-in EICAR scanner has one; clamd takes the bytes and has none.
     std::function<Result<ScanResult>(std::string_view raw, const pec::ParsedMessage& parsed)>
         scan_parsed;
-    // Stores `message` in the mailbox of `recipient`. An Error is an operational fault and is
-    // treated as transient for that recipient.
-    std::function<Result<RecipientStatus>(const std::string& recipient, std::string_view message)>
+    // Stores `message` in the mailbox of `recipient`. `key` names this delivery and is the same
+    // when it is run again (the queue id): an adapter that can, stores one copy per key (a re-run
+    // after a crash between the delivery and its batch's commit adds nothing). An Error is an
+    // operational fault and is treated as transient for that recipient.
+    std::function<Result<RecipientStatus>(const std::string& recipient, std::string_view message,
+                                          std::string_view key)>
         deliver_to_mailbox;
     // Hands `message` to the next hop with MAIL FROM `from` ("" = null sender): one status per
     // recipient, in order. An Error means nothing was sent (transient unless its kind says

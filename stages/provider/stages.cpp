@@ -726,7 +726,7 @@ Result<StageResult> deliver(const Provider& p, const StageInput& in) {
     Outputs& out = res.outputs;
     const std::string kind = env.attr(attr::kind).value_or("");
     for (const auto& r : env.recipients) {
-        auto st = p.services().deliver_to_mailbox(r, *raw);
+        auto st = p.services().deliver_to_mailbox(r, *raw, env.id);
         if (!st) st = RecipientStatus{r, Outcome::transient, "4.0.0", st.error().message};
         if (st->outcome == Outcome::transient) {
             pending.push_back(r);

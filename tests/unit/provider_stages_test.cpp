@@ -106,11 +106,37 @@ TEST(ProviderStages, WrapRerunGivesTheSameNamesAndIdentificativo) {
     EXPECT_EQ(first->outputs[0].env.recipients, std::vector<std::string>{mario});
 }
 
+TEST(ProviderStages, ADeliveryRunAgainAfterACrashLeavesOneCopyInTheMaildir) {
+    // The deliver stage died after its Maildir file was in new/ and before its batch committed:
+    // recovery runs the same queue file again. The embedded Maildir names the file by the queue
+    // id, finds it and adds nothing; a temporary file a dead run left under that name does not
+    // stand in the way.
+    TwoProviders net;
+    auto deliver = provider::make_stage("deliver", net.beta.handle);
+    ASSERT_TRUE(deliver);
+    const std::string anna = net.beta.address("anna");
+    spool::Envelope busta = envelope("mario@pec.alpha.test", {anna});
+    busta.set_attr(std::string(provider::attr::kind),
+                   std::string(pec::to_string(pec::MessageType::busta_trasporto)));
+    const fs::path box = net.beta.maildir() / net.beta.domain / "anna";
+    write_file(box / "tmp" / (busta.id + ".pecd"), "half a mess");
+    Input in(net.root(), busta, "Subject: busta\r\n\r\ncorpo\r\n");
+    for (int run = 0; run < 2; ++run) {
+        auto out = (*deliver)(in.get());
+        ASSERT_TRUE(out.has_value()) << out.error().message;
+        EXPECT_EQ(out->records.size(), 1u) << "each run logs its delivery (at-least-once log)";
+    }
+    auto delivered = net.mailbox(net.beta, anna);
+    ASSERT_EQ(delivered.size(), 1u);
+    EXPECT_EQ(delivered[0].raw, "Subject: busta\r\n\r\ncorpo\r\n");
+    EXPECT_TRUE(fs::is_empty(box / "tmp"));
+}
+
 TEST(ProviderStages, DeliverSplitsTransientRecipients) {
     TwoProviders net;
     auto services = fake_services();
     std::vector<std::string> attempts;
-    services.deliver_to_mailbox = [&](const std::string& r,
+    services.deliver_to_mailbox = [&](const std::string& r, std::string_view,
                                       std::string_view) -> Result<RecipientStatus> {
         attempts.push_back(r);
         if (r.starts_with("anna")) return RecipientStatus{r, Outcome::ok, "2.0.0", ""};
