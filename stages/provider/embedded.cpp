@@ -14,34 +14,16 @@
 #include "stages/pec/gmime_util.hpp"
 #include "stages/pec/reader.hpp"
 #include "stages/runner/runner.hpp"
+#include "stages/transport/delivery.hpp"
 
 namespace pecd::provider {
 
 namespace fs = std::filesystem;
 
-namespace {
-
-// The local part and domain of an address, lower case; nullopt for anything that could climb
-// out of the mailbox tree.
-std::optional<std::pair<std::string, std::string>> mailbox_parts(std::string_view address) {
-    size_t at = address.rfind('@');
-    if (at == std::string_view::npos || at == 0 || at + 1 == address.size()) return std::nullopt;
-    std::string local = lower(address.substr(0, at));
-    std::string domain = lower(address.substr(at + 1));
-    for (const std::string* part : {&local, &domain}) {
-        if (*part == "." || *part == ".." || part->front() == '.') return std::nullopt;
-        for (char c : *part)
-            if (c == '/' || c == '\0' || static_cast<unsigned char>(c) < 0x20) return std::nullopt;
-    }
-    return std::make_pair(local, domain);
-}
-
-}  // namespace
-
 Status create_maildir(const fs::path& root, std::string_view address) {
-    auto parts = mailbox_parts(address);
+    auto parts = transport::parse_mailbox_address(address);
     if (!parts) return fail(ErrorKind::permanent, "not a mailbox address: " + std::string(address));
-    fs::path box = root / parts->second / parts->first;
+    fs::path box = root / parts->domain / parts->local;
     for (const char* sub : {"tmp", "new", "cur"}) {
         std::error_code ec;
         fs::create_directories(box / sub, ec);
@@ -65,6 +47,13 @@ Status write_complete(const fs::path& path, std::string_view data) {
     return {};
 }
 
+// A filesystem error while delivering to one mailbox: transient, with the RFC 3463 code that
+// says why (a full disk and a quota are what an administrator looks for).
+RecipientStatus io_failure(const std::string& recipient, const Error& e) {
+    const char* code = e.sys_errno == ENOSPC ? "4.3.1" : e.sys_errno == EDQUOT ? "4.2.2" : "4.3.0";
+    return {recipient, Outcome::transient, code, e.message};
+}
+
 }  // namespace
 
 std::function<Result<RecipientStatus>(const std::string&, std::string_view, std::string_view)>
@@ -72,22 +61,20 @@ maildir_delivery(fs::path root, std::vector<std::string> managed_domains) {
     return [root = std::move(root), domains = std::move(managed_domains)](
                const std::string& recipient, std::string_view message,
                std::string_view key) -> Result<RecipientStatus> {
-        RecipientStatus st{recipient, Outcome::ok, "2.0.0", "consegnato"};
-        auto parts = mailbox_parts(recipient);
-        if (!parts || std::find(domains.begin(), domains.end(), parts->second) == domains.end()) {
-            st.outcome = Outcome::permanent;
-            st.code = "5.1.2";
-            st.text = "dominio non gestito";
-            return st;
-        }
-        fs::path box = root / parts->second / parts->first;
         std::error_code ec;
-        if (!fs::is_directory(box / "new", ec)) {
-            st.outcome = Outcome::permanent;
-            st.code = "5.1.1";
-            st.text = "indirizzo non valido";
-            return st;
-        }
+        // A missing root is a broken installation or an unmounted volume, not an unknown user:
+        // nobody gets a non-delivery notice for it.
+        if (!fs::is_directory(root, ec))
+            return fail(ErrorKind::transient, "maildir root " + root.string() + " missing");
+        auto address = transport::parse_mailbox_address(recipient);
+        if (!address)
+            return RecipientStatus{recipient, Outcome::permanent, "5.1.3", "indirizzo non valido"};
+        if (std::find(domains.begin(), domains.end(), address->domain) == domains.end())
+            return RecipientStatus{recipient, Outcome::permanent, "5.1.2", "dominio non gestito"};
+        fs::path box = root / address->domain / address->local;
+        if (!fs::is_directory(box / "new", ec))
+            return RecipientStatus{recipient, Outcome::permanent, "5.1.1", "indirizzo non valido"};
+        const RecipientStatus delivered{recipient, Outcome::ok, "2.0.0", "consegnato"};
         // Maildir unique name: the queue id (time and randomness), the same when this delivery
         // runs again. A key that is not a queue id gets a fresh one (no re-run to recognise).
         const std::string name =
@@ -96,19 +83,19 @@ maildir_delivery(fs::path root, std::vector<std::string> managed_domains) {
             ".pecd";
         if (fs::exists(box / "new" / name, ec)) {
             // Delivered by a run that died before its batch committed: durable now, once.
-            if (auto synced = durable::sync_data_at(box / "new" / name); !synced)
-                return context(synced.error(), "maildir " + recipient);
-            if (auto synced = durable::sync_dir(box / "new"); !synced)
-                return context(synced.error(), "maildir " + recipient);
-            return st;
+            Status synced = durable::sync_data_at(box / "new" / name);
+            if (synced) synced = durable::sync_dir(box / "new");
+            if (!synced) return io_failure(recipient, synced.error());
+            return delivered;
         }
         (void)durable::unlink_file(box / "tmp" / name);  // what a dead run left half-written
         if (auto w = write_complete(box / "tmp" / name, message); !w)
-            return context(w.error(), "maildir " + recipient);
-        auto published =
-            runner::BatchPublisher::publish_durably(box / "tmp" / name, box / "new" / name);
-        if (!published) return context(published.error(), "maildir " + recipient);
-        return st;
+            return io_failure(recipient, w.error());
+        if (auto published =
+                runner::BatchPublisher::publish_durably(box / "tmp" / name, box / "new" / name);
+            !published)
+            return io_failure(recipient, published.error());
+        return delivered;
     };
 }
 

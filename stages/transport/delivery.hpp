@@ -42,30 +42,6 @@ struct MailboxAddress {
 };
 std::optional<MailboxAddress> parse_mailbox_address(std::string_view address);
 
-struct MaildirOptions {
-    std::filesystem::path root;  // <root>/<domain>/<local>/{tmp,new,cur}
-    // false: a mailbox exists only if its directory exists (unknown → 5.1.1), the provider's
-    // mailbox list is the directory tree. true: any address of any domain gets a Maildir on
-    // first delivery (demo and tests without provisioning).
-    bool auto_create = false;
-};
-
-// Embedded default. qmail-style delivery: unique name in tmp/, write, fsync, rename into new/,
-// fsync new/. A crash leaves at most a stray file in tmp/, never a partial message in new/.
-// The message bytes are stored unchanged (CRLF kept: signed PEC envelopes stay byte-exact).
-class MaildirDelivery final : public MailboxDelivery {
-  public:
-    explicit MaildirDelivery(MaildirOptions options);
-    Result<DeliveryOutcome> deliver(const std::string& recipient,
-                                    std::string_view message) override;
-    std::string describe() const override;
-    // The Maildir of an address (whether it exists or not), or nullopt for an unusable address.
-    std::optional<std::filesystem::path> mailbox_path(std::string_view recipient) const;
-
-  private:
-    MaildirOptions options_;
-};
-
 struct LmtpOptions {
     Endpoint endpoint;  // Dovecot: 127.0.0.1:24 or unix:/run/dovecot/lmtp
     std::string lhlo_name = "localhost";

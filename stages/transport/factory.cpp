@@ -49,15 +49,9 @@ Result<std::unique_ptr<MailboxDelivery>> make_delivery(const Config& cfg,
                                                        std::string_view section) {
     auto kind = choice(cfg, section, "type", {"maildir", "lmtp"});
     if (!kind) return std::unexpected(kind.error());
-    if (*kind == "maildir") {
-        MaildirOptions o;
-        o.root = cfg.get_path(section, "maildir");
-        if (o.root.empty()) return std::unexpected(at(cfg, section, "maildir", "required"));
-        auto ac = cfg.get_bool(section, "maildir_auto_create", false);
-        if (!ac) return std::unexpected(ac.error());
-        o.auto_create = *ac;
-        return std::make_unique<MaildirDelivery>(std::move(o));
-    }
+    if (*kind == "maildir")
+        return std::unexpected(
+            at(cfg, section, "type", "maildir is the provider's embedded Maildir, not an adapter"));
     LmtpOptions o;
     auto ep = endpoint(cfg, section, "lmtp", 24);
     if (!ep) return std::unexpected(ep.error());
@@ -76,11 +70,9 @@ Result<std::unique_ptr<OutboundTransport>> make_outbound(const Config& cfg,
                                                          std::string_view section) {
     auto kind = choice(cfg, section, "type", {"outbox", "smtp"});
     if (!kind) return std::unexpected(kind.error());
-    if (*kind == "outbox") {
-        auto dir = cfg.get_path(section, "directory");
-        if (dir.empty()) return std::unexpected(at(cfg, section, "directory", "required"));
-        return std::make_unique<OutboxTransport>(std::move(dir));
-    }
+    if (*kind == "outbox")
+        return std::unexpected(
+            at(cfg, section, "type", "outbox is the provider's embedded outbox, not an adapter"));
     SmtpOptions o;
     auto ep = endpoint(cfg, section, "relay", 25);
     if (!ep) return std::unexpected(ep.error());

@@ -1,6 +1,7 @@
-// Builds the adapters from pecd.conf (keys in docs/transports.md). Each factory returns the
-// embedded default when its selector key is absent, and a config error naming file:line for an
-// unknown selector or a malformed value.
+// Builds the adapters to real servers from pecd.conf (keys in docs/transports.md). The embedded
+// defaults (maildir, outbox, eicar) are the provider's own services (stages/provider/embedded.hpp):
+// asked for one of those, or for an unknown selector, or with a malformed value, a factory gives
+// a config error naming file:line.
 #pragma once
 
 #include <memory>
@@ -14,9 +15,9 @@
 
 namespace pecd::transport {
 
-// type = maildir | lmtp (the [mailbox] section)
+// type = lmtp (the [mailbox] section)
 Result<std::unique_ptr<MailboxDelivery>> make_delivery(const Config& cfg, std::string_view section);
-// type = outbox | smtp (the [outbound] section)
+// type = smtp (the [outbound] section)
 Result<std::unique_ptr<OutboundTransport>> make_outbound(const Config& cfg,
                                                          std::string_view section);
 // type = none | clamd (the [antivirus] section; "eicar" is the provider's built-in scanner)

@@ -26,67 +26,6 @@ bool SendOutcome::all_accepted() const {
                        [](const RecipientOutcome& r) { return r.accepted(); });
 }
 
-Result<SendOutcome> OutboxTransport::send(const std::string& mail_from,
-                                          const std::vector<std::string>& rcpts,
-                                          std::string_view message) {
-    if (rcpts.empty()) return fail(ErrorKind::permanent, "outbox: no recipients");
-    for (const fs::path& d : {dir_, dir_ / "tmp", dir_ / "new"})
-        if (auto st = durable::make_dir(d); !st) return context(st.error(), "outbox");
-    spool::Envelope env;
-    env.arrival_us = spool::now_us();
-    env.id = spool::new_queue_id(env.arrival_us);
-    env.sender = mail_from.empty() ? "<>" : mail_from;
-    env.recipients = rcpts;
-    fs::path tmp = dir_ / "tmp" / env.id;
-    fs::path dest = dir_ / "new" / env.id;
-    auto fd =
-        spool::write_queue_file(tmp, env, spool::BodySource::from_bytes(std::string(message)));
-    if (!fd) {
-        (void)durable::unlink_file(tmp);
-        return context(fd.error(), "outbox");
-    }
-    Status st = durable::sync_data(fd->get());
-    fd->reset();
-    if (st) st = durable::rename_noreplace(tmp, dest);
-    if (!st) {
-        (void)durable::unlink_file(tmp);
-        return context(st.error(), "outbox");
-    }
-    if (auto synced = durable::sync_dir(dir_ / "new"); !synced)
-        return context(synced.error(), "outbox");
-    SendOutcome out;
-    out.reply = "queued as " + env.id;
-    for (const auto& r : rcpts) {
-        RecipientOutcome o;
-        o.recipient = r;
-        o.disposition = Disposition::accepted;
-        o.status = "2.0.0";
-        o.text = out.reply;
-        o.where = dest.string();
-        out.recipients.push_back(std::move(o));
-    }
-    return out;
-}
-
-Result<OutboxMessage> read_outbox_file(const fs::path& path) {
-    auto fd = durable::open_file(path, O_RDONLY | O_CLOEXEC);
-    if (!fd) return std::unexpected(fd.error());
-    auto info = spool::read_header(fd->get(), path.string());
-    if (!info) return std::unexpected(info.error());
-    auto body = spool::read_body(fd->get(), *info);
-    if (!body) return std::unexpected(body.error());
-    return OutboxMessage{std::move(info->env), std::move(*body)};
-}
-
-Result<std::vector<fs::path>> list_outbox(const fs::path& dir) {
-    auto names = durable::list_dir(dir / "new");
-    if (!names) return std::unexpected(names.error());
-    std::sort(names->begin(), names->end());
-    std::vector<fs::path> out;
-    for (const auto& n : *names) out.push_back(dir / "new" / n);
-    return out;
-}
-
 Result<SendOutcome> SmtpTransport::send(const std::string& mail_from,
                                         const std::vector<std::string>& rcpts,
                                         std::string_view message) {

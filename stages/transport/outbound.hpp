@@ -1,7 +1,7 @@
 // Sending a message to other providers (or to the MTA that does so).
 //
 // The Result's error is for failures of the whole attempt (relay down, connection lost before
-// the end of DATA, outbox not writable): ErrorKind::transient, retry all recipients. A reply
+// the end of DATA): ErrorKind::transient, retry all recipients. A reply
 // about one recipient, or a refusal of the whole transaction (MAIL FROM or final DATA reply),
 // comes back in SendOutcome as one RecipientOutcome per recipient.
 #pragma once
@@ -11,7 +11,6 @@
 #include <string_view>
 #include <vector>
 
-#include "spool-layout/queue_file.hpp"
 #include "stages/common/result.hpp"
 #include "stages/transport/outcome.hpp"
 #include "stages/transport/session.hpp"
@@ -33,29 +32,6 @@ class OutboundTransport {
                                      std::string_view message) = 0;
     virtual std::string describe() const = 0;
 };
-
-// Embedded: each message becomes a queue file (spool-layout/queue_file.hpp: envelope + body)
-// written to <dir>/tmp/<id>, fsynced and renamed to <dir>/new/<id>, so a peer provider in the
-// demo takes complete files from new/ and enqueues them like pec-enqueue would.
-class OutboxTransport final : public OutboundTransport {
-  public:
-    explicit OutboxTransport(std::filesystem::path dir) : dir_(std::move(dir)) {}
-    Result<SendOutcome> send(const std::string& mail_from, const std::vector<std::string>& rcpts,
-                             std::string_view message) override;
-    std::string describe() const override { return "outbox " + dir_.string(); }
-
-  private:
-    std::filesystem::path dir_;
-};
-
-struct OutboxMessage {
-    spool::Envelope envelope;  // id, arrival, sender ("<>" for null), recipients
-    std::string body;
-};
-// Reads back one file written by OutboxTransport.
-Result<OutboxMessage> read_outbox_file(const std::filesystem::path& path);
-// Complete messages waiting in <dir>/new, oldest first (queue ids sort by arrival).
-Result<std::vector<std::filesystem::path>> list_outbox(const std::filesystem::path& dir);
 
 struct SmtpOptions {
     Endpoint relay;  // e.g. Postfix's reinjection listener 127.0.0.1:10025

@@ -1,5 +1,6 @@
-// MaildirDelivery: mailbox policy, exact bytes, and that new/ never holds a partial message
-// (injected I/O faults and SIGKILL in the middle of deliveries).
+// The embedded Maildir delivery (provider::maildir_delivery): mailbox policy, exact bytes, one
+// copy per delivery key, and that new/ never holds a partial message (injected I/O faults and
+// SIGKILL in the middle of deliveries).
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -11,11 +12,12 @@
 #include <thread>
 
 #include "spool-layout/durable.hpp"
-#include "stages/transport/delivery.hpp"
+#include "spool-layout/queue_id.hpp"
+#include "stages/provider/embedded.hpp"
 #include "tests/support/mail_servers_fixture.hpp"
 #include "tests/support/slapd_fixture.hpp"
 
-namespace pecd::transport {
+namespace pecd::provider {
 namespace {
 
 namespace fs = std::filesystem;
@@ -29,6 +31,10 @@ std::string slurp(const fs::path& p) {
     return r ? *r : "<unreadable " + p.string() + ">";
 }
 
+std::string fresh_key() {
+    return spool::new_queue_id(spool::now_us());
+}
+
 class MaildirDeliveryTest : public ::testing::Test {
   protected:
     void SetUp() override {
@@ -37,101 +43,100 @@ class MaildirDeliveryTest : public ::testing::Test {
         dir_.emplace(std::move(*d));
         root_ = dir_->path() / "mail";
         fs::create_directories(root_);
+        deliver_ = maildir_delivery(root_, {"pec.test"});
     }
     void TearDown() override { durable::clear_faults(); }
     std::optional<test::TempDir> dir_;
     fs::path root_;
+    std::function<Result<RecipientStatus>(const std::string&, std::string_view, std::string_view)>
+        deliver_;
 };
 
 TEST_F(MaildirDeliveryTest, DeliversExactBytesIntoNewOfAnExistingMailbox) {
-    fs::create_directories(root_ / "pec.test" / "utente");
-    MaildirDelivery d({root_, false});
-    auto o = d.deliver("Utente@PEC.test", kMessage);
+    ASSERT_TRUE(create_maildir(root_, "utente@pec.test"));
+    const std::string key = fresh_key();
+    auto o = deliver_("Utente@PEC.test", kMessage, key);
     ASSERT_TRUE(o) << o.error().message;
-    EXPECT_TRUE(o->accepted()) << o->describe();
-    EXPECT_EQ(o->status, "2.0.0");
+    EXPECT_EQ(o->outcome, Outcome::ok) << o->text;
+    EXPECT_EQ(o->code, "2.0.0");
     auto files = files_under(root_ / "pec.test" / "utente");
     ASSERT_EQ(files.size(), 1u);
-    EXPECT_EQ(files[0].parent_path().filename(), "new");
-    EXPECT_EQ(files[0].string(), o->where);
+    EXPECT_EQ(files[0], root_ / "pec.test" / "utente" / "new" / (key + ".pecd"));
     EXPECT_EQ(slurp(files[0]), kMessage);
-    EXPECT_TRUE(fs::is_directory(root_ / "pec.test" / "utente" / "cur"));
+}
+
+TEST_F(MaildirDeliveryTest, TheSameKeyTwiceIsOneCopy) {
+    // A delivery run again after a crash before its batch committed.
+    ASSERT_TRUE(create_maildir(root_, "utente@pec.test"));
+    const std::string key = fresh_key();
+    for (int run = 0; run < 2; ++run) {
+        auto o = deliver_("utente@pec.test", kMessage, key);
+        ASSERT_TRUE(o) << o.error().message;
+        EXPECT_EQ(o->outcome, Outcome::ok) << o->text;
+    }
+    EXPECT_EQ(files_under(root_ / "pec.test" / "utente").size(), 1u);
+    ASSERT_TRUE(deliver_("utente@pec.test", kMessage, fresh_key()));
+    EXPECT_EQ(files_under(root_ / "pec.test" / "utente").size(), 2u) << "another key, another copy";
 }
 
 TEST_F(MaildirDeliveryTest, UnknownMailboxIsPermanent511AndCreatesNothing) {
-    MaildirDelivery d({root_, false});
-    auto o = d.deliver("nessuno@pec.test", kMessage);
+    auto o = deliver_("nessuno@pec.test", kMessage, fresh_key());
     ASSERT_TRUE(o) << o.error().message;
-    EXPECT_EQ(o->disposition, Disposition::permanent_failure);
-    EXPECT_EQ(o->status, "5.1.1");
+    EXPECT_EQ(o->outcome, Outcome::permanent);
+    EXPECT_EQ(o->code, "5.1.1");
     EXPECT_FALSE(fs::exists(root_ / "pec.test"));
 }
 
-TEST_F(MaildirDeliveryTest, AutoCreateMakesTheMailboxOnFirstDelivery) {
-    MaildirDelivery d({root_, true});
-    auto o = d.deliver("nuovo@altro.test", kMessage);
+TEST_F(MaildirDeliveryTest, ADomainWeDoNotManageIsPermanent512) {
+    ASSERT_TRUE(create_maildir(root_, "utente@altro.test"));
+    auto o = deliver_("utente@altro.test", kMessage, fresh_key());
     ASSERT_TRUE(o) << o.error().message;
-    EXPECT_TRUE(o->accepted()) << o->describe();
-    for (const char* sub : {"tmp", "new", "cur"})
-        EXPECT_TRUE(fs::is_directory(root_ / "altro.test" / "nuovo" / sub)) << sub;
-    EXPECT_EQ(slurp(o->where), kMessage);
+    EXPECT_EQ(o->outcome, Outcome::permanent);
+    EXPECT_EQ(o->code, "5.1.2");
+    EXPECT_TRUE(files_under(root_ / "altro.test").empty());
 }
 
 TEST_F(MaildirDeliveryTest, AddressesThatCouldEscapeTheRootAreRefused) {
-    MaildirDelivery d({root_, true});
     for (std::string bad : {"../x@pec.test", "x@../../etc", "a/b@pec.test", "noatsign", "@pec.test",
                             "x@", "x y@pec.test", ".hidden@pec.test", "x@pec.test\r\nRSET"}) {
-        auto o = d.deliver(bad, kMessage);
+        auto o = deliver_(bad, kMessage, fresh_key());
         ASSERT_TRUE(o) << bad;
-        EXPECT_EQ(o->disposition, Disposition::permanent_failure) << bad;
-        EXPECT_EQ(o->status, "5.1.3") << bad;
+        EXPECT_EQ(o->outcome, Outcome::permanent) << bad;
+        EXPECT_EQ(o->code, "5.1.3") << bad;
     }
     EXPECT_TRUE(files_under(dir_->path()).empty());
 }
 
 TEST_F(MaildirDeliveryTest, MissingRootIsATransientErrorNotAnUnknownUser) {
-    MaildirDelivery d({dir_->path() / "not-mounted", false});
-    auto o = d.deliver("utente@pec.test", kMessage);
+    // An unmounted volume must not bounce mail with non-delivery notices.
+    auto unmounted = maildir_delivery(dir_->path() / "not-mounted", {"pec.test"});
+    auto o = unmounted("utente@pec.test", kMessage, fresh_key());
     ASSERT_FALSE(o);
     EXPECT_EQ(o.error().kind, ErrorKind::transient);
-}
-
-TEST_F(MaildirDeliveryTest, DeliverAllGivesOneOutcomePerRecipientInOrder) {
-    fs::create_directories(root_ / "pec.test" / "a");
-    fs::create_directories(root_ / "pec.test" / "c");
-    MaildirDelivery d({root_, false});
-    auto all = d.deliver_all({"a@pec.test", "b@pec.test", "c@pec.test"}, kMessage);
-    ASSERT_TRUE(all) << all.error().message;
-    ASSERT_EQ(all->size(), 3u);
-    EXPECT_TRUE((*all)[0].accepted());
-    EXPECT_EQ((*all)[1].status, "5.1.1");
-    EXPECT_TRUE((*all)[2].accepted());
-    EXPECT_EQ((*all)[1].recipient, "b@pec.test");
 }
 
 // Every failing step (write, fsync, rename) leaves new/ empty and tmp/ clean, and is reported
 // as a transient failure with the RFC 3463 code of the cause.
 TEST_F(MaildirDeliveryTest, IoFaultsNeverLeaveAPartialMessageInNew) {
+    ASSERT_TRUE(create_maildir(root_, "utente@pec.test"));
     fs::path box = root_ / "pec.test" / "utente";
-    fs::create_directories(box);
-    MaildirDelivery d({root_, false});
     struct Case {
         const char* spec;
-        const char* status;
+        const char* code;
     };
     for (Case c : {Case{"write=ENOSPC", "4.3.1"}, Case{"fsync=EIO", "4.3.0"},
                    Case{"rename=EDQUOT", "4.2.2"}}) {
         ASSERT_TRUE(durable::set_faults(c.spec));
-        auto o = d.deliver("utente@pec.test", kMessage);
+        auto o = deliver_("utente@pec.test", kMessage, fresh_key());
         durable::clear_faults();
         ASSERT_TRUE(o) << c.spec;
-        EXPECT_EQ(o->disposition, Disposition::transient_failure) << c.spec;
-        EXPECT_EQ(o->status, c.status) << c.spec << ": " << o->text;
+        EXPECT_EQ(o->outcome, Outcome::transient) << c.spec;
+        EXPECT_EQ(o->code, c.code) << c.spec << ": " << o->text;
         EXPECT_TRUE(files_under(box).empty()) << c.spec;
     }
-    auto ok = d.deliver("utente@pec.test", kMessage);
+    auto ok = deliver_("utente@pec.test", kMessage, fresh_key());
     ASSERT_TRUE(ok);
-    EXPECT_TRUE(ok->accepted());
+    EXPECT_EQ(ok->outcome, Outcome::ok);
 }
 
 // A child delivers an 8 MiB message in a loop and is SIGKILLed at random moments, until one
@@ -139,8 +144,8 @@ TEST_F(MaildirDeliveryTest, IoFaultsNeverLeaveAPartialMessageInNew) {
 // new/ must be the whole message; a torn one may only sit in tmp/. The test insists on having
 // seen a torn file, so it cannot pass without exercising the crash window.
 TEST_F(MaildirDeliveryTest, SigkillDuringDeliveryNeverExposesATornMessage) {
+    ASSERT_TRUE(create_maildir(root_, "utente@pec.test"));
     fs::path box = root_ / "pec.test" / "utente";
-    fs::create_directories(box);
     std::string big = "Subject: big\r\n\r\n";
     while (big.size() < (8u << 20)) big += std::string(76, 'x') + "\r\n";
     std::mt19937 rng(std::random_device{}());
@@ -150,8 +155,7 @@ TEST_F(MaildirDeliveryTest, SigkillDuringDeliveryNeverExposesATornMessage) {
         pid_t pid = ::fork();
         ASSERT_GE(pid, 0);
         if (pid == 0) {
-            MaildirDelivery d({root_, false});
-            for (;;) (void)d.deliver("utente@pec.test", big);
+            for (;;) (void)deliver_("utente@pec.test", big, fresh_key());
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(5 + rng() % 200));
         ::kill(pid, SIGKILL);
@@ -174,4 +178,4 @@ TEST_F(MaildirDeliveryTest, SigkillDuringDeliveryNeverExposesATornMessage) {
 }
 
 }  // namespace
-}  // namespace pecd::transport
+}  // namespace pecd::provider

@@ -1,4 +1,4 @@
-// OutboxTransport (queue-file round trip) and SmtpTransport against Postfix's smtp-sink and a
+// SmtpTransport against Postfix's smtp-sink and a
 // real Postfix instance started by the test (real-servers.md §5).
 #include "stages/transport/outbound.hpp"
 
@@ -48,53 +48,6 @@ SmtpOptions options_for(const test::ServerFixture& s) {
     o.helo_name = "pecd.test";
     o.timeouts.command = std::chrono::seconds(10);
     return o;
-}
-
-// ---- outbox ----------------------------------------------------------------------------------
-
-TEST(OutboxTransport, RoundTripsEnvelopeAndBody) {
-    auto dir = test::TempDir::create("pecd-outbox");
-    ASSERT_TRUE(dir);
-    OutboxTransport t(dir->path() / "outbox");
-    auto sent = t.send("mittente@pec.example.it", {"a@pec.test", "b@pec.test"}, kMessage);
-    ASSERT_TRUE(sent) << sent.error().message;
-    EXPECT_TRUE(sent->all_accepted());
-    auto second = t.send("", {"c@pec.test"}, "Subject: null sender\r\n\r\nx\r\n");
-    ASSERT_TRUE(second) << second.error().message;
-
-    auto files = list_outbox(dir->path() / "outbox");
-    ASSERT_TRUE(files);
-    ASSERT_EQ(files->size(), 2u);
-    EXPECT_TRUE(files_under(dir->path() / "outbox" / "tmp").empty());
-    auto m = read_outbox_file((*files)[0]);
-    ASSERT_TRUE(m) << m.error().message;
-    EXPECT_EQ(m->body, kMessage);
-    EXPECT_EQ(m->envelope.sender, "mittente@pec.example.it");
-    EXPECT_EQ(m->envelope.recipients, (std::vector<std::string>{"a@pec.test", "b@pec.test"}));
-    EXPECT_EQ((*files)[0].filename().string(), m->envelope.id);
-    EXPECT_EQ(sent->recipients[0].where, (*files)[0].string());
-    auto n = read_outbox_file((*files)[1]);
-    ASSERT_TRUE(n);
-    EXPECT_EQ(n->envelope.sender, "<>");
-}
-
-TEST(OutboxTransport, FailedFsyncLeavesNothingBehindAndIsTransient) {
-    auto dir = test::TempDir::create("pecd-outbox");
-    ASSERT_TRUE(dir);
-    OutboxTransport t(dir->path());
-    ASSERT_TRUE(durable::set_faults("fsync=EIO"));
-    auto sent = t.send("a@pec.example.it", {"b@pec.test"}, kMessage);
-    durable::clear_faults();
-    ASSERT_FALSE(sent);
-    EXPECT_EQ(sent.error().kind, ErrorKind::transient);
-    EXPECT_TRUE(files_under(dir->path()).empty());
-}
-
-TEST(OutboxTransport, ReadingAGarbageFileIsAnError) {
-    auto dir = test::TempDir::create("pecd-outbox");
-    ASSERT_TRUE(dir);
-    ASSERT_TRUE(durable::write_file_atomic(dir->path() / "junk", "not a queue file\n"));
-    EXPECT_FALSE(read_outbox_file(dir->path() / "junk"));
 }
 
 // ---- SMTP against smtp-sink ------------------------------------------------------------------
