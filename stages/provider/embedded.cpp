@@ -47,6 +47,14 @@ Status write_complete(const fs::path& path, std::string_view data) {
     return {};
 }
 
+// What the outbox says of each recipient once the file named `id` is in it.
+std::vector<RecipientStatus> queued_as(const std::vector<std::string>& rcpts,
+                                       const std::string& id) {
+    std::vector<RecipientStatus> out;
+    for (const auto& r : rcpts) out.push_back({r, Outcome::ok, "2.0.0", "queued as " + id});
+    return out;
+}
+
 // A filesystem error while delivering to one mailbox: transient, with the RFC 3463 code that
 // says why (a full disk and a quota are what an administrator looks for).
 RecipientStatus io_failure(const std::string& recipient, const Error& e) {
@@ -119,10 +127,7 @@ outbox_sender(fs::path dir) {
             if (auto st = write_complete(tmp, file); !st) return context(st.error(), "outbox");
             if (auto st = runner::BatchPublisher::publish_durably(tmp, dir / env.id); !st)
                 return context(st.error(), "outbox");
-            std::vector<RecipientStatus> out;
-            for (const auto& r : rcpts)
-                out.push_back({r, Outcome::ok, "2.0.0", "queued as " + env.id});
-            return out;
+            return queued_as(rcpts, env.id);
         };
 }
 
@@ -141,9 +146,7 @@ outbox_file_sender(fs::path dir) {
                 linked = runner::BatchPublisher::link_durably(queue_file, dir / id);
             }
             if (!linked) return context(linked.error(), "outbox");
-            std::vector<RecipientStatus> out;
-            for (const auto& r : rcpts) out.push_back({r, Outcome::ok, "2.0.0", "queued as " + id});
-            return out;
+            return queued_as(rcpts, id);
         };
 }
 
@@ -151,9 +154,9 @@ namespace {
 constexpr std::string_view kEicar = "EICAR-STANDARD-ANTIVIRUS-TEST-FILE!";
 }  // namespace
 
-bool contains_eicar(std::string_view raw, const pec::ParsedMessage& parsed) {
-    if (raw.find(kEicar) != std::string_view::npos) return true;
-    // Attachments travel encoded: look at every decoded leaf too.
+namespace {
+// Attachments travel encoded: the EICAR string in any decoded leaf.
+bool eicar_in_decoded_parts(const pec::ParsedMessage& parsed) {
     bool found = false;
     g_mime_message_foreach(
         parsed.gmime(),
@@ -171,11 +174,16 @@ bool contains_eicar(std::string_view raw, const pec::ParsedMessage& parsed) {
         &found);
     return found;
 }
+}  // namespace
+
+bool contains_eicar(std::string_view raw, const pec::ParsedMessage& parsed) {
+    return raw.find(kEicar) != std::string_view::npos || eicar_in_decoded_parts(parsed);
+}
 
 bool contains_eicar(std::string_view message) {
     if (message.find(kEicar) != std::string_view::npos) return true;
     auto parsed = pec::ParsedMessage::parse(message);
-    return parsed && contains_eicar(message, *parsed);
+    return parsed && eicar_in_decoded_parts(*parsed);
 }
 
 std::function<Result<ScanResult>(std::string_view)> builtin_scanner(std::string_view type) {
