@@ -330,6 +330,17 @@ struct Submission {
     std::optional<pec::ParsedMessage> parsed;  // for the antivirus, when the bytes are MIME
 };
 
+// Reads `raw` as a PEC message and keeps the parse in `parsed` (for the antivirus) when the
+// bytes are MIME at all.
+Result<pec::PecMessageInfo> read_keeping_parse(std::string_view raw,
+                                               std::optional<pec::ParsedMessage>& parsed) {
+    auto message = pec::ParsedMessage::parse(raw);
+    if (!message) return std::unexpected(message.error());
+    auto info = pec::read_pec_message(*message);
+    parsed = std::move(*message);
+    return info;
+}
+
 // The antivirus verdict, on the parse the stage made already when the scanner can use it.
 Result<ScanResult> scan_message(const Provider& p, std::string_view raw,
                                 const std::optional<pec::ParsedMessage>& parsed) {
@@ -346,11 +357,8 @@ Submission check_submission(const Provider& p, const spool::Envelope& env, std::
         if (s.problem.empty()) s.problem = std::move(text);
     };
 
-    auto parsed = pec::ParsedMessage::parse(raw);
-    auto info = parsed ? pec::read_pec_message(*parsed)
-                       : Result<pec::PecMessageInfo>(std::unexpected(parsed.error()));
+    auto info = read_keeping_parse(raw, s.parsed);
     auto headers = pec::raw::split(pec::to_crlf(raw));
-    if (parsed) s.parsed = std::move(*parsed);
     if (!info || !headers) {
         note("messaggio non conforme allo standard RFC 5322/MIME");
         for (const auto& r : env.recipients) o.recipients.push_back({r});
@@ -495,10 +503,7 @@ struct Verdict {
 
 Result<Verdict> judge(const Provider& p, std::string_view raw, const pec::IndexSnapshot& index) {
     Verdict v;
-    auto parsed = pec::ParsedMessage::parse(raw);
-    auto info = parsed ? pec::read_pec_message(*parsed)
-                       : Result<pec::PecMessageInfo>(std::unexpected(parsed.error()));
-    if (parsed) v.parsed = std::move(*parsed);
+    auto info = read_keeping_parse(raw, v.parsed);
     auto report = p.verifier().verify(raw, &index);
     if (!report) return fail(ErrorKind::transient, "verification: " + report.error().message);
     v.report = std::move(*report);
