@@ -21,6 +21,13 @@ using runner::StageOutput;
 using runner::StageResult;
 using Outputs = std::vector<StageOutput>;
 
+void carry_transaction(spool::Envelope& env, const pec::Transaction& t) {
+    env.set_attr(attr::id, t.identificativo);
+    env.set_attr(attr::sender, t.original.sender);
+    env.set_attr(attr::subject, t.original.subject);
+    if (t.original.message_id) env.set_attr(attr::message_id, *t.original.message_id);
+}
+
 namespace {
 
 using Clock = std::chrono::system_clock;
@@ -179,12 +186,9 @@ void add_related(Record& r, const StageOutput& out, std::string_view message_id 
     if (!message_id.empty()) r.related.emplace_back(message_id);
 }
 
-// What later stages need to log the transaction a produced file belongs to.
+// The same on a produced file.
 void carry_transaction(StageOutput& out, const pec::Transaction& t) {
-    out.env.set_attr(attr::id, t.identificativo);
-    out.env.set_attr(attr::sender, t.original.sender);
-    out.env.set_attr(attr::subject, t.original.subject);
-    if (t.original.message_id) out.env.set_attr(attr::message_id, *t.original.message_id);
+    provider::carry_transaction(out.env, t);
 }
 
 std::string strip_angles(std::string_view id) {

@@ -32,6 +32,7 @@
 #include <memory>
 #include <string_view>
 
+#include "stages/pec/builders.hpp"
 #include "stages/pec/reader.hpp"
 #include "stages/provider/provider_config.hpp"
 #include "stages/runner/runner.hpp"
@@ -69,6 +70,10 @@ StageFunction verify_stage(std::shared_ptr<ProviderHandle> provider);
 StageFunction deliver_stage(std::shared_ptr<ProviderHandle> provider);
 StageFunction receipt_stage(std::shared_ptr<ProviderHandle> provider);
 StageFunction outbound_stage(std::shared_ptr<ProviderHandle> provider);
+
+// What later stages need to log the transaction a produced file belongs to: the attrs id,
+// sender, subject and msgid.
+void carry_transaction(spool::Envelope& env, const pec::Transaction& t);
 
 // The function of a stage by name (spool::kStages).
 Result<StageFunction> make_stage(std::string_view stage, std::shared_ptr<ProviderHandle> provider);

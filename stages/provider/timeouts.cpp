@@ -297,7 +297,7 @@ scheduler::Handler timeout_handler(pec::TimeoutStage stage,
         env.sender = p->identity().service_address();
         env.recipients = {t->original.sender};
         env.set_attr(attr::kind, std::string(pec::to_string(built->type)));
-        env.set_attr(attr::id, t->identificativo);
+        carry_transaction(env, *t);
         env.set_attr(attr::time, std::to_string(now));
         // The notice's emission is a legal-log event; the scheduler has no log of its own, so the
         // deliver stage logs it with the delivery (from these attrs).
@@ -306,9 +306,6 @@ scheduler::Handler timeout_handler(pec::TimeoutStage stage,
                                                          ? legallog::Event::preavviso_12h
                                                          : legallog::Event::preavviso_24h)));
         env.set_attr(attr::concerning, *recipient);
-        env.set_attr(attr::sender, t->original.sender);
-        env.set_attr(attr::subject, t->original.subject);
-        if (t->original.message_id) env.set_attr(attr::message_id, *t->original.message_id);
         env.set_attr(attr::provider, p->identity().name);
         if (auto st = write_notice(spool, env, std::move(built->bytes)); !st)
             return fail(ErrorKind::transient, "task " + task.key + ": " + st.error().message);
