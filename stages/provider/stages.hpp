@@ -25,8 +25,9 @@
 //    ricevuta-ricevuta, avviso-mancata-consegna; deliver consegna, mancata-consegna; receipt
 //    ricevuta-consegna, avviso-mancata-consegna; outbound invio. Related ids are the queue ids
 //    and Message-IDs of what was produced. The runner makes them durable before the commit.
-//  * Mailbox delivery is at least once: a crash after a delivery and before the commit delivers
-//    again on the re-run (as LMTP does); the receipt is issued once, from the committed outputs.
+//  * Mailbox delivery after a crash: a crash after a delivery and before the commit runs the
+//    input again. The embedded Maildir keeps one copy per queue id; LMTP delivers again (at
+//    least once). The receipt is issued once, from the committed outputs.
 #pragma once
 
 #include <memory>
