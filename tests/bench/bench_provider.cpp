@@ -24,11 +24,13 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -76,8 +78,7 @@ Result<std::string> enqueue(const spool::Spool& spool, const std::string& sender
     return id;
 }
 
-// The MTAs: every outbox file to the spool of its recipients' provider, then unlinked. Like
-// Postfix's concurrent pipe(8) deliveries, `workers` threads each take their share.
+// The MTAs: one outbox file to the spool of its recipients' provider, then unlinked.
 size_t relay_one(const spool::Spool& from, const std::string& name, const spool::Spool& alpha,
                  const spool::Spool& beta) {
     fs::path path = from.outbox_dir() / name;
@@ -98,23 +99,71 @@ size_t relay_one(const spool::Spool& from, const std::string& name, const spool:
     return 1;
 }
 
-size_t relay(const spool::Spool& from, const spool::Spool& alpha, const spool::Spool& beta,
-             size_t workers) {
-    auto names = durable::list_dir(from.outbox_dir());
-    if (!names) return 0;
-    std::vector<std::string> ids;
-    for (const auto& n : *names)
-        if (spool::is_valid_queue_id(n)) ids.push_back(n);
-    std::atomic<size_t> next{0}, moved{0};
-    std::vector<std::thread> threads;
-    for (size_t w = 0; w < std::min(workers, ids.size()); ++w)
-        threads.emplace_back([&] {
-            for (size_t i = next++; i < ids.size(); i = next++)
-                moved += relay_one(from, ids[i], alpha, beta);
-        });
-    for (auto& t : threads) t.join();
-    return moved;
-}
+// The MTAs' delivery agents: `workers` threads that live for the whole run (as Postfix's
+// pipe(8) processes do), each taking its share of every round's outbox files. Threads made
+// per round would cost the machine thousands of clone/munmap calls the MTAs never make.
+class RelayPool {
+  public:
+    RelayPool(size_t workers, const spool::Spool& alpha, const spool::Spool& beta)
+        : alpha_(alpha), beta_(beta) {
+        for (size_t w = 0; w < workers; ++w) threads_.emplace_back([this] { work(); });
+    }
+    ~RelayPool() {
+        {
+            std::lock_guard lock(mutex_);
+            stopping_ = true;
+        }
+        wake_.notify_all();
+        for (auto& t : threads_) t.join();
+    }
+    // Relays every outbox file of both providers; returns how many went.
+    size_t round() {
+        std::vector<std::pair<const spool::Spool*, std::string>> items;
+        for (const spool::Spool* from : {&alpha_, &beta_})
+            if (auto names = durable::list_dir(from->outbox_dir()))
+                for (auto& n : *names)
+                    if (spool::is_valid_queue_id(n)) items.emplace_back(from, std::move(n));
+        if (items.empty()) return 0;
+        std::unique_lock lock(mutex_);
+        items_ = std::move(items);
+        next_ = 0;
+        finished_ = 0;
+        moved_ = 0;
+        ++generation_;
+        wake_.notify_all();
+        done_.wait(lock, [this] { return finished_ == items_.size(); });
+        return moved_;
+    }
+
+  private:
+    void work() {
+        uint64_t seen = 0;
+        std::unique_lock lock(mutex_);
+        for (;;) {
+            wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
+            if (stopping_) return;
+            seen = generation_;
+            while (next_ < items_.size()) {
+                auto [from, name] = items_[next_++];
+                lock.unlock();
+                size_t moved = relay_one(*from, name, alpha_, beta_);
+                lock.lock();
+                moved_ += moved;
+                if (++finished_ == items_.size()) done_.notify_one();
+            }
+        }
+    }
+
+    const spool::Spool& alpha_;
+    const spool::Spool& beta_;
+    std::mutex mutex_;
+    std::condition_variable wake_, done_;
+    std::vector<std::pair<const spool::Spool*, std::string>> items_;
+    size_t next_ = 0, finished_ = 0, moved_ = 0;
+    uint64_t generation_ = 0;
+    bool stopping_ = false;
+    std::vector<std::thread> threads_;
+};
 
 // utime + stime of a live process (or of one thread: "<pid>/task/<tid>"), in seconds.
 double cpu_seconds(const std::string& proc) {
@@ -260,11 +309,11 @@ int main(int argc, char** argv) {
     // How long the MTAs were busy relaying: near the whole run, they are the bottleneck.
     double relay_s = 0;
     size_t rounds = 0;
+    RelayPool relays(workers, spools[0], spools[1]);
     while (Clock::now() < deadline) {
         auto round_start = Clock::now();
         ++rounds;
-        size_t moved = relay(spools[0], spools[0], spools[1], workers) +
-                       relay(spools[1], spools[0], spools[1], workers);
+        size_t moved = relays.round();
         if (count_files(mario) >= 2 * messages && count_files(service) >= messages) break;
         relay_s += std::chrono::duration<double>(Clock::now() - round_start).count();
         if (moved == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
