@@ -178,21 +178,21 @@ Result<QueueFileInfo> read_header(int fd, const std::string& name) {
     if (::fstat(fd, &st) != 0) return fail_errno("stat " + name);
     uint64_t file_size = static_cast<uint64_t>(st.st_size);
     // Envelopes are small; read a first chunk and grow only for huge recipient lists.
-    uint64_t chunk = file_size < 8192 ? file_size : 8192;
-    std::string head;
+    uint64_t chunk = std::min<uint64_t>(file_size, kHeaderFirstRead);
+    std::string data;
     size_t end = std::string::npos;
     while (true) {
-        auto data = durable::pread_exact(fd, 0, chunk);
-        if (!data) return context(data.error(), name);
-        head = std::move(*data);
-        size_t body = head.find("\nbody ");
-        if (body != std::string::npos) end = head.find('\n', body + 1);
+        auto read = durable::pread_exact(fd, 0, chunk);
+        if (!read) return context(read.error(), name);
+        data = std::move(*read);
+        size_t body = data.find("\nbody ");
+        if (body != std::string::npos) end = data.find('\n', body + 1);
         if (end != std::string::npos) break;
         if (chunk >= file_size || chunk >= kMaxHeaderSize)
             return fail(ErrorKind::corrupt, name + ": no complete envelope (truncated file?)");
         chunk = std::min<uint64_t>(std::min<uint64_t>(chunk * 4, file_size), kMaxHeaderSize);
     }
-    head.resize(end + 1);
+    std::string_view head = std::string_view(data).substr(0, end + 1);
     if (!head.starts_with(kQueueMagic))
         return fail(ErrorKind::corrupt, name + ": not a queue file");
 
@@ -255,9 +255,16 @@ Result<QueueFileInfo> read_header(int fd, const std::string& name) {
                                             " is shorter than its envelope says (" +
                                             std::to_string(end_of_body) + ")");
     if (end_of_body < file_size) {
-        auto trailer = durable::pread_exact(fd, end_of_body, file_size - end_of_body);
-        if (!trailer) return context(trailer.error(), name);
-        std::string_view records = *trailer;
+        std::string read;
+        std::string_view records;
+        if (end_of_body + (file_size - end_of_body) <= data.size()) {
+            records = std::string_view(data).substr(end_of_body, file_size - end_of_body);
+        } else {
+            auto trailer = durable::pread_exact(fd, end_of_body, file_size - end_of_body);
+            if (!trailer) return context(trailer.error(), name);
+            read = std::move(*trailer);
+            records = read;
+        }
         size_t complete = records.rfind('\n');
         complete = complete == std::string_view::npos ? 0 : complete + 1;
         info.trailer_size = complete;
@@ -271,6 +278,7 @@ Result<QueueFileInfo> read_header(int fd, const std::string& name) {
             records.remove_prefix(nl + 1);
         }
     }
+    info.head = std::move(data);
     return info;
 }
 
@@ -281,6 +289,7 @@ Result<QueueFileInfo> read_header(const std::filesystem::path& path) {
 }
 
 Result<std::string> read_body(int fd, const QueueFileInfo& info) {
+    if (auto cached = info.cached(info.body_offset(), info.body_size)) return std::string(*cached);
     return durable::pread_exact(fd, info.body_offset(), info.body_size);
 }
 

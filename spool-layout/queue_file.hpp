@@ -68,6 +68,9 @@ Result<std::string> percent_decode(std::string_view encoded);
 
 constexpr std::string_view kQueueMagic = "PECQ1\n";
 constexpr size_t kMaxHeaderSize = 4 * 1024 * 1024;
+// read_header's first read: the envelope, and the whole file when it is no larger (most
+// receipts and notices are under 16 KB).
+constexpr size_t kHeaderFirstRead = 32 * 1024;
 
 // The envelope serialised, ending with the "body <size>\n" line.
 std::string encode_header(const Envelope& env, uint64_t body_size);
@@ -81,7 +84,16 @@ struct QueueFileInfo {
     uint64_t body_size = 0;
     uint64_t trailer_size = 0;  // complete trailer records after the body
     uint64_t torn_size = 0;     // bytes of an incomplete last trailer line
+    // The file's first bytes as read_header read them (at most kHeaderFirstRead): for most
+    // files (receipts, notices, small messages) the whole of it, so that the body and trailer
+    // need no second read.
+    std::string head;
     uint64_t body_offset() const { return header_size; }
+    // The bytes [offset, offset + size) when `head` holds them.
+    std::optional<std::string_view> cached(uint64_t offset, uint64_t size) const {
+        if (offset > head.size() || size > head.size() - offset) return std::nullopt;
+        return std::string_view(head).substr(offset, size);
+    }
     uint64_t complete_size() const { return header_size + body_size + trailer_size; }
 };
 

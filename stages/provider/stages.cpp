@@ -222,8 +222,7 @@ std::string_view header_block(std::string_view head) {
 
 HeadFacts head_facts(const StageInput& in) {
     HeadFacts f;
-    auto head =
-        durable::pread_exact(in.fd, in.body_offset, std::min<uint64_t>(in.body_size, 64 * 1024));
+    auto head = in.body_prefix(64 * 1024);
     if (!head) return f;
     pec::ensure_gmime();
     // Only the header block goes to GMime: the body and its MIME parts are never parsed.

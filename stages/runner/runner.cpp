@@ -465,7 +465,8 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
             c.reason = "file name does not match envelope id " + c.info.env.id;
             continue;
         }
-        StageInput in{c.info.env, c.fd.get(), c.info.body_offset(), c.info.body_size, c.input};
+        StageInput in{c.info.env,       c.fd.get(), c.info.body_offset(),
+                      c.info.body_size, c.input,    c.info.head};
         auto result = [&] {
             PublisherScope scope(&publisher);
             return fn_(in);

@@ -27,8 +27,17 @@ struct StageInput {
     uint64_t body_offset;
     uint64_t body_size;
     fs::path path;
+    // The file's first bytes when the runner has them already (QueueFileInfo::head).
+    std::string_view head = {};
 
-    Result<std::string> body() const { return durable::pread_exact(fd, body_offset, body_size); }
+    Result<std::string> body() const { return body_prefix(body_size); }
+    // The first `size` bytes of the body (all of it when shorter).
+    Result<std::string> body_prefix(uint64_t size) const {
+        size = std::min(size, body_size);
+        if (body_offset <= head.size() && size <= head.size() - body_offset)
+            return std::string(head.substr(body_offset, size));
+        return durable::pread_exact(fd, body_offset, size);
+    }
     spool::BodySource body_source() const {
         return spool::BodySource::from_file(fd, body_offset, body_size);
     }

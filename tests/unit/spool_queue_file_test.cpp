@@ -505,6 +505,53 @@ TEST(spoolQueueFileTrailer, RecordsAreMergedIntoTheEnvelope) {
     EXPECT_EQ(read_body(fd->get(), *info).value(), body) << "the trailer is not part of the body";
 }
 
+// read_header's first read keeps the file's first bytes: a file no larger than it is read once
+// (body and trailer from memory), a larger one has its trailer and body read where they are, and
+// a trailer straddling the first read's end is read whole.
+TEST(spoolQueueFileTrailer, TheFirstReadServesBodyAndTrailerOfASmallFileOnly) {
+    TempDir tmp;
+    Envelope env = full_envelope();
+    const std::string header_probe = encode_header(env, 0);
+    const std::string trailer = encode_trailer_hist({"verify", 42, "-> deliver"}) +
+                                encode_trailer_attr("pec.kind", "busta-trasporto");
+    // The file's size relative to the first read: smaller, ending exactly at it, straddling it
+    // with the trailer, and beyond it with the body.
+    for (int64_t overhang :
+         {int64_t{-1000}, int64_t{0}, static_cast<int64_t>(trailer.size()) / 2, int64_t{70000}}) {
+        SCOPED_TRACE("file size = first read + " + std::to_string(overhang));
+        size_t total = static_cast<size_t>(static_cast<int64_t>(kHeaderFirstRead) + overhang);
+        // The body's size field may be a digit longer than in the probe: adjust once.
+        size_t body_size = total - header_probe.size() - trailer.size();
+        std::string header = encode_header(env, body_size);
+        body_size = total - header.size() - trailer.size();
+        header = encode_header(env, body_size);
+        ASSERT_EQ(header.size() + body_size + trailer.size(), total);
+        std::string body(body_size, 'b');
+        body.front() = 'B';
+        body.back() = 'E';
+        fs::path p = tmp.path() / env.id;
+        spit(p, header + body + trailer);
+        auto fd = durable::open_file(p, O_RDONLY);
+        ASSERT_TRUE(fd.has_value());
+        auto info = read_header(fd->get(), p.string());
+        ASSERT_TRUE(info.has_value()) << info.error().message;
+        EXPECT_EQ(info->trailer_size, trailer.size());
+        EXPECT_EQ(info->env.attr("pec.kind"), "busta-trasporto");
+        ASSERT_FALSE(info->env.history.empty());
+        EXPECT_EQ(info->env.history.back().note, "-> deliver");
+        EXPECT_EQ(read_body(fd->get(), *info).value(), body);
+        // Without the file: only what the first read kept.
+        auto from_memory = read_body(-1, *info);
+        if (overhang <= 0) {
+            ASSERT_TRUE(from_memory.has_value()) << "a file within the first read is read once";
+            EXPECT_EQ(*from_memory, body);
+        } else if (overhang > static_cast<int64_t>(trailer.size())) {
+            EXPECT_FALSE(from_memory.has_value()) << "a body beyond the first read is read";
+        }
+        fs::remove(p);
+    }
+}
+
 TEST_F(spoolCorruptQueueFile, BadMagic) {
     std::string bad = good_;
     bad[0] = 'X';
