@@ -30,6 +30,125 @@ void carry_transaction(spool::Envelope& env, const pec::Transaction& t) {
 
 namespace {
 
+// CRLF -> LF: the form a busta's lines have when Postfix's pipe(8) hands it over.
+std::string lf_only(std::string_view text) {
+    std::string out;
+    out.reserve(text.size());
+    for (size_t i = 0; i < text.size(); ++i)
+        if (!(text[i] == '\r' && i + 1 < text.size() && text[i + 1] == '\n')) out += text[i];
+    return out;
+}
+
+}  // namespace
+
+void carry_busta(spool::Envelope& env, const pec::Transaction& t, std::string_view body,
+                 std::string_view postacert) {
+    carry_transaction(env, t);
+    const pec::OriginalMessage& o = t.original;
+    auto line = [](std::string_view key, std::string_view value) {
+        return std::string(key) + " " + spool::percent_encode(value) + "\n";
+    };
+    std::string v = line("id", t.identificativo) + line("sender", o.sender) +
+                    line("subject", o.subject) +
+                    line("receipt", pec::to_string(o.requested_receipt));
+    if (o.message_id) v += line("msgid", *o.message_id);
+    if (o.reply_to) v += line("reply-to", *o.reply_to);
+    for (const auto& r : o.recipients)
+        v += "rcpt " + std::string(pec::to_string(r.kind)) +
+             (r.field == pec::AddressField::cc ? " cc " : " to ") +
+             spool::percent_encode(r.address) + "\n";
+    auto where = [&](std::string_view form, size_t at, size_t size) {
+        return "postacert " + std::string(form) + " " + std::to_string(at) + " " +
+               std::to_string(size) + "\n";
+    };
+    if (!postacert.empty()) {
+        if (size_t at = body.find(postacert); at != std::string_view::npos) {
+            v += where("crlf", at, postacert.size());
+        } else {
+            std::string lf = lf_only(postacert);
+            at = body.find(lf);
+            if (at != std::string_view::npos &&
+                pec::to_crlf(body.substr(at, lf.size())) == postacert)
+                v += where("lf", at, lf.size());
+        }
+    }
+    env.set_attr(attr::busta, std::move(v));
+}
+
+std::optional<CarriedBusta> carried_busta(const spool::Envelope& env, std::string_view body) {
+    auto v = env.attr(attr::busta);
+    if (!v) return std::nullopt;
+    CarriedBusta c;
+    pec::OriginalMessage& o = c.transaction.original;
+    bool have_id = false, have_sender = false, have_receipt = false;
+    std::string_view rest = *v;
+    while (!rest.empty()) {
+        size_t nl = rest.find('\n');
+        if (nl == std::string_view::npos) return std::nullopt;
+        std::string_view l = rest.substr(0, nl);
+        rest.remove_prefix(nl + 1);
+        size_t sp = l.find(' ');
+        if (sp == std::string_view::npos) return std::nullopt;
+        std::string_view key = l.substr(0, sp), value = l.substr(sp + 1);
+        if (key == "rcpt" || key == "postacert") {
+            size_t a = value.find(' '),
+                   b = a == std::string_view::npos ? a : value.find(' ', a + 1);
+            if (b == std::string_view::npos) return std::nullopt;
+            std::string_view first = value.substr(0, a), second = value.substr(a + 1, b - a - 1),
+                             third = value.substr(b + 1);
+            if (key == "rcpt") {
+                auto address = spool::percent_decode(third);
+                if (!address || (first != "certificato" && first != "esterno") ||
+                    (second != "to" && second != "cc"))
+                    return std::nullopt;
+                o.recipients.push_back(
+                    {std::move(*address),
+                     first == "certificato" ? pec::RecipientKind::certificato
+                                            : pec::RecipientKind::esterno,
+                     second == "cc" ? pec::AddressField::cc : pec::AddressField::to});
+                continue;
+            }
+            uint64_t at = 0, size = 0;
+            auto parse = [](std::string_view s, uint64_t& n) {
+                auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
+                return ec == std::errc() && end == s.data() + s.size();
+            };
+            if ((first != "crlf" && first != "lf") || !parse(second, at) || !parse(third, size) ||
+                at > body.size() || size > body.size() - at)
+                return std::nullopt;
+            std::string_view bytes = body.substr(at, size);
+            c.postacert = first == "crlf" ? std::string(bytes) : pec::to_crlf(bytes);
+            continue;
+        }
+        auto decoded = spool::percent_decode(value);
+        if (!decoded) return std::nullopt;
+        if (key == "id") {
+            c.transaction.identificativo = std::move(*decoded);
+            have_id = true;
+        } else if (key == "sender") {
+            o.sender = std::move(*decoded);
+            have_sender = true;
+        } else if (key == "subject") {
+            o.subject = std::move(*decoded);
+        } else if (key == "receipt") {
+            auto kind = pec::receipt_kind_from_string(*decoded);
+            if (!kind) return std::nullopt;
+            o.requested_receipt = *kind;
+            have_receipt = true;
+        } else if (key == "msgid") {
+            o.message_id = std::move(*decoded);
+        } else if (key == "reply-to") {
+            o.reply_to = std::move(*decoded);
+        } else {
+            return std::nullopt;
+        }
+    }
+    if (!have_id || !have_sender || !have_receipt || o.recipients.empty()) return std::nullopt;
+    return c;
+}
+
+namespace {
+
 using Clock = std::chrono::system_clock;
 
 // ---------------------------------------------------------------------------- small helpers
@@ -623,7 +742,12 @@ Result<StageResult> verify(const Provider& p, const StageInput& in) {
         carry_transaction(out.back(), *t);
         out.push_back(copy_of_input(in, "deliver", "", env.recipients));
         out.back().env.set_attr(attr::kind, std::string(pec::to_string(info.type)));
-        carry_transaction(out.back(), *t);
+        // The receipt stage builds the avvenuta consegna from these, without a second parse.
+        std::string postacert;
+        if (verdict->parsed)
+            if (auto extracted = extract_postacert(*verdict->parsed))
+                postacert = std::move(*extracted);
+        carry_busta(out.back().env, *t, *raw, postacert);
         out.back().env.set_attr(attr::provider, sender_provider);
         // presa in carico of the busta for our recipients; related: the receipt, the busta.
         Record r = transaction_record(Event::presa_in_carico, *t, now, sender_provider);
@@ -812,14 +936,28 @@ Result<StageResult> receipt(const Provider& p, const StageInput& in) {
     if (env.attr(attr::kind) != pec::to_string(pec::MessageType::busta_trasporto)) return res;
     auto raw = in.body();
     if (!raw) return std::unexpected(raw.error());
-    // One parse for both readings of the busta: its certification data and its postacert.eml.
-    auto busta = pec::ParsedMessage::parse(*raw);
-    if (!busta) return context(busta.error(), "receipt");
-    auto info = pec::read_pec_message(*busta);
-    if (!info) return context(info.error(), "receipt");
-    auto t = transaction_from(*info);
-    if (!t) return std::unexpected(t.error());
+    // What verify read of the busta, else one parse for both readings: its certification data
+    // and its postacert.eml.
+    std::optional<pec::ParsedMessage> busta;
+    std::optional<pec::Transaction> t;
     std::optional<std::string> postacert;
+    auto parse = [&]() -> Status {
+        auto parsed = pec::ParsedMessage::parse(*raw);
+        if (!parsed) return context(parsed.error(), "receipt");
+        busta = std::move(*parsed);
+        return {};
+    };
+    if (auto carried = carried_busta(env, *raw)) {
+        t = std::move(carried->transaction);
+        postacert = std::move(carried->postacert);
+    } else {
+        if (auto st = parse(); !st) return std::unexpected(st.error());
+        auto info = pec::read_pec_message(*busta);
+        if (!info) return context(info.error(), "receipt");
+        auto read = transaction_from(*info);
+        if (!read) return std::unexpected(read.error());
+        t = std::move(*read);
+    }
     const std::string service = p.identity().service_address();
     for (size_t i = 0; i < env.recipients.size(); ++i) {
         const std::string& r = env.recipients[i];
@@ -831,6 +969,8 @@ Result<StageResult> receipt(const Provider& p, const StageInput& in) {
         Result<pec::BuiltMessage> built;
         if (outcome->delivered) {
             if (!postacert) {
+                if (!busta)
+                    if (auto st = parse(); !st) return std::unexpected(st.error());
                 auto extracted = extract_postacert(*busta);
                 if (!extracted) return context(extracted.error(), "receipt");
                 postacert = std::move(*extracted);

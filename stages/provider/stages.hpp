@@ -59,6 +59,9 @@ inline constexpr const char* provider = "pec.provider";
 // deliver stage logs it with the delivery, for the original recipient in `concerning`.
 inline constexpr const char* emitted = "pec.emitted";        // legal-log event name
 inline constexpr const char* concerning = "pec.concerning";  // the original recipient
+// What the receipt stage needs of a verified busta, so that it does not parse it again: its
+// transaction and where its postacert.eml is in the body (carry_busta).
+inline constexpr const char* busta = "pec.busta";
 inline constexpr const char* delivery_prefix =
     "dlv.";  // dlv.<rcpt> = "ok <us>" | "fail <us> <code> <text>"
 }  // namespace attr
@@ -78,6 +81,19 @@ void carry_transaction(spool::Envelope& env, const pec::Transaction& t);
 
 // The function of a stage by name (spool::kStages).
 Result<StageFunction> make_stage(std::string_view stage, std::shared_ptr<ProviderHandle> provider);
+
+// The busta's transaction and postacert.eml as its verification read them, in the attr busta,
+// for the receipt stage. The postacert position is recorded only when the body's own bytes (CRLF,
+// or LF as Postfix's pipe(8) hands them over) give back exactly what extract_postacert gave.
+void carry_busta(spool::Envelope& env, const pec::Transaction& t, std::string_view body,
+                 std::string_view postacert);
+struct CarriedBusta {
+    pec::Transaction transaction;          // its time is the verification's
+    std::optional<std::string> postacert;  // CRLF, as extract_postacert gives it
+};
+// Their reading: nullopt when the attr is missing or malformed (a file from an older version), and
+// the caller parses the busta instead.
+std::optional<CarriedBusta> carried_busta(const spool::Envelope& env, std::string_view body);
 
 // The postacert.eml carried by a busta, as its bytes (CRLF).
 Result<std::string> extract_postacert(std::string_view busta);

@@ -432,3 +432,117 @@ TEST(ProviderStages, MixedPolicyWrapsSomeAndQuarantinesTheOthers) {
     EXPECT_EQ(q.error().kind, ErrorKind::permanent);
     EXPECT_NE(q.error().message.find("ordinary_mail"), std::string::npos);
 }
+
+namespace {
+
+// The avvenuta consegna for `anna` that beta's receipt stage builds from `delivered` (a busta
+// out of the deliver stage, with its outcome recorded).
+pec::PecMessageInfo consegna_from(const runner::StageFunction& receipt, const fs::path& dir,
+                                  const spool::Envelope& delivered, const std::string& busta) {
+    Input in(dir, delivered, busta);
+    auto out = receipt(in.get());
+    EXPECT_TRUE(out.has_value()) << (out ? "" : out.error().message);
+    if (!out || out->outputs.size() != 1) return {};
+    auto info = pec::read_pec_message(out->outputs[0].body.bytes);
+    EXPECT_TRUE(info.has_value());
+    EXPECT_EQ(info->type, pec::MessageType::avvenuta_consegna);
+    return info ? *info : pec::PecMessageInfo{};
+}
+
+}  // namespace
+
+// Verify hands the receipt stage what it read of a busta (attr pec.busta): the transaction and
+// where postacert.eml is in the body, CRLF or LF (Postfix's pipe(8)), so that the receipt stage
+// does not parse the busta again. The avvenuta consegna is the same either way, and a missing or
+// malformed attr falls back to the parse.
+TEST(ProviderStages, TheReceiptStageUsesWhatVerifyReadOfTheBustaAndBuildsTheSameReceipt) {
+    TwoProviders net;
+    const std::string mario = net.alpha.address("mario"), anna = net.beta.address("anna"),
+                      ext = "rossi@example.org";
+    auto wrap = provider::make_stage("wrap", net.alpha.handle);
+    auto classify_alpha = provider::make_stage("classify", net.alpha.handle);
+    auto classify = provider::make_stage("classify", net.beta.handle);
+    auto verify = provider::make_stage("verify", net.beta.handle);
+    auto deliver = provider::make_stage("deliver", net.beta.handle);
+    auto receipt = provider::make_stage("receipt", net.beta.handle);
+    ASSERT_TRUE(wrap && classify_alpha && classify && verify && deliver && receipt);
+    const std::string original = client_message(mario, anna, ext, "Fattura 7 100%", "corpo\r\n");
+    Input submitted(net.root() / "a", envelope(mario, {anna, ext}, "mario"), original);
+    auto routed = (*classify_alpha)(submitted.get());
+    ASSERT_TRUE(routed && routed->outputs.size() == 1);
+    Input to_wrap(net.root() / "b", routed->outputs[0].env, original);
+    auto wrapped = (*wrap)(to_wrap.get());
+    ASSERT_TRUE(wrapped && wrapped->outputs.size() == 2);
+    const std::string busta_crlf = wrapped->outputs[1].body.bytes;
+    const auto parsed_busta = pec::read_pec_message(busta_crlf);
+    ASSERT_TRUE(parsed_busta && parsed_busta->daticert);
+    const auto postacert = provider::extract_postacert(busta_crlf);
+    ASSERT_TRUE(postacert.has_value());
+
+    std::string busta_lf;
+    for (size_t i = 0; i < busta_crlf.size(); ++i)
+        if (!(busta_crlf[i] == '\r' && i + 1 < busta_crlf.size() && busta_crlf[i + 1] == '\n'))
+            busta_lf += busta_crlf[i];
+
+    int n = 0;
+    for (const std::string& busta : {busta_crlf, busta_lf}) {
+        SCOPED_TRACE(&busta == &busta_crlf ? "CRLF busta" : "LF busta");
+        const fs::path dir = net.root() / ("beta" + std::to_string(n++));
+        Input arriving(dir / "c", envelope(mario, {anna}), busta);
+        auto in = (*classify)(arriving.get());
+        ASSERT_TRUE(in && in->outputs.size() == 1);
+        Input to_verify(dir / "v", in->outputs[0].env, busta);
+        auto verified = (*verify)(to_verify.get());
+        ASSERT_TRUE(verified.has_value()) << verified.error().message;
+        auto copy = std::find_if(verified->outputs.begin(), verified->outputs.end(),
+                                 [](const auto& o) { return o.destination == "deliver"; });
+        ASSERT_NE(copy, verified->outputs.end());
+        ASSERT_TRUE(copy->env.attr(provider::attr::busta).has_value());
+        auto carried = provider::carried_busta(copy->env, busta);
+        ASSERT_TRUE(carried.has_value());
+        const pec::OriginalMessage& o = carried->transaction.original;
+        EXPECT_EQ(carried->transaction.identificativo, parsed_busta->daticert->identificativo);
+        EXPECT_EQ(o.sender, mario);
+        EXPECT_EQ(o.subject, "Fattura 7 100%");
+        EXPECT_EQ(o.message_id, parsed_busta->daticert->msgid);
+        ASSERT_EQ(o.recipients.size(), 2u);
+        EXPECT_EQ(o.recipients[0].address, anna);
+        EXPECT_EQ(o.recipients[0].kind, pec::RecipientKind::certificato);
+        EXPECT_EQ(o.recipients[0].field, pec::AddressField::to);
+        EXPECT_EQ(o.recipients[1].address, ext);
+        EXPECT_EQ(o.recipients[1].kind, pec::RecipientKind::esterno);
+        EXPECT_EQ(o.recipients[1].field, pec::AddressField::cc);
+        EXPECT_EQ(carried->postacert, *postacert) << "the body's bytes give the same postacert";
+
+        Input to_deliver(dir / "d", copy->env, busta);
+        auto delivered = (*deliver)(to_deliver.get());
+        ASSERT_TRUE(delivered.has_value()) << delivered.error().message;
+        auto done = std::find_if(delivered->outputs.begin(), delivered->outputs.end(),
+                                 [](const auto& o) { return o.destination == "receipt"; });
+        ASSERT_NE(done, delivered->outputs.end());
+
+        spool::Envelope without = done->env;
+        std::erase_if(without.attrs,
+                      [](const auto& a) { return a.first == provider::attr::busta; });
+        spool::Envelope malformed = done->env;
+        malformed.set_attr(provider::attr::busta, "id x\npostacert crlf 0 99999999\n");
+        ASSERT_FALSE(provider::carried_busta(malformed, busta).has_value());
+
+        auto fast = consegna_from(*receipt, dir / "r1", done->env, busta);
+        for (const auto& other : {without, malformed}) {
+            auto parsed = consegna_from(*receipt, dir / "r2", other, busta);
+            ASSERT_TRUE(fast.daticert && parsed.daticert);
+            EXPECT_EQ(fast.daticert->identificativo, parsed.daticert->identificativo);
+            EXPECT_EQ(fast.daticert->mittente, parsed.daticert->mittente);
+            EXPECT_EQ(fast.daticert->destinatari, parsed.daticert->destinatari);
+            EXPECT_EQ(fast.daticert->oggetto, parsed.daticert->oggetto);
+            EXPECT_EQ(fast.daticert->msgid, parsed.daticert->msgid);
+            EXPECT_EQ(fast.daticert->ricevuta, parsed.daticert->ricevuta);
+            EXPECT_EQ(fast.daticert->consegna, parsed.daticert->consegna);
+            ASSERT_TRUE(fast.original && parsed.original);
+            EXPECT_EQ(fast.original->message_id, parsed.original->message_id);
+            EXPECT_EQ(fast.original->parts, parsed.original->parts);
+            fs::remove_all(dir / "r2");
+        }
+    }
+}
