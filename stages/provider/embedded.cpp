@@ -69,19 +69,12 @@ maildir_delivery(fs::path root, std::vector<std::string> managed_domains) {
     return [root = std::move(root), domains = std::move(managed_domains)](
                const std::string& recipient, std::string_view message,
                std::string_view key) -> Result<RecipientStatus> {
-        std::error_code ec;
-        // A missing root is a broken installation or an unmounted volume, not an unknown user:
-        // nobody gets a non-delivery notice for it.
-        if (!fs::is_directory(root, ec))
-            return fail(ErrorKind::transient, "maildir root " + root.string() + " missing");
         auto address = transport::parse_mailbox_address(recipient);
         if (!address)
             return RecipientStatus{recipient, Outcome::permanent, "5.1.3", "indirizzo non valido"};
         if (std::find(domains.begin(), domains.end(), address->domain) == domains.end())
             return RecipientStatus{recipient, Outcome::permanent, "5.1.2", "dominio non gestito"};
         fs::path box = root / address->domain / address->local;
-        if (!fs::is_directory(box / "new", ec))
-            return RecipientStatus{recipient, Outcome::permanent, "5.1.1", "indirizzo non valido"};
         const RecipientStatus delivered{recipient, Outcome::ok, "2.0.0", "consegnato"};
         // Maildir unique name: the queue id (time and randomness), the same when this delivery
         // runs again. A key that is not a queue id gets a fresh one (no re-run to recognise).
@@ -89,19 +82,32 @@ maildir_delivery(fs::path root, std::vector<std::string> managed_domains) {
             (spool::is_valid_queue_id(key) ? std::string(key)
                                            : spool::new_queue_id(spool::now_us())) +
             ".pecd";
-        if (fs::exists(box / "new" / name, ec)) {
+        const fs::path tmp = box / "tmp" / name, dest = box / "new" / name;
+        std::error_code ec;
+        if (fs::exists(dest, ec)) {
             // Delivered by a run that died before its batch committed: durable now, once.
-            Status synced = durable::sync_data_at(box / "new" / name);
+            Status synced = durable::sync_data_at(dest);
             if (synced) synced = durable::sync_dir(box / "new");
             if (!synced) return io_failure(recipient, synced.error());
             return delivered;
         }
-        (void)durable::unlink_file(box / "tmp" / name);  // what a dead run left half-written
-        if (auto w = write_complete(box / "tmp" / name, message); !w)
-            return io_failure(recipient, w.error());
-        if (auto published =
-                runner::BatchPublisher::publish_durably(box / "tmp" / name, box / "new" / name);
-            !published)
+        auto written = write_complete(tmp, message);
+        if (!written && written.error().sys_errno == EEXIST) {
+            (void)durable::unlink_file(tmp);  // what a dead run left half-written
+            written = write_complete(tmp, message);
+        }
+        if (!written && written.error().sys_errno == ENOENT) {
+            // Why there is no tmp/ to write in, looked at only now so that a delivery stats no
+            // directory. A missing root is a broken installation or an unmounted volume, not an
+            // unknown user: nobody gets a non-delivery notice for it.
+            if (!fs::is_directory(root, ec))
+                return fail(ErrorKind::transient, "maildir root " + root.string() + " missing");
+            if (!fs::is_directory(box / "new", ec))
+                return RecipientStatus{recipient, Outcome::permanent, "5.1.1",
+                                       "indirizzo non valido"};
+        }
+        if (!written) return io_failure(recipient, written.error());
+        if (auto published = runner::BatchPublisher::publish_durably(tmp, dest); !published)
             return io_failure(recipient, published.error());
         return delivered;
     };
