@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <set>
 
 #include "spool-layout/queue_id.hpp"
@@ -128,6 +129,13 @@ Status StageRunner::publish(BatchPublisher& publisher) {
         for (size_t i = first; i < pending.size(); ++i) (void)durable::unlink_file(pending[i].tmp);
         pending.clear();
     };
+    // The device of each directory, looked up once per batch (a batch's files share a few).
+    std::map<fs::path, dev_t> devices;
+    auto device_of_dir = [&](const fs::path& dir) {
+        auto [it, inserted] = devices.try_emplace(dir, 0);
+        if (inserted) it->second = device_of(dir);
+        return it->second;
+    };
     std::set<dev_t> flushed;
     std::set<fs::path> dest_dirs(publisher.linked_dirs_.begin(), publisher.linked_dirs_.end());
     publisher.linked_dirs_.clear();
@@ -135,7 +143,7 @@ Status StageRunner::publish(BatchPublisher& publisher) {
         Status st;
         if (options_.sync == SyncMode::strict) {
             st = durable::sync_data_at(p.tmp);
-        } else if (dev_t dev = device_of(p.tmp.parent_path()); flushed.insert(dev).second) {
+        } else if (dev_t dev = device_of_dir(p.tmp.parent_path()); flushed.insert(dev).second) {
             st = durable::sync_filesystem_at(p.tmp.parent_path());
         }
         if (!st) {
@@ -156,7 +164,7 @@ Status StageRunner::publish(BatchPublisher& publisher) {
         Status st;
         if (options_.sync == SyncMode::strict)
             st = durable::sync_dir(dir);
-        else if (dev_t dev = device_of(dir); dev != spool_device() && synced.insert(dev).second)
+        else if (dev_t dev = device_of_dir(dir); dev != spool_device() && synced.insert(dev).second)
             st = durable::sync_filesystem_at(dir);
         if (!st) return st;
     }
