@@ -63,8 +63,7 @@ std::string to_crlf(std::string_view text) {
     return out;
 }
 
-GPtr<GMimeMultipart> new_multipart(const char* subtype) {
-    ensure_gmime();
+std::string new_boundary() {
     // A boundary needs to be unique, not secret: one generator per thread, seeded once.
     thread_local std::mt19937_64 rng = [] {
         std::random_device device;
@@ -77,11 +76,16 @@ GPtr<GMimeMultipart> new_multipart(const char* subtype) {
     // part can never contain the boundary.
     char boundary[2 + 32 + 1];
     std::snprintf(boundary, sizeof boundary, "=-%016llx%016llx", high, low);
+    return boundary;
+}
+
+GPtr<GMimeMultipart> new_multipart(const char* subtype) {
+    ensure_gmime();
     GPtr<GMimeMultipart> multipart(
         static_cast<GMimeMultipart*>(g_object_new(GMIME_TYPE_MULTIPART, nullptr)));
     GPtr<GMimeContentType> type(g_mime_content_type_new("multipart", subtype));
     g_mime_object_set_content_type(GMIME_OBJECT(multipart.get()), type.get());
-    g_mime_multipart_set_boundary(multipart.get(), boundary);
+    g_mime_multipart_set_boundary(multipart.get(), new_boundary().c_str());
     return multipart;
 }
 

@@ -32,5 +32,7 @@ void append_crlf(std::string& out, std::string_view text);  // the same, appende
 // An empty multipart/<subtype> with a fresh boundary. g_mime_multipart_new_with_subtype reads
 // /dev/urandom (open, read, close) to invent the boundary; this one comes from a generator.
 GPtr<GMimeMultipart> new_multipart(const char* subtype);
+// A fresh boundary, as new_multipart gives one ("=-" and 32 hex digits).
+std::string new_boundary();
 
 }  // namespace pecd::pec

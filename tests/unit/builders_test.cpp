@@ -568,6 +568,45 @@ TEST_F(Builders, BustaTrasporto) {
     EXPECT_TRUE(x.all("consegna").empty());
 }
 
+// A thread reuses one MIME tree per shape for all its builds (builders.cpp, Skeleton): what one
+// message put in it never shows in the next, whatever order the shapes and encodings come in.
+TEST_F(Builders, ConsecutiveBuildsOnOneThreadShareNothingButTheirShape) {
+    Transaction t = transaction();
+    MessageBuilder b = builder();
+    std::string eight_bit = original_message();
+    eight_bit.replace(eight_bit.find("In allegato la fattura."), 23, "Caff\xc3\xa8 pagato.");
+    const std::string seven_bit = original_message();
+    auto first = b.busta_trasporto(t, eight_bit);
+    auto receipt = b.accettazione(t);  // another shape in between
+    auto second = b.busta_trasporto(t, seven_bit);
+    ASSERT_TRUE(first && receipt && second);
+    Parsed p1 = parse(first->bytes), p2 = parse(second->bytes);
+    ASSERT_TRUE(p1.message && p2.message);
+    ASSERT_EQ(p1.parts.size(), 3u);
+    ASSERT_EQ(p2.parts.size(), 3u);
+    auto encoding = [](GMimeObject* part) {
+        const char* v = g_mime_object_get_header(part, "Content-Transfer-Encoding");
+        return std::string(v ? v : "");
+    };
+    EXPECT_EQ(encoding(p1.parts[2]), "8bit");
+    EXPECT_EQ(encoding(p2.parts[2]), "7bit");
+    std::string copy = raw_postacert(second->bytes, p2);
+    EXPECT_NE(copy.find("In allegato la fattura."), std::string::npos);
+    EXPECT_EQ(copy.find("Caff"), std::string::npos) << "the first original leaked into the second";
+    EXPECT_NE(raw_postacert(first->bytes, p1).find("Caff\xc3\xa8 pagato."), std::string::npos);
+    // Fresh boundaries every time, in every multipart.
+    std::set<std::string> boundaries;
+    for (const auto* built : {&*first, &*receipt, &*second}) {
+        Parsed p = parse(built->bytes);
+        ASSERT_TRUE(p.message && p.mixed);
+        EXPECT_TRUE(boundaries.insert(param(p.mixed, "boundary")).second);
+        EXPECT_TRUE(boundaries.insert(param(p.parts[0], "boundary")).second);
+    }
+    // Each message still verifies and carries its own daticert.
+    EXPECT_TRUE(cms_verifies(first->bytes, "first"));
+    EXPECT_TRUE(cms_verifies(second->bytes, "second"));
+}
+
 TEST_F(Builders, BustaKeepsReplyToAndHandlesMissingMessageId) {
     Transaction t = transaction();
     t.original.reply_to = "segreteria@pec.mittente.example";
