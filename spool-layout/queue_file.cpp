@@ -278,7 +278,9 @@ Result<QueueFileInfo> read_header(int fd, const std::string& name) {
             records.remove_prefix(nl + 1);
         }
     }
-    info.head = std::move(data);
+    // Kept only when it is the first read: an envelope that needed more (a huge recipient list)
+    // is not held in memory for the whole batch.
+    if (data.size() <= kHeaderFirstRead) info.head = std::move(data);
     return info;
 }
 

@@ -84,6 +84,14 @@ maildir_delivery(fs::path root, std::vector<std::string> managed_domains) {
             ".pecd";
         const fs::path tmp = box / "tmp" / name, dest = box / "new" / name;
         std::error_code ec;
+        if (!fs::is_directory(box / "new", ec)) {
+            // Looked at only now, so that a delivery stats one directory. A missing root is a
+            // broken installation or an unmounted volume, not an unknown user: nobody gets a
+            // non-delivery notice for it.
+            if (!fs::is_directory(root, ec))
+                return fail(ErrorKind::transient, "maildir root " + root.string() + " missing");
+            return RecipientStatus{recipient, Outcome::permanent, "5.1.1", "indirizzo non valido"};
+        }
         if (fs::exists(dest, ec)) {
             // Delivered by a run that died before its batch committed: durable now, once.
             Status synced = durable::sync_data_at(dest);
@@ -95,16 +103,6 @@ maildir_delivery(fs::path root, std::vector<std::string> managed_domains) {
         if (!written && written.error().sys_errno == EEXIST) {
             (void)durable::unlink_file(tmp);  // what a dead run left half-written
             written = write_complete(tmp, message);
-        }
-        if (!written && written.error().sys_errno == ENOENT) {
-            // Why there is no tmp/ to write in, looked at only now so that a delivery stats no
-            // directory. A missing root is a broken installation or an unmounted volume, not an
-            // unknown user: nobody gets a non-delivery notice for it.
-            if (!fs::is_directory(root, ec))
-                return fail(ErrorKind::transient, "maildir root " + root.string() + " missing");
-            if (!fs::is_directory(box / "new", ec))
-                return RecipientStatus{recipient, Outcome::permanent, "5.1.1",
-                                       "indirizzo non valido"};
         }
         if (!written) return io_failure(recipient, written.error());
         if (auto published = runner::BatchPublisher::publish_durably(tmp, dest); !published)

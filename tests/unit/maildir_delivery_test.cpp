@@ -87,6 +87,18 @@ TEST_F(MaildirDeliveryTest, UnknownMailboxIsPermanent511AndCreatesNothing) {
     EXPECT_FALSE(fs::exists(root_ / "pec.test"));
 }
 
+// A mailbox is its new/: with tmp/ alone the delivery is refused before anything is written
+// (inside a runner batch a write that could not be published would hold the whole batch back).
+TEST_F(MaildirDeliveryTest, AMailboxWithoutNewIsPermanent511AndGetsNoFile) {
+    ASSERT_TRUE(create_maildir(root_, "utente@pec.test"));
+    fs::remove_all(root_ / "pec.test" / "utente" / "new");
+    auto o = deliver_("utente@pec.test", kMessage, fresh_key());
+    ASSERT_TRUE(o) << o.error().message;
+    EXPECT_EQ(o->outcome, Outcome::permanent);
+    EXPECT_EQ(o->code, "5.1.1");
+    EXPECT_TRUE(files_under(root_ / "pec.test" / "utente").empty());
+}
+
 TEST_F(MaildirDeliveryTest, ADomainWeDoNotManageIsPermanent512) {
     ASSERT_TRUE(create_maildir(root_, "utente@altro.test"));
     auto o = deliver_("utente@altro.test", kMessage, fresh_key());

@@ -524,8 +524,14 @@ TEST(ProviderStages, TheReceiptStageUsesWhatVerifyReadOfTheBustaAndBuildsTheSame
         spool::Envelope without = done->env;
         std::erase_if(without.attrs,
                       [](const auto& a) { return a.first == provider::attr::busta; });
+        // The attr as verify wrote it but for a postacert range beyond the body.
         spool::Envelope malformed = done->env;
-        malformed.set_attr(provider::attr::busta, "id x\npostacert crlf 0 99999999\n");
+        std::string value = *done->env.attr(provider::attr::busta);
+        size_t at = value.find("postacert ");
+        ASSERT_NE(at, std::string::npos);
+        value.replace(at, value.find('\n', at) - at,
+                      "postacert crlf 1 " + std::to_string(busta.size()));
+        malformed.set_attr(provider::attr::busta, value);
         ASSERT_FALSE(provider::carried_busta(malformed, busta).has_value());
 
         auto fast = consegna_from(*receipt, dir / "r1", done->env, busta);
