@@ -122,8 +122,9 @@ dev_t StageRunner::spool_device() {
 // The batch's files outside the spool: content durable, then renamed into place. In batch mode
 // the directories' new names become durable with sync point 1 when they are on the spool's
 // filesystem, else with one more syncfs of theirs; in strict mode each file and directory is
-// synced. On failure the files not yet renamed are removed and the batch is abandoned.
-Status StageRunner::publish(BatchPublisher& publisher) {
+// synced. A failed flush abandons the batch (the caller removes what is left); a failed rename
+// fails only the input that published the file.
+Status StageRunner::publish(BatchPublisher& publisher, std::map<size_t, std::string>& failed) {
     auto& pending = publisher.pending_;
     auto discard_from = [&](size_t first) {
         for (size_t i = first; i < pending.size(); ++i) (void)durable::unlink_file(pending[i].tmp);
@@ -151,12 +152,20 @@ Status StageRunner::publish(BatchPublisher& publisher) {
             return st;
         }
     }
-    for (size_t i = 0; i < pending.size(); ++i) {
-        if (auto st = durable::rename_noreplace(pending[i].tmp, pending[i].dest); !st) {
-            discard_from(i);
-            return st;
+    // A rename that fails (a mailbox directory removed meanwhile) fails its input, not the
+    // batch: the others commit, that one is deferred and runs again (its files that did go
+    // are found again by their names: Maildir and outbox names are the queue id).
+    for (const auto& p : pending) {
+        if (failed.contains(p.item)) {
+            (void)durable::unlink_file(p.tmp);
+            continue;
         }
-        dest_dirs.insert(pending[i].dest.parent_path());
+        if (auto st = durable::rename_noreplace(p.tmp, p.dest); !st) {
+            (void)durable::unlink_file(p.tmp);
+            failed.emplace(p.item, "publishing " + p.dest.string() + ": " + st.error().message);
+            continue;
+        }
+        dest_dirs.insert(p.dest.parent_path());
     }
     pending.clear();
     std::set<dev_t> synced;
@@ -475,6 +484,7 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
         }
         StageInput in{c.info.env,       c.fd.get(), c.info.body_offset(),
                       c.info.body_size, c.input,    c.info.head};
+        publisher.item_ = i;
         auto result = [&] {
             PublisherScope scope(&publisher);
             return fn_(in);
@@ -509,6 +519,35 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
                 (void)::ftruncate(c.fd.get(), static_cast<off_t>(c.info.complete_size()));
         }
         return std::unexpected(e);
+    };
+
+    // A deferred input is rewritten with one more attempt and its next-attempt time (committed
+    // with the batch), or quarantined once it has had them all.
+    auto prepare_deferral = [&](Claimed& c) {
+        spool::Envelope env = c.info.env;
+        env.attempts += 1;
+        if (env.attempts >= options_.max_attempts) {
+            c.outcome = Claimed::Outcome::quarantine;
+            c.reason = "gave up after " + std::to_string(env.attempts) + " attempts: " + c.reason;
+            return;
+        }
+        double factor = std::pow(2.0, std::min(env.attempts - 1, 30));
+        auto delay =
+            std::min<double>(options_.backoff_base.count() * factor, options_.backoff_max.count());
+        env.next_attempt_us = now + static_cast<int64_t>(delay) * 1000;
+        env.last_error = c.reason;
+        env.history.push_back({stage_, now, "deferred: " + c.reason});
+        fs::path tmp = active_dir_ / (c.id + std::string(kDeferTmpSuffix));
+        (void)durable::unlink_file(tmp);
+        auto written = spool::write_queue_file(
+            tmp, env,
+            spool::BodySource::from_file(c.fd.get(), c.info.body_offset(), c.info.body_size));
+        // If even the rewrite fails (disk full), the file is deferred as it is: it comes back
+        // at the next deferred scan, and the fault has been logged.
+        if (written) {
+            c.defer_fd = std::move(*written);
+            fds_to_sync.push_back(c.defer_fd.get());
+        }
     };
 
     // The legal log before any commit: the records of everything this batch is about to commit
@@ -546,38 +585,27 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
             else
                 write_output_set(c, c.outputs, now, fds_to_sync);
         }
-        if (c.outcome == Claimed::Outcome::defer) {
-            spool::Envelope env = c.info.env;
-            env.attempts += 1;
-            if (env.attempts >= options_.max_attempts) {
-                c.outcome = Claimed::Outcome::quarantine;
-                c.reason =
-                    "gave up after " + std::to_string(env.attempts) + " attempts: " + c.reason;
-                continue;
-            }
-            double factor = std::pow(2.0, std::min(env.attempts - 1, 30));
-            auto delay = std::min<double>(options_.backoff_base.count() * factor,
-                                          options_.backoff_max.count());
-            env.next_attempt_us = now + static_cast<int64_t>(delay) * 1000;
-            env.last_error = c.reason;
-            env.history.push_back({stage_, now, "deferred: " + c.reason});
-            fs::path tmp = active_dir_ / (c.id + std::string(kDeferTmpSuffix));
-            (void)durable::unlink_file(tmp);
-            auto written = spool::write_queue_file(
-                tmp, env,
-                spool::BodySource::from_file(c.fd.get(), c.info.body_offset(), c.info.body_size));
-            // If even the rewrite fails (disk full), the file is deferred as it is: it comes back
-            // at the next deferred scan, and the fault has been logged.
-            if (written) {
-                c.defer_fd = std::move(*written);
-                fds_to_sync.push_back(c.defer_fd.get());
-            }
-        }
+        if (c.outcome == Claimed::Outcome::defer) prepare_deferral(c);
     }
 
     // What the stages wrote outside the spool is in place before anything of the batch commits.
-    if (!publisher.empty())
-        if (auto st = publish(publisher); !st) return abandon(st.error());
+    // An input whose file could not be put in place is deferred alone; its outputs are dropped
+    // (its records are in the log already: the log is at-least-once).
+    if (!publisher.empty()) {
+        std::map<size_t, std::string> failed;
+        if (auto st = publish(publisher, failed); !st) return abandon(st.error());
+        for (const auto& [i, reason] : failed) {
+            Claimed& c = items[i];
+            PECD_LOG(warn) << stage_ << ": " << c.id << ": " << reason;
+            if (c.outcome == Claimed::Outcome::ok)
+                (void)durable::remove_tree(active_dir_ / (c.id + std::string(kOutTmpSuffix)));
+            else if (c.outcome == Claimed::Outcome::route)
+                (void)::ftruncate(c.fd.get(), static_cast<off_t>(c.info.complete_size()));
+            c.outcome = Claimed::Outcome::defer;
+            c.reason = reason;
+            prepare_deferral(c);
+        }
+    }
 
     // Ordering point 1: output sets and rewrites are on disk, names included (in strict mode
     // the directory of each set is synced too, or a committed set could come back empty).

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -83,7 +84,7 @@ class BatchPublisher {
     static BatchPublisher* current();
     // `tmp` is complete and closed; it is renamed to `dest` (never replacing a file) once durable.
     void publish(fs::path tmp, fs::path dest) {
-        pending_.push_back({std::move(tmp), std::move(dest)});
+        pending_.push_back({std::move(tmp), std::move(dest), item_});
     }
     bool empty() const { return pending_.empty() && linked_dirs_.empty(); }
     // The same for any caller: left to the batch of this thread if there is one, else done now
@@ -100,8 +101,10 @@ class BatchPublisher {
     friend class StageRunner;
     struct Pending {
         fs::path tmp, dest;
+        size_t item = 0;  // the batch input whose stage function published it
     };
     std::vector<Pending> pending_;
+    size_t item_ = 0;                    // the input the stage function is running for
     std::vector<fs::path> linked_dirs_;  // directories that got a new name by link_durably
 };
 
@@ -182,7 +185,10 @@ class StageRunner {
     Status deliver_output_set(const fs::path& out_dir, std::vector<fs::path>* touched_dirs);
     Status quarantine_file(const fs::path& file, const std::string& id, const std::string& reason);
     dev_t spool_device();
-    Status publish(BatchPublisher& publisher);
+    // A file that cannot be renamed into place fails its input alone (in `failed`, with the
+    // reason): the input is deferred and its other files are left out; a failed flush fails the
+    // batch.
+    Status publish(BatchPublisher& publisher, std::map<size_t, std::string>& failed);
 
     spool::Spool spool_;
     std::string stage_;

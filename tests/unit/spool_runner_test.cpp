@@ -1377,6 +1377,43 @@ TEST_P(RunnerTest, AFailedPublishAbandonsTheBatchAndLeavesNoHalfDeliveredFile) {
     EXPECT_EQ(names_in(box / "new"), std::vector<std::string>{env.id});
 }
 
+// A file that cannot be put in place (its mailbox's new/ is gone) fails its own input, not the
+// batch: the others commit, that one is deferred with its reason and an attempt counted, so that
+// it can never hold the queue back, and its temporary file is removed.
+TEST_P(RunnerTest, AFileThatCannotBePublishedDefersItsInputAloneAndTheBatchCommits) {
+    fs::path good = dir_.path() / "good", broken = dir_.path() / "broken";
+    for (const auto& box : {good, broken}) fs::create_directories(box / "tmp");
+    fs::create_directories(good / "new");
+    std::vector<std::string> ids;
+    for (int i = 0; i < 3; ++i) {
+        Envelope env = make_env();
+        ASSERT_TRUE(write_at(spool_.queue_dir("deliver") / env.id, env, body_for(i)));
+        ids.push_back(env.id);
+    }
+    const std::string unlucky = ids[1];
+    StageFunction good_fn = publishing_to(good, "receipt"),
+                  broken_fn = publishing_to(broken, "receipt");
+    auto fn = [&](const StageInput& in) {
+        return in.env.id == unlucky ? broken_fn(in) : good_fn(in);
+    };
+    StageRunner r(spool_, "deliver", fn, options_);
+    auto n = r.drain(stop_);
+    ASSERT_TRUE(n.has_value()) << n.error().message;
+    EXPECT_EQ(*n, 2u);
+    std::vector<std::string> expected{ids[0], ids[2]};
+    std::sort(expected.begin(), expected.end());
+    EXPECT_EQ(names_in(good / "new"), expected);
+    EXPECT_EQ(names_in(spool_.queue_dir("receipt")), expected);
+    EXPECT_TRUE(names_in(broken / "tmp").empty()) << "the unpublished file is removed";
+    EXPECT_EQ(names_in(dir(Area::deferred, "deliver")), std::vector<std::string>{unlucky});
+    auto deferred = load(dir(Area::deferred, "deliver") / unlucky);
+    ASSERT_TRUE(deferred.has_value());
+    EXPECT_EQ(deferred->env.attempts, 1);
+    EXPECT_NE(deferred->env.last_error.find("publishing"), std::string::npos)
+        << deferred->env.last_error;
+    EXPECT_TRUE(names_in(spool_.active_dir("deliver")).empty());
+}
+
 // A queue file handed over whole (the embedded outbox) gets a second name by link(2): no copy,
 // in place when the batch commits, and a re-run finds its own link instead of failing.
 TEST_P(RunnerTest, LinkedFilesAreInPlaceWhenTheInputIsConsumed) {
