@@ -257,8 +257,8 @@ Result<QueueFileInfo> read_header(int fd, const std::string& name) {
     if (end_of_body < file_size) {
         std::string read;
         std::string_view records;
-        if (end_of_body + (file_size - end_of_body) <= data.size()) {
-            records = std::string_view(data).substr(end_of_body, file_size - end_of_body);
+        if (auto in_data = byte_range(data, end_of_body, file_size - end_of_body)) {
+            records = *in_data;
         } else {
             auto trailer = durable::pread_exact(fd, end_of_body, file_size - end_of_body);
             if (!trailer) return context(trailer.error(), name);

@@ -68,6 +68,13 @@ Result<std::string> percent_decode(std::string_view encoded);
 
 constexpr std::string_view kQueueMagic = "PECQ1\n";
 constexpr size_t kMaxHeaderSize = 4 * 1024 * 1024;
+// bytes[offset, offset + size), or nullopt when `bytes` does not hold all of it.
+inline std::optional<std::string_view> byte_range(std::string_view bytes, uint64_t offset,
+                                                  uint64_t size) {
+    if (offset > bytes.size() || size > bytes.size() - offset) return std::nullopt;
+    return bytes.substr(offset, size);
+}
+
 // read_header's first read: the envelope, and the whole file when it is no larger (most
 // receipts and notices are under 16 KB).
 constexpr size_t kHeaderFirstRead = 32 * 1024;
@@ -91,8 +98,7 @@ struct QueueFileInfo {
     uint64_t body_offset() const { return header_size; }
     // The bytes [offset, offset + size) when `head` holds them.
     std::optional<std::string_view> cached(uint64_t offset, uint64_t size) const {
-        if (offset > head.size() || size > head.size() - offset) return std::nullopt;
-        return std::string_view(head).substr(offset, size);
+        return byte_range(head, offset, size);
     }
     uint64_t complete_size() const { return header_size + body_size + trailer_size; }
 };

@@ -30,6 +30,13 @@ void carry_transaction(spool::Envelope& env, const pec::Transaction& t) {
 
 namespace {
 
+// `text` as a whole decimal number (no sign, no trailing characters).
+template <class Int>
+bool whole_number(std::string_view text, Int& n) {
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+    return ec == std::errc() && end == text.data() + text.size();
+}
+
 // CRLF -> LF: the form a busta's lines have when Postfix's pipe(8) hands it over.
 std::string lf_only(std::string_view text) {
     std::string out;
@@ -109,15 +116,12 @@ std::optional<CarriedBusta> carried_busta(const spool::Envelope& env, std::strin
                 continue;
             }
             uint64_t at = 0, size = 0;
-            auto parse = [](std::string_view s, uint64_t& n) {
-                auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
-                return ec == std::errc() && end == s.data() + s.size();
-            };
-            if ((first != "crlf" && first != "lf") || !parse(second, at) || !parse(third, size) ||
-                at > body.size() || size > body.size() - at)
+            if ((first != "crlf" && first != "lf") || !whole_number(second, at) ||
+                !whole_number(third, size))
                 return std::nullopt;
-            std::string_view bytes = body.substr(at, size);
-            c.postacert = first == "crlf" ? std::string(bytes) : pec::to_crlf(bytes);
+            auto bytes = spool::byte_range(body, at, size);
+            if (!bytes) return std::nullopt;
+            c.postacert = first == "crlf" ? std::string(*bytes) : pec::to_crlf(*bytes);
             continue;
         }
         auto decoded = spool::percent_decode(value);
@@ -836,8 +840,7 @@ Result<DeliveryRecord> parse_delivery(std::string_view record) {
         return w;
     };
     std::string_view what = word(), at = word();
-    auto [ptr, ec] = std::from_chars(at.data(), at.data() + at.size(), d.at_us);
-    if ((what != "ok" && what != "fail") || ec != std::errc() || ptr != at.data() + at.size())
+    if ((what != "ok" && what != "fail") || !whole_number(at, d.at_us))
         return fail(ErrorKind::corrupt, "bad delivery record '" + whole + "'");
     d.delivered = what == "ok";
     if (!d.delivered) {

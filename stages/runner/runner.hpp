@@ -35,8 +35,7 @@ struct StageInput {
     // The first `size` bytes of the body (all of it when shorter).
     Result<std::string> body_prefix(uint64_t size) const {
         size = std::min(size, body_size);
-        if (body_offset <= head.size() && size <= head.size() - body_offset)
-            return std::string(head.substr(body_offset, size));
+        if (auto cached = spool::byte_range(head, body_offset, size)) return std::string(*cached);
         return durable::pread_exact(fd, body_offset, size);
     }
     spool::BodySource body_source() const {
