@@ -153,8 +153,9 @@ Status StageRunner::publish(BatchPublisher& publisher, std::map<size_t, std::str
         }
     }
     // A rename that fails (a mailbox directory removed meanwhile) fails its input, not the
-    // batch: the others commit, that one is deferred and runs again (its files that did go
-    // are found again by their names: Maildir and outbox names are the queue id).
+    // batch: the others commit, that one is deferred and runs again. Its files that did go are
+    // not delivered twice: the embedded Maildir names them by the queue id and finds them again;
+    // an outbound input publishes one file.
     for (const auto& p : pending) {
         if (failed.contains(p.item)) {
             (void)durable::unlink_file(p.tmp);
@@ -505,19 +506,20 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
     }
 
     bool log_folded = false;
+    // What an input wrote before its commit: its output set, its rewrite, and the records an
+    // in-place hop appended (cut off, so that the file is back as it was claimed).
+    auto discard_uncommitted = [&](Claimed& c) {
+        (void)durable::remove_tree(active_dir_ / (c.id + std::string(kOutTmpSuffix)));
+        (void)durable::unlink_file(active_dir_ / (c.id + std::string(kDeferTmpSuffix)));
+        if (c.outcome == Claimed::Outcome::route)
+            (void)::ftruncate(c.fd.get(), static_cast<off_t>(c.info.complete_size()));
+    };
     auto abandon = [&](const Error& e) -> Result<size_t> {
-        // The batch could not be made durable: discard uncommitted output sets and rewrites;
-        // claimed inputs stay in active/ and the next recover() puts them back.
+        // The batch could not be made durable: discard everything uncommitted; claimed inputs
+        // stay in active/ and the next recover() puts them back in the queue.
         if (log_folded) (void)legal_log_->drop_unsynced();
         for (const auto& p : publisher.pending_) (void)durable::unlink_file(p.tmp);
-        for (auto& c : items) {
-            (void)durable::remove_tree(active_dir_ / (c.id + std::string(kOutTmpSuffix)));
-            (void)durable::unlink_file(active_dir_ / (c.id + std::string(kDeferTmpSuffix)));
-            // An in-place hop that could not be made durable is undone, so that recovery
-            // returns the file to the queue instead of moving it on.
-            if (c.outcome == Claimed::Outcome::route)
-                (void)::ftruncate(c.fd.get(), static_cast<off_t>(c.info.complete_size()));
-        }
+        for (auto& c : items) discard_uncommitted(c);
         return std::unexpected(e);
     };
 
@@ -597,10 +599,11 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
         for (const auto& [i, reason] : failed) {
             Claimed& c = items[i];
             PECD_LOG(warn) << stage_ << ": " << c.id << ": " << reason;
-            if (c.outcome == Claimed::Outcome::ok)
-                (void)durable::remove_tree(active_dir_ / (c.id + std::string(kOutTmpSuffix)));
-            else if (c.outcome == Claimed::Outcome::route)
-                (void)::ftruncate(c.fd.get(), static_cast<off_t>(c.info.complete_size()));
+            // An input that failed in its stage is deferred or quarantined already.
+            if (c.outcome != Claimed::Outcome::ok && c.outcome != Claimed::Outcome::route &&
+                c.outcome != Claimed::Outcome::consume)
+                continue;
+            discard_uncommitted(c);
             c.outcome = Claimed::Outcome::defer;
             c.reason = reason;
             prepare_deferral(c);
