@@ -106,7 +106,9 @@ class RelayPool {
   public:
     RelayPool(size_t workers, const spool::Spool& alpha, const spool::Spool& beta)
         : alpha_(alpha), beta_(beta) {
-        for (size_t w = 0; w < workers; ++w) threads_.emplace_back([this] { work(); });
+        // At least one, or a round with files would wait for ever.
+        for (size_t w = 0; w < std::max<size_t>(workers, 1); ++w)
+            threads_.emplace_back([this] { work(); });
     }
     ~RelayPool() {
         {
