@@ -3,6 +3,7 @@
 #include <strings.h>
 
 #include <array>
+#include <chrono>
 #include <cstdio>
 #include <ctime>
 #include <utility>
@@ -71,38 +72,47 @@ constexpr std::array<std::pair<DaticertError, std::string_view>, 5> kDaticertErr
 
 // Italian legal time follows the EU rule: summer time (+0200) from 01:00 UTC on the last Sunday
 // of March to 01:00 UTC on the last Sunday of October. Computed here so that no process-wide TZ
-// setting can change what a receipt says.
-int64_t last_sunday_utc_0100(int year, int month) {
-    std::tm tm{};
-    tm.tm_year = year - 1900;
-    tm.tm_mon = month;  // first day of the following month
-    tm.tm_mday = 1;
-    time_t first_next = timegm(&tm);
-    std::tm probe{};
-    gmtime_r(&first_next, &probe);
-    // Step back to the last day of `month`, then back to Sunday.
-    int64_t last_day = first_next - 86400;
-    int wday = (probe.tm_wday + 6) % 7;  // weekday of the last day of month
-    return last_day - static_cast<int64_t>(wday) * 86400 + 3600;
+// setting can change what a receipt says, and with std::chrono's calendar alone: glibc's
+// gmtime_r and timegm take one process-wide lock, and every receipt and legal-log record
+// formats a time (each once took six such calls).
+int64_t last_sunday_utc_0100(std::chrono::year year, unsigned month) {
+    using namespace std::chrono;
+    sys_days sunday{year / std::chrono::month{month} / Sunday[last]};
+    return duration_cast<seconds>(sunday.time_since_epoch()).count() + 3600;
 }
 
-int rome_offset_minutes(time_t utc) {
-    std::tm tm{};
-    gmtime_r(&utc, &tm);
-    int year = tm.tm_year + 1900;
-    int64_t start = last_sunday_utc_0100(year, 3);  // last Sunday of March
-    int64_t end = last_sunday_utc_0100(year, 10);   // last Sunday of October
+int rome_offset_minutes(int64_t utc) {
+    using namespace std::chrono;
+    year_month_day date{floor<days>(sys_seconds{seconds{utc}})};
+    int64_t start = last_sunday_utc_0100(date.year(), 3);  // last Sunday of March
+    int64_t end = last_sunday_utc_0100(date.year(), 10);   // last Sunday of October
     return (utc >= start && utc < end) ? 120 : 60;
 }
 
+// The broken-down fields of `secs` seconds since the epoch, as gmtime_r gives them.
+std::tm utc_fields(int64_t secs) {
+    using namespace std::chrono;
+    sys_seconds t{seconds{secs}};
+    sys_days day = floor<days>(t);
+    year_month_day date{day};
+    hh_mm_ss time{t - day};
+    std::tm tm{};
+    tm.tm_year = static_cast<int>(date.year()) - 1900;
+    tm.tm_mon = static_cast<int>(static_cast<unsigned>(date.month())) - 1;
+    tm.tm_mday = static_cast<int>(static_cast<unsigned>(date.day()));
+    tm.tm_hour = static_cast<int>(time.hours().count());
+    tm.tm_min = static_cast<int>(time.minutes().count());
+    tm.tm_sec = static_cast<int>(time.seconds().count());
+    tm.tm_wday = static_cast<int>(weekday{day}.c_encoding());
+    tm.tm_yday = static_cast<int>((day - sys_days{date.year() / January / 1}).count());
+    return tm;
+}
+
 std::tm rome_local(std::chrono::system_clock::time_point t, int* offset_minutes) {
-    time_t utc = std::chrono::system_clock::to_time_t(t);
+    int64_t utc = std::chrono::floor<std::chrono::seconds>(t).time_since_epoch().count();
     int offset = rome_offset_minutes(utc);
     if (offset_minutes) *offset_minutes = offset;
-    time_t local = utc + offset * 60;
-    std::tm tm{};
-    gmtime_r(&local, &tm);
-    return tm;
+    return utc_fields(utc + offset * 60);
 }
 
 }  // namespace

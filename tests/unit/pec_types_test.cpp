@@ -1,4 +1,9 @@
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <ctime>
+#include <string>
 
 #include "stages/pec/types.hpp"
 
@@ -32,4 +37,36 @@ TEST(PecTypes, LiteralsRoundTrip) {
     EXPECT_FALSE(daticert_type_from_string("bogus").has_value());
     EXPECT_EQ(receipt_kind_from_string("Breve"), ReceiptKind::breve);
     EXPECT_EQ(to_string(DaticertError::no_dominio), "no-dominio");
+}
+
+// The calendar arithmetic against glibc with the tz database's Europe/Rome, every 7 h 13 min
+// 17 s from 2000 to 2037 (all hours, weekdays, month ends, leap days, both switches).
+TEST(PecTime, AgreesWithTheTzDatabaseForEuropeRome) {
+    if (::access("/usr/share/zoneinfo/Europe/Rome", R_OK) != 0)
+        GTEST_SKIP() << "no tz database to compare with";
+    const char* old = std::getenv("TZ");
+    std::string saved = old ? old : "";
+    ::setenv("TZ", "Europe/Rome", 1);
+    ::tzset();
+    size_t compared = 0;
+    for (time_t t = 946684800; t < 2114380800; t += 7 * 3600 + 13 * 60 + 17) {
+        std::tm tm{};
+        ASSERT_NE(localtime_r(&t, &tm), nullptr);
+        char date[64], zone[8];
+        std::strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S %z", &tm);
+        std::strftime(zone, sizeof zone, "%z", &tm);
+        PecTime p{std::chrono::system_clock::from_time_t(t)};
+        ASSERT_EQ(p.rfc5322(), date) << t;
+        ASSERT_EQ(p.zona(), zone) << t;
+        char giorno[16];
+        std::strftime(giorno, sizeof giorno, "%d/%m/%Y", &tm);
+        ASSERT_EQ(p.giorno(), giorno) << t;
+        ++compared;
+    }
+    if (old)
+        ::setenv("TZ", saved.c_str(), 1);
+    else
+        ::unsetenv("TZ");
+    ::tzset();
+    EXPECT_GT(compared, 44000u);
 }
