@@ -327,6 +327,14 @@ Status make_dir(const fs::path& path, mode_t mode) {
     return {};
 }
 
+Status make_empty_dir(const fs::path& path, mode_t mode) {
+    if (inject(Op::mkdir)) return fail_errno("mkdir " + path.string());
+    if (::mkdir(path.c_str(), mode) == 0) return {};
+    if (errno != EEXIST) return fail_errno("mkdir " + path.string());
+    if (auto st = remove_tree(path); !st) return st;
+    return make_dir(path, mode);
+}
+
 Status remove_dir(const fs::path& path) {
     if (::rmdir(path.c_str()) != 0 && errno != ENOENT) return fail_errno("rmdir " + path.string());
     return {};

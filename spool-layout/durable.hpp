@@ -94,7 +94,10 @@ Status unlink_file(const fs::path& path);  // ENOENT is success (idempotent reco
 // Across filesystems the error carries EXDEV.
 Status link_file(const fs::path& from, const fs::path& to);
 Status make_dir(const fs::path& path, mode_t mode = 0700);  // EEXIST is success
-Status remove_dir(const fs::path& path);                    // rmdir; ENOENT is success
+// An empty directory at `path`: whatever an earlier attempt left there is removed first. One
+// mkdir when there is nothing (the usual case), no lookup before it.
+Status make_empty_dir(const fs::path& path, mode_t mode = 0700);
+Status remove_dir(const fs::path& path);  // rmdir; ENOENT is success
 Status remove_tree(const fs::path& path);
 Result<std::string> read_file(const fs::path& path, uint64_t limit = UINT64_MAX);
 Result<std::string> pread_exact(int fd, uint64_t offset, uint64_t size);

@@ -412,8 +412,7 @@ void StageRunner::write_output_set(Claimed& c, std::vector<StageOutput>& outputs
                                    std::vector<int>& fds_to_sync) {
     c.outcome = Claimed::Outcome::ok;
     fs::path tmp = active_dir_ / (c.id + std::string(kOutTmpSuffix));
-    (void)durable::remove_tree(tmp);
-    Status st = durable::make_dir(tmp);
+    Status st = durable::make_empty_dir(tmp);
     for (auto& out : outputs) {
         if (!st) break;
         if (!spool::is_valid_queue_id(out.env.id) || !out.env.id.starts_with(c.id) ||

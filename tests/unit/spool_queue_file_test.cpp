@@ -675,3 +675,20 @@ TEST(spoolDurableFaults, SpecParsingAndCounting) {
     durable::clear_faults();
     EXPECT_FALSE(durable::inject(durable::Op::write));
 }
+
+// An output set's directory is made with one mkdir; what an earlier attempt left there goes.
+TEST(spoolDurable, MakeEmptyDirCreatesOrEmptiesTheDirectory) {
+    TempDir tmp;
+    fs::path set = tmp.path() / "q1.out.tmp";
+    ASSERT_TRUE(durable::make_empty_dir(set));
+    EXPECT_TRUE(fs::is_directory(set));
+    EXPECT_TRUE(fs::is_empty(set));
+    std::ofstream(set / "wrap~q1A") << "left by a failed attempt";
+    fs::create_directory(set / "nested");
+    ASSERT_TRUE(durable::make_empty_dir(set));
+    EXPECT_TRUE(fs::is_directory(set));
+    EXPECT_TRUE(fs::is_empty(set));
+    auto missing_parent = durable::make_empty_dir(tmp.path() / "no" / "such");
+    ASSERT_FALSE(missing_parent);
+    EXPECT_NE(missing_parent.error().message.find("mkdir"), std::string::npos);
+}
