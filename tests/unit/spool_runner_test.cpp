@@ -217,6 +217,15 @@ class RunnerTest : public ::testing::TestWithParam<SyncMode> {
         if (env_out) *env_out = env;
         return env.id;
     }
+    // `count` inputs written straight into queue/<stage> with body_for(0..count-1); their ids,
+    // in order, are appended to `ids`. Call it under ASSERT_NO_FATAL_FAILURE.
+    void queue_inputs(std::string_view stage, int count, std::vector<std::string>& ids) {
+        for (int i = 0; i < count; ++i) {
+            Envelope env = make_env();
+            ASSERT_TRUE(write_at(spool_.queue_dir(stage) / env.id, env, body_for(i)));
+            ids.push_back(env.id);
+        }
+    }
     fs::path dir(Area area, std::string_view stage = "classify") const {
         return spool_.area_dir(area, stage);
     }
@@ -1334,11 +1343,7 @@ TEST_P(RunnerTest, PublishedFilesAreInPlaceWhenTheOutputsCommit) {
     fs::create_directories(box / "tmp");
     fs::create_directories(box / "new");
     std::vector<std::string> ids;
-    for (int i = 0; i < 6; ++i) {
-        Envelope env = make_env();
-        ASSERT_TRUE(write_at(spool_.queue_dir("deliver") / env.id, env, body_for(i)));
-        ids.push_back(env.id);
-    }
+    ASSERT_NO_FATAL_FAILURE(queue_inputs("deliver", 6, ids));
     StageRunner r(spool_, "deliver", publishing_to(box, "receipt"), options_);
     spy::start();
     ASSERT_EQ(r.drain(stop_).value_or(0), ids.size());
@@ -1385,11 +1390,7 @@ TEST_P(RunnerTest, AFileThatCannotBePublishedDefersItsInputAloneAndTheBatchCommi
     for (const auto& box : {good, broken}) fs::create_directories(box / "tmp");
     fs::create_directories(good / "new");
     std::vector<std::string> ids;
-    for (int i = 0; i < 3; ++i) {
-        Envelope env = make_env();
-        ASSERT_TRUE(write_at(spool_.queue_dir("deliver") / env.id, env, body_for(i)));
-        ids.push_back(env.id);
-    }
+    ASSERT_NO_FATAL_FAILURE(queue_inputs("deliver", 3, ids));
     const std::string unlucky = ids[1];
     StageFunction good_fn = publishing_to(good, "receipt"),
                   broken_fn = publishing_to(broken, "receipt");
@@ -1420,13 +1421,9 @@ TEST_P(RunnerTest, LinkedFilesAreInPlaceWhenTheInputIsConsumed) {
     fs::path outbox = dir_.path() / "outbox";
     fs::create_directories(outbox);
     std::vector<std::string> ids;
+    ASSERT_NO_FATAL_FAILURE(queue_inputs("outbound", 5, ids));
     std::map<std::string, std::string> content;
-    for (int i = 0; i < 5; ++i) {
-        Envelope env = make_env();
-        ASSERT_TRUE(write_at(spool_.queue_dir("outbound") / env.id, env, body_for(i)));
-        ids.push_back(env.id);
-        content[env.id] = slurp(spool_.queue_dir("outbound") / env.id);
-    }
+    for (const auto& id : ids) content[id] = slurp(spool_.queue_dir("outbound") / id);
     auto hand_over = [&](const StageInput& in) -> Result<StageResult> {
         if (auto st = BatchPublisher::link_durably(in.path, outbox / in.env.id); !st)
             return std::unexpected(st.error());
