@@ -3,6 +3,7 @@
 
 #include <cstdlib>
 #include <ctime>
+#include <optional>
 #include <string>
 
 #include "stages/pec/types.hpp"
@@ -44,8 +45,17 @@ TEST(PecTypes, LiteralsRoundTrip) {
 TEST(PecTime, AgreesWithTheTzDatabaseForEuropeRome) {
     if (::access("/usr/share/zoneinfo/Europe/Rome", R_OK) != 0)
         GTEST_SKIP() << "no tz database to compare with";
-    const char* old = std::getenv("TZ");
-    std::string saved = old ? old : "";
+    // TZ comes back as it was however the test ends (an ASSERT returns early).
+    struct RestoreTz {
+        std::optional<std::string> saved;
+        ~RestoreTz() {
+            if (saved)
+                ::setenv("TZ", saved->c_str(), 1);
+            else
+                ::unsetenv("TZ");
+            ::tzset();
+        }
+    } restore{std::getenv("TZ") ? std::optional<std::string>(std::getenv("TZ")) : std::nullopt};
     ::setenv("TZ", "Europe/Rome", 1);
     ::tzset();
     size_t compared = 0;
@@ -63,10 +73,5 @@ TEST(PecTime, AgreesWithTheTzDatabaseForEuropeRome) {
         ASSERT_EQ(p.giorno(), giorno) << t;
         ++compared;
     }
-    if (old)
-        ::setenv("TZ", saved.c_str(), 1);
-    else
-        ::unsetenv("TZ");
-    ::tzset();
     EXPECT_GT(compared, 44000u);
 }
