@@ -204,7 +204,13 @@ Status StageRunner::deliver_output_set(const fs::path& out_dir, std::vector<fs::
     if (!names)
         return names.error().kind == ErrorKind::not_found ? Status{}
                                                           : Status(std::unexpected(names.error()));
-    for (const auto& name : *names) {
+    return deliver_output_set(out_dir, *names, touched);
+}
+
+Status StageRunner::deliver_output_set(const fs::path& out_dir,
+                                       const std::vector<std::string>& names,
+                                       std::vector<fs::path>* touched) {
+    for (const auto& name : names) {
         size_t sep = name.find(kDestSeparator);
         if (sep == std::string::npos) {
             PECD_LOG(error) << stage_ << ": unexpected file " << (out_dir / name).string();
@@ -352,6 +358,7 @@ struct StageRunner::Claimed {
     Outcome outcome = Outcome::ok;
     std::string reason;
     std::vector<durable::Fd> out_fds;
+    std::vector<std::string> out_names;  // Outcome::ok: the set's file names, as written
     durable::Fd defer_fd;
     fs::path route_dir;                     // Outcome::route: where the input itself goes
     std::string route_records;              // Outcome::route: the records to append
@@ -434,16 +441,19 @@ void StageRunner::write_output_set(Claimed& c, std::vector<StageOutput>& outputs
             out.env.last_error.clear();
             out.env.history.push_back({stage_, now, "-> " + out.destination});
         }
-        auto written = spool::write_queue_file(tmp / (set_name + kDestSeparator + out.env.id),
-                                               out.env, out.body);
-        if (!written)
+        std::string file_name = set_name + kDestSeparator + out.env.id;
+        auto written = spool::write_queue_file(tmp / file_name, out.env, out.body);
+        if (!written) {
             st = std::unexpected(written.error());
-        else
+        } else {
             c.out_fds.push_back(std::move(*written));
+            c.out_names.push_back(std::move(file_name));
+        }
     }
     if (!st) {
         (void)durable::remove_tree(tmp);
         c.out_fds.clear();
+        c.out_names.clear();
         c.outcome = st.error().kind == ErrorKind::transient ? Claimed::Outcome::defer
                                                             : Claimed::Outcome::quarantine;
         c.reason = st.error().message;
@@ -650,9 +660,10 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
         switch (c.outcome) {
             case Claimed::Outcome::ok:
                 st = durable::unlink_file(c.input);
+                // The names as written: the set was committed by this process, so no listing.
                 if (st)
                     st = deliver_output_set(active_dir_ / (c.id + std::string(kOutSuffix)),
-                                            &touched);
+                                            c.out_names, &touched);
                 if (st) ++done;
                 break;
             case Claimed::Outcome::consume:

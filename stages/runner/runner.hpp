@@ -181,7 +181,10 @@ class StageRunner {
     void write_output_set(Claimed& c, std::vector<StageOutput>& outputs, int64_t now,
                           std::vector<int>& fds_to_sync);
     Status sync_point(const std::vector<int>& fds, const std::vector<fs::path>& dirs);
+    // Moves a committed set's files to their queues: listed (recovery), or named by the caller.
     Status deliver_output_set(const fs::path& out_dir, std::vector<fs::path>* touched_dirs);
+    Status deliver_output_set(const fs::path& out_dir, const std::vector<std::string>& names,
+                              std::vector<fs::path>* touched_dirs);
     Status quarantine_file(const fs::path& file, const std::string& id, const std::string& reason);
     dev_t spool_device();
     // A file that cannot be renamed into place fails its input alone (in `failed`, with the
