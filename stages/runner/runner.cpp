@@ -718,59 +718,109 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
     return done;
 }
 
+Result<size_t> StageRunner::claim_and_process(const std::atomic<bool>& stop, const NextName& next,
+                                              bool listed) {
+    size_t processed = 0;
+    std::vector<std::string> batch;
+    Status failure;
+    auto flush = [&]() {
+        if (batch.empty()) return;
+        auto n = process_batch(batch);
+        if (!n)
+            failure = std::unexpected(n.error());
+        else
+            processed += *n;
+        batch.clear();
+    };
+    while (auto next_name = next()) {
+        std::string_view name = *next_name;
+        if (name.empty() || name.front() == '.') continue;
+        if (!spool::is_valid_queue_id(name)) {
+            // A stranger in the queue. A hint may name something that is gone already: only a
+            // listing quarantines.
+            if (!listed) continue;
+            auto st = quarantine_file(queue_dir_ / std::string(name), std::string(name),
+                                      "unexpected file name in queue");
+            if (!st) PECD_LOG(error) << stage_ << ": " << st.error().message;
+            continue;
+        }
+        auto claimed = durable::rename_noreplace(queue_dir_ / std::string(name),
+                                                 active_dir_ / std::string(name));
+        if (!claimed) {
+            // Taken by another claimer, or (a hint) our own claim's event, or never there.
+            if (claimed.error().kind == ErrorKind::not_found) continue;
+            failure = claimed;
+            break;
+        }
+        if (track_own_claims_) own_claims_.emplace(name);
+        batch.emplace_back(name);
+        if (batch.size() >= options_.batch_size) flush();
+        if (!failure || stop.load()) break;
+    }
+    if (failure) flush();
+    // Claimed but unprocessed files (after a failure) stay in active/ for recover().
+    if (!failure) {
+        if (auto st = recover(); !st)
+            PECD_LOG(error) << stage_ << ": recovery: " << st.error().message;
+        return std::unexpected(failure.error());
+    }
+    return processed;
+}
+
+Status StageRunner::sync_moves_when_idle() {
+    if (!unsynced_moves_) return {};
+    if (auto st = sync_point({}, {}); !st) return st;
+    unsynced_moves_ = false;
+    return {};
+}
+
 Result<size_t> StageRunner::drain(const std::atomic<bool>& stop) {
     size_t total = 0;
+    // The listing finds whatever the hints said; the events of claims made before it would only
+    // name files that are gone.
+    own_claims_.clear();
     while (!stop.load()) {
         DIR* dir = ::opendir(queue_dir_.c_str());
         if (!dir) return fail_errno("list " + queue_dir_.string());
-        size_t pass = 0;
-        std::vector<std::string> batch;
-        Status failure;
-        auto flush = [&]() {
-            if (batch.empty()) return;
-            auto n = process_batch(batch);
-            if (!n)
-                failure = std::unexpected(n.error());
-            else
-                pass += *n;
-            batch.clear();
-        };
-        while (struct dirent* entry = ::readdir(dir)) {
-            std::string_view name = entry->d_name;
-            if (name.empty() || name.front() == '.') continue;
-            if (!spool::is_valid_queue_id(name)) {
-                auto st = quarantine_file(queue_dir_ / std::string(name), std::string(name),
-                                          "unexpected file name in queue");
-                if (!st) PECD_LOG(error) << stage_ << ": " << st.error().message;
-                continue;
-            }
-            auto claimed = durable::rename_noreplace(queue_dir_ / std::string(name),
-                                                     active_dir_ / std::string(name));
-            if (!claimed) {
-                if (claimed.error().kind == ErrorKind::not_found) continue;  // taken by another
-                failure = claimed;
-                break;
-            }
-            batch.emplace_back(name);
-            if (batch.size() >= options_.batch_size) flush();
-            if (!failure || stop.load()) break;
-        }
+        auto pass = claim_and_process(
+            stop,
+            [dir]() -> std::optional<std::string_view> {
+                const struct dirent* entry = ::readdir(dir);
+                if (!entry) return std::nullopt;
+                return std::string_view(entry->d_name);
+            },
+            true);
         ::closedir(dir);
-        if (failure) flush();
-        // Claimed but unprocessed files (after a failure) stay in active/ for recover().
-        if (!failure) {
-            if (auto st = recover(); !st)
-                PECD_LOG(error) << stage_ << ": recovery: " << st.error().message;
-            return std::unexpected(failure.error());
-        }
-        total += pass;
-        if (pass == 0 && batch.empty()) break;
+        if (!pass) return pass;
+        total += *pass;
+        if (*pass == 0) break;
     }
-    if (unsynced_moves_) {
-        if (auto st = sync_point({}, {}); !st) return std::unexpected(st.error());
-        unsynced_moves_ = false;
-    }
+    if (auto st = sync_moves_when_idle(); !st) return std::unexpected(st.error());
     return total;
+}
+
+Result<size_t> StageRunner::drain_named(const std::atomic<bool>& stop,
+                                        const std::vector<std::string>& names) {
+    size_t i = 0;
+    auto processed = claim_and_process(
+        stop,
+        [&]() -> std::optional<std::string_view> {
+            while (i < names.size()) {
+                const std::string& name = names[i++];
+                // The event of our own claim (the file moved out to active/): nothing to claim.
+                // One event per claim; a later arrival of the same name comes as another event.
+                if (auto own = own_claims_.find(name); own != own_claims_.end()) {
+                    own_claims_.erase(own);
+                    continue;
+                }
+                return std::string_view(name);
+            }
+            return std::nullopt;
+        },
+        false);
+    if (!processed) return processed;
+    if (auto st = sync_moves_when_idle(); !st) return std::unexpected(st.error());
+    return processed;
 }
 
 void StageRunner::wake() {
@@ -788,16 +838,25 @@ namespace {
 constexpr uint64_t kLegalLogRotateMs = 60'000;
 
 struct LoopContext {
-    StageRunner* runner;
-    const std::atomic<bool>* stop;
-    uv_timer_t kick;
-    uv_timer_t rescan;
-    uv_timer_t deferred;
-    uv_timer_t rotate;
-    uv_fs_event_t watch;
-    uv_async_t async;
+    StageRunner* runner = nullptr;
+    const std::atomic<bool>* stop = nullptr;
+    uv_timer_t kick{};
+    uv_timer_t rescan{};
+    uv_timer_t deferred{};
+    uv_timer_t rotate{};
+    uv_fs_event_t watch{};
+    uv_async_t async{};
     bool watching = false;
+    // inotify's names since the last drain, claimed by name instead of listing the queue; a
+    // listing instead at start, on the rescan timer, after a failure, or when the hints are not
+    // to be trusted (no watch, an event without a name, too many at once).
+    std::vector<std::string> hints{};
+    bool list = true;
+    bool hints_usable = false;
 };
+
+// More names than this in one loop turn: a listing is cheaper than claiming each by name.
+constexpr size_t kMaxHints = 4096;
 
 void close_all(LoopContext* ctx) {
     ctx->runner->detach_wake();
@@ -816,8 +875,20 @@ void schedule_drain(LoopContext* ctx) {
             &ctx->kick,
             [](uv_timer_t* t) {
                 auto* c = static_cast<LoopContext*>(t->data);
-                auto n = c->runner->drain(*c->stop);
-                if (!n) PECD_LOG(error) << c->runner->stage() << ": " << n.error().message;
+                Result<size_t> n;
+                if (c->list || !c->hints_usable) {
+                    c->list = false;
+                    c->hints.clear();  // the listing covers them
+                    n = c->runner->drain(*c->stop);
+                } else {
+                    std::vector<std::string> names;
+                    names.swap(c->hints);
+                    n = c->runner->drain_named(*c->stop, names);
+                }
+                if (!n) {
+                    c->list = true;
+                    PECD_LOG(error) << c->runner->stage() << ": " << n.error().message;
+                }
                 if (c->stop->load()) close_all(c);
             },
             0, 0);
@@ -827,7 +898,7 @@ void schedule_drain(LoopContext* ctx) {
 Status StageRunner::run(const std::atomic<bool>& stop) {
     uv_loop_t loop;
     if (uv_loop_init(&loop) != 0) return fail(ErrorKind::transient, "uv_loop_init failed");
-    LoopContext ctx{this, &stop, {}, {}, {}, {}, {}, {}};
+    LoopContext ctx{.runner = this, .stop = &stop};
     uv_timer_init(&loop, &ctx.kick);
     uv_timer_init(&loop, &ctx.rescan);
     uv_timer_init(&loop, &ctx.deferred);
@@ -847,16 +918,28 @@ Status StageRunner::run(const std::atomic<bool>& stop) {
     uv_fs_event_init(&loop, &ctx.watch);
     int rc = uv_fs_event_start(
         &ctx.watch,
-        [](uv_fs_event_t* w, const char*, int, int) {
-            schedule_drain(static_cast<LoopContext*>(w->data));
+        [](uv_fs_event_t* w, const char* name, int, int status) {
+            auto* c = static_cast<LoopContext*>(w->data);
+            if (status < 0 || !name || c->hints.size() >= kMaxHints)
+                c->list = true;
+            else
+                c->hints.emplace_back(name);
+            schedule_drain(c);
         },
         queue_dir_.c_str(), 0);
     ctx.watching = true;
+    ctx.hints_usable = rc == 0;
+    track_own_claims_ = ctx.hints_usable;
     if (rc != 0)
         PECD_LOG(warn) << stage_ << ": cannot watch " << queue_dir_.string() << ": "
                        << uv_strerror(rc) << "; relying on periodic rescans";
     uv_timer_start(
-        &ctx.rescan, [](uv_timer_t* t) { schedule_drain(static_cast<LoopContext*>(t->data)); },
+        &ctx.rescan,
+        [](uv_timer_t* t) {
+            auto* c = static_cast<LoopContext*>(t->data);
+            c->list = true;
+            schedule_drain(c);
+        },
         static_cast<uint64_t>(options_.rescan_interval.count()),
         static_cast<uint64_t>(options_.rescan_interval.count()));
     uv_timer_start(
@@ -884,6 +967,8 @@ Status StageRunner::run(const std::atomic<bool>& stop) {
     schedule_drain(&ctx);  // the start-up scan
     if (stop.load()) close_all(&ctx);
     uv_run(&loop, UV_RUN_DEFAULT);
+    track_own_claims_ = false;
+    own_claims_.clear();
     detach_wake();
     uv_loop_close(&loop);
     return {};

@@ -10,7 +10,9 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "spool-layout/queue_file.hpp"
@@ -150,6 +152,11 @@ class StageRunner {
     Status recover();
     // Claims and processes everything in the queue until a pass finds nothing (or `stop`).
     Result<size_t> drain(const std::atomic<bool>& stop);
+    // Claims and processes the named files: inotify's hints, names moved into the queue (or out
+    // of it). A name no longer there is skipped, and one that is no queue id is left to the
+    // next drain(), which lists the queue and finds whatever a lost hint missed.
+    Result<size_t> drain_named(const std::atomic<bool>& stop,
+                               const std::vector<std::string>& names);
     // Moves deferred files whose next attempt is due back into the queue.
     Result<size_t> release_due_deferred();
     // The legal log of this stage process (null: none). The runner appends the records of each
@@ -175,6 +182,13 @@ class StageRunner {
 
   private:
     struct Claimed;
+    using NextName = std::function<std::optional<std::string_view>()>;
+    // Claims each name `next` gives and processes them in batches; `listed`: the names come
+    // from listing the queue (a stranger is quarantined) rather than from hints.
+    Result<size_t> claim_and_process(const std::atomic<bool>& stop, const NextName& next,
+                                     bool listed);
+    // Batch mode: the last batch's moves are made durable when the queue runs dry.
+    Status sync_moves_when_idle();
     Result<size_t> process_batch(std::vector<std::string>& names);
     bool plan_route_in_place(Claimed& c, std::vector<StageOutput>& outputs, int64_t now);
     bool append_route(Claimed& c);
@@ -205,6 +219,10 @@ class StageRunner {
     dev_t spool_device_ = 0;
     // Batch mode: the last batch's moves wait for the next sync point 1, or drain()'s last sync.
     bool unsynced_moves_ = false;
+    // run() with a watch: the names this runner claimed whose inotify event (moved out of the
+    // queue) drain_named() has not seen yet; that event is skipped rather than tried.
+    bool track_own_claims_ = false;
+    std::unordered_multiset<std::string> own_claims_;
     std::unique_ptr<legallog::Writer> legal_log_;
     std::function<void(LogPoint)> log_hook_;
 };

@@ -1598,6 +1598,73 @@ TEST_P(RunnerTest, EventLoopRetriesDeferredMessages) {
     EXPECT_GE(calls.load(), 2);
 }
 
+TEST_P(RunnerTest, EventLoopTakesNewAndReturningFilesFromInotifyAlone) {
+    // No rescan during the test: only inotify's names can bring the files in. Each input fails
+    // once and comes back into the queue under its own name (released from deferred/), after
+    // the event of its claim: neither may be taken for the other.
+    options_.rescan_interval = 3'600'000ms;
+    options_.backoff_base = 0ms;
+    std::mutex mutex;
+    std::set<std::string> failed_once;
+    StageFunction flaky = [&](const StageInput& in) -> Result<StageResult> {
+        {
+            std::lock_guard lock(mutex);
+            if (failed_once.insert(in.env.id).second)
+                return fail(ErrorKind::transient, "first try fails");
+        }
+        return pass_through("wrap")(in);
+    };
+    StageRunner r(spool_, "classify", flaky, options_);
+    std::thread loop([&] {
+        auto st = r.run(stop_);
+        EXPECT_TRUE(st.has_value());
+    });
+    std::this_thread::sleep_for(50ms);  // past the start-up listing
+    for (int i = 0; i < 12; ++i) {
+        enqueue("classify", body_for(i));
+        if (i % 4 == 0) std::this_thread::sleep_for(20ms);
+    }
+    auto deadline = std::chrono::steady_clock::now() + 30s;
+    while (names_in(spool_.queue_dir("wrap")).size() < 12 &&
+           std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(10ms);
+    stop_ = true;
+    r.wake();
+    loop.join();
+    expect_all_delivered_once(spool_.queue_dir("wrap"));
+    EXPECT_EQ(failed_once.size(), 12u);
+    EXPECT_TRUE(names_in(spool_.queue_dir("classify")).empty());
+    EXPECT_TRUE(names_in(dir(Area::deferred)).empty());
+}
+
+TEST_P(RunnerTest, DrainNamedTakesOnlyTheNamedFilesThatAreThere) {
+    std::string a = enqueue("classify", body_for(1));
+    std::string b = enqueue("classify", body_for(2));
+    std::string c = enqueue("classify", body_for(3));
+    std::string gone = make_env().id;  // a valid name with no file (an event already stale)
+    std::string stranger = "junk.txt";
+    spit(spool_.queue_dir("classify") / stranger, "whatever");
+    StageRunner r(spool_, "classify", pass_through("wrap"), options_);
+
+    auto n = r.drain_named(stop_, {a, gone, stranger, c, a});
+    ASSERT_TRUE(n.has_value()) << n.error().message;
+    EXPECT_EQ(*n, 2u) << "a and c; a named twice is taken once";
+    auto wrap = names_in(spool_.queue_dir("wrap"));
+    EXPECT_EQ(std::set<std::string>(wrap.begin(), wrap.end()), (std::set<std::string>{a, c}));
+    auto left = names_in(spool_.queue_dir("classify"));
+    EXPECT_EQ(std::set<std::string>(left.begin(), left.end()), (std::set<std::string>{b, stranger}))
+        << "b was not named; a stranger named by a hint waits for a listing";
+    EXPECT_TRUE(names_in(dir(Area::quarantine)).empty());
+
+    n = r.drain(stop_);
+    ASSERT_TRUE(n.has_value()) << n.error().message;
+    EXPECT_EQ(*n, 1u);
+    EXPECT_TRUE(names_in(spool_.queue_dir("classify")).empty());
+    EXPECT_EQ(names_in(dir(Area::quarantine)).size(), 2u) << "the stranger and its reason";
+    expect_all_delivered_once(spool_.queue_dir("wrap"));
+    expect_active_clean();
+}
+
 TEST_P(RunnerTest, EventLoopStopsPromptly) {
     StageRunner r(spool_, "classify", pass_through("wrap"), options_);
     stop_ = true;
