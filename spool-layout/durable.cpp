@@ -252,7 +252,11 @@ SharedSync& shared_sync_for(dev_t device) {
 Status sync_filesystem_shared(int fd) {
     struct stat st {};
     if (::fstat(fd, &st) != 0) return fail_errno("fstat");
-    SharedSync& s = shared_sync_for(st.st_dev);
+    return sync_filesystem_shared(fd, st.st_dev);
+}
+
+Status sync_filesystem_shared(int fd, dev_t device) {
+    SharedSync& s = shared_sync_for(device);
     std::unique_lock lock(s.mutex);
     // Our writes are done: any syncfs that starts from now on covers them.
     const uint64_t target = s.started + 1;

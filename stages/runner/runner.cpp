@@ -63,7 +63,9 @@ Status StageRunner::sync_point(const std::vector<int>& fds, const std::vector<fs
             if (!dir) return std::unexpected(dir.error());
             spool_fd_ = std::move(*dir);
         }
-        return durable::sync_filesystem_shared(spool_fd_.get());
+        const dev_t device = spool_device();
+        return device != 0 ? durable::sync_filesystem_shared(spool_fd_.get(), device)
+                           : durable::sync_filesystem_shared(spool_fd_.get());
     }
     for (int fd : fds)
         if (auto st = durable::sync_data(fd); !st) return st;
@@ -145,7 +147,10 @@ Status StageRunner::publish(BatchPublisher& publisher, std::map<size_t, std::str
         if (options_.sync == SyncMode::strict) {
             st = durable::sync_data_at(p.tmp);
         } else if (dev_t dev = device_of_dir(p.tmp.parent_path()); flushed.insert(dev).second) {
-            st = durable::sync_filesystem_at(p.tmp.parent_path());
+            // On the spool's filesystem: the spool's descriptor, not one more open directory.
+            st = dev != 0 && dev == spool_device()
+                     ? sync_point({}, {})
+                     : durable::sync_filesystem_at(p.tmp.parent_path());
         }
         if (!st) {
             discard_from(0);
