@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 #include <map>
 #include <set>
 
@@ -806,6 +807,7 @@ Result<size_t> StageRunner::drain(const std::atomic<bool>& stop) {
 
 Result<size_t> StageRunner::drain_named(const std::atomic<bool>& stop,
                                         const std::vector<std::string>& names) {
+    if (stop.load()) return size_t{0};
     size_t i = 0;
     auto processed = claim_and_process(
         stop,
@@ -858,10 +860,21 @@ struct LoopContext {
     std::vector<std::string> hints{};
     bool list = true;
     bool hints_usable = false;
+    std::string queue_name{};  // libuv names an event on the directory itself so
+    size_t max_hints = 0;
 };
 
-// More names than this in one loop turn: a listing is cheaper than claiming each by name.
-constexpr size_t kMaxHints = 4096;
+// More names than this in one loop turn make the drain a listing: cheaper than claiming each,
+// and the sign of an inotify queue overflow, which libuv drops without a word. libuv reads the
+// whole inotify queue in one loop turn, and an overflow means it held max_queued_events events:
+// half of that (at most 4,096) is reached first.
+size_t max_hints() {
+    constexpr size_t kCap = 4096;
+    std::ifstream in("/proc/sys/fs/inotify/max_queued_events");
+    size_t queued = 0;
+    if (in >> queued && queued / 2 < kCap) return std::max<size_t>(queued / 2, 1);
+    return kCap;
+}
 
 void close_all(LoopContext* ctx) {
     ctx->runner->detach_wake();
@@ -925,7 +938,8 @@ Status StageRunner::run(const std::atomic<bool>& stop) {
         &ctx.watch,
         [](uv_fs_event_t* w, const char* name, int, int status) {
             auto* c = static_cast<LoopContext*>(w->data);
-            if (status < 0 || !name || c->hints.size() >= kMaxHints)
+            // No name, or the directory's own (moved, removed, unmounted), or too many: list.
+            if (status < 0 || !name || name == c->queue_name || c->hints.size() >= c->max_hints)
                 c->list = true;
             else
                 c->hints.emplace_back(name);
@@ -934,7 +948,9 @@ Status StageRunner::run(const std::atomic<bool>& stop) {
         queue_dir_.c_str(), 0);
     ctx.watching = true;
     ctx.hints_usable = rc == 0;
-    track_own_claims_ = ctx.hints_usable;
+    ctx.queue_name = queue_dir_.filename().string();
+    ctx.max_hints = max_hints();
+    set_track_own_claims(ctx.hints_usable);
     if (rc != 0)
         PECD_LOG(warn) << stage_ << ": cannot watch " << queue_dir_.string() << ": "
                        << uv_strerror(rc) << "; relying on periodic rescans";
@@ -972,8 +988,7 @@ Status StageRunner::run(const std::atomic<bool>& stop) {
     schedule_drain(&ctx);  // the start-up scan
     if (stop.load()) close_all(&ctx);
     uv_run(&loop, UV_RUN_DEFAULT);
-    track_own_claims_ = false;
-    own_claims_.clear();
+    set_track_own_claims(false);
     detach_wake();
     uv_loop_close(&loop);
     return {};

@@ -157,6 +157,12 @@ class StageRunner {
     // next drain(), which lists the queue and finds whatever a lost hint missed.
     Result<size_t> drain_named(const std::atomic<bool>& stop,
                                const std::vector<std::string>& names);
+    // Whether claims are recorded so that drain_named() skips the event each one causes. run()
+    // turns it on while its watch works; a test turns it on to drive drain_named() as run() does.
+    void set_track_own_claims(bool on) {
+        track_own_claims_ = on;
+        if (!on) own_claims_.clear();
+    }
     // Moves deferred files whose next attempt is due back into the queue.
     Result<size_t> release_due_deferred();
     // The legal log of this stage process (null: none). The runner appends the records of each

@@ -50,6 +50,12 @@ Result<RunnerOptions> runner_options(const Config& config) {
         return std::unexpected(st.error());
     if (auto st = get("deferred_scan_interval", o.deferred_scan_interval); !st)
         return std::unexpected(st.error());
+    // libuv's repeating timer fires once only with a period of 0: the queue would never be
+    // listed again, and deferred files never released.
+    if (o.rescan_interval.count() <= 0 || o.deferred_scan_interval.count() <= 0)
+        return fail(ErrorKind::config, config.source() +
+                                           ": [runner] rescan_interval and deferred_scan_interval "
+                                           "must be more than 0");
     if (auto st = get("backoff_base", o.backoff_base); !st) return std::unexpected(st.error());
     if (auto st = get("backoff_max", o.backoff_max); !st) return std::unexpected(st.error());
     auto attempts = config.get_int("runner", "max_attempts", o.max_attempts);

@@ -29,6 +29,7 @@
 #include "spool-layout/spool.hpp"
 #include "stages/common/log.hpp"
 #include "stages/runner/runner.hpp"
+#include "stages/runner/settings.hpp"
 #include "tests/support/temp_dir.hpp"
 
 namespace fs = std::filesystem;
@@ -1663,6 +1664,53 @@ TEST_P(RunnerTest, DrainNamedTakesOnlyTheNamedFilesThatAreThere) {
     EXPECT_EQ(names_in(dir(Area::quarantine)).size(), 2u) << "the stranger and its reason";
     expect_all_delivered_once(spool_.queue_dir("wrap"));
     expect_active_clean();
+}
+
+TEST_P(RunnerTest, DrainNamedSkipsItsOwnClaimsEventButNotTheReturnThatFollows) {
+    // What run() sees for a file that fails once and comes back from deferred/: the event of
+    // the claim (moved out), then the event of the return (moved in), both with its name.
+    options_.backoff_base = 0ms;
+    int calls = 0;
+    StageFunction flaky = [&calls](const StageInput& in) -> Result<StageResult> {
+        if (calls++ == 0) return fail(ErrorKind::transient, "first try fails");
+        return pass_through("wrap")(in);
+    };
+    StageRunner r(spool_, "classify", flaky, options_);
+    r.set_track_own_claims(true);
+    std::string id = enqueue("classify", "comes back");
+    auto n = r.drain(stop_);
+    ASSERT_TRUE(n.has_value()) << n.error().message;
+    ASSERT_TRUE(fs::exists(dir(Area::deferred) / id)) << "deferred after its first try";
+    auto released = r.release_due_deferred();
+    ASSERT_TRUE(released.has_value());
+    ASSERT_EQ(*released, 1u);
+    ASSERT_TRUE(fs::exists(spool_.queue_dir("classify") / id));
+
+    n = r.drain_named(stop_, {id});  // the claim's own event alone: skipped, not tried
+    ASSERT_TRUE(n.has_value()) << n.error().message;
+    EXPECT_EQ(*n, 0u);
+    EXPECT_TRUE(fs::exists(spool_.queue_dir("classify") / id));
+    n = r.drain_named(stop_, {id});  // the return's event
+    ASSERT_TRUE(n.has_value()) << n.error().message;
+    EXPECT_EQ(*n, 1u);
+    EXPECT_EQ(names_in(spool_.queue_dir("wrap")), std::vector<std::string>{id});
+    EXPECT_EQ(calls, 2);
+    expect_active_clean();
+}
+
+TEST(spoolRunnerSettings, ScanIntervalsMustBeMoreThanZero) {
+    for (const char* key : {"rescan_interval", "deferred_scan_interval"}) {
+        auto config = Config::parse(std::string("[runner]\n") + key + " = 0s\n", "pecd.conf");
+        ASSERT_TRUE(config.has_value());
+        auto options = runner_options(*config);
+        ASSERT_FALSE(options.has_value()) << key;
+        EXPECT_NE(options.error().message.find(key), std::string::npos) << options.error().message;
+    }
+    auto config = Config::parse("[runner]\nrescan_interval = 2s\n", "pecd.conf");
+    ASSERT_TRUE(config.has_value());
+    auto options = runner_options(*config);
+    ASSERT_TRUE(options.has_value()) << options.error().message;
+    EXPECT_EQ(options->rescan_interval, 2000ms);
 }
 
 TEST_P(RunnerTest, EventLoopStopsPromptly) {
