@@ -856,11 +856,11 @@ struct LoopContext {
     bool watching = false;
     // inotify's names since the last drain, claimed by name instead of listing the queue; a
     // listing instead at start, on the rescan timer, after a failure, or when the hints are not
-    // to be trusted (no watch, an event without a name, too many at once).
+    // to be trusted (no watch, an event on the directory itself, too many at once).
     std::vector<std::string> hints{};
     bool list = true;
     bool hints_usable = false;
-    std::string queue_name{};  // libuv names an event on the directory itself so
+    std::string queue_name{};  // the name libuv gives an event on the directory itself
     size_t max_hints = 0;
 };
 
