@@ -249,13 +249,12 @@ SharedSync& shared_sync_for(dev_t device) {
 }
 }  // namespace
 
-Status sync_filesystem_shared(int fd) {
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) return fail_errno("fstat");
-    return sync_filesystem_shared(fd, st.st_dev);
-}
-
 Status sync_filesystem_shared(int fd, dev_t device) {
+    if (device == 0) {
+        struct stat st {};
+        if (::fstat(fd, &st) != 0) return fail_errno("fstat");
+        device = st.st_dev;
+    }
     SharedSync& s = shared_sync_for(device);
     std::unique_lock lock(s.mutex);
     // Our writes are done: any syncfs that starts from now on covers them.

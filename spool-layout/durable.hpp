@@ -82,10 +82,9 @@ Status sync_data_at(const fs::path& path);  // open, fdatasync, close
 Status sync_filesystem(int fd);  // syncfs: one journal commit for a whole batch (group commit)
 // syncfs shared by the threads of this process on one filesystem: a caller returns once a syncfs
 // that started after its call has succeeded, so concurrent stages of one `pecd all` wait for one
-// flush instead of queueing one each.
-Status sync_filesystem_shared(int fd);
-// The same, for a caller that knows `fd`'s device already (one fstat fewer per flush).
-Status sync_filesystem_shared(int fd, dev_t device);
+// flush instead of queueing one each. `device` is `fd`'s, when the caller knows it (one fstat
+// fewer per flush); 0 looks it up.
+Status sync_filesystem_shared(int fd, dev_t device = 0);
 Status sync_filesystem_at(const fs::path& dir);  // open the directory, sync_filesystem_shared
 Status rename_file(const fs::path& from, const fs::path& to);
 // Fails with ErrorKind::conflict when `to` exists: never silently replaces a queue file.

@@ -64,9 +64,7 @@ Status StageRunner::sync_point(const std::vector<int>& fds, const std::vector<fs
             if (!dir) return std::unexpected(dir.error());
             spool_fd_ = std::move(*dir);
         }
-        const dev_t device = spool_device();
-        return device != 0 ? durable::sync_filesystem_shared(spool_fd_.get(), device)
-                           : durable::sync_filesystem_shared(spool_fd_.get());
+        return durable::sync_filesystem_shared(spool_fd_.get(), spool_device());
     }
     for (int fd : fds)
         if (auto st = durable::sync_data(fd); !st) return st;
