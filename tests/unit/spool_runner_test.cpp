@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <set>
@@ -226,6 +227,22 @@ class RunnerTest : public ::testing::TestWithParam<SyncMode> {
             ASSERT_TRUE(write_at(spool_.queue_dir(stage) / env.id, env, body_for(i)));
             ids.push_back(env.id);
         }
+    }
+    // Runs `r`'s event loop on a thread, calls `feed`, waits until `done` (at most 30 s), then
+    // stops the loop and joins it. The loop must end without an error.
+    void run_loop_until(StageRunner& r, const std::function<void()>& feed,
+                        const std::function<bool()>& done) {
+        std::thread loop([&] {
+            auto st = r.run(stop_);
+            EXPECT_TRUE(st.has_value());
+        });
+        feed();
+        auto deadline = std::chrono::steady_clock::now() + 30s;
+        while (!done() && std::chrono::steady_clock::now() < deadline)
+            std::this_thread::sleep_for(10ms);
+        stop_ = true;
+        r.wake();
+        loop.join();
     }
     fs::path dir(Area area, std::string_view stage = "classify") const {
         return spool_.area_dir(area, stage);
@@ -1555,21 +1572,15 @@ TEST(spoolDurable, ConcurrentSharedSyncsShareFlushes) {
 
 TEST_P(RunnerTest, EventLoopProcessesFilesDroppedWhileRunning) {
     StageRunner r(spool_, "classify", pass_through("wrap"), options_);
-    std::thread loop([&] {
-        auto st = r.run(stop_);
-        EXPECT_TRUE(st.has_value());
-    });
-    for (int i = 0; i < 20; ++i) {
-        enqueue("classify", body_for(i));
-        if (i % 5 == 0) std::this_thread::sleep_for(20ms);
-    }
-    auto deadline = std::chrono::steady_clock::now() + 30s;
-    while (names_in(spool_.queue_dir("wrap")).size() < 20 &&
-           std::chrono::steady_clock::now() < deadline)
-        std::this_thread::sleep_for(10ms);
-    stop_ = true;
-    r.wake();
-    loop.join();
+    run_loop_until(
+        r,
+        [&] {
+            for (int i = 0; i < 20; ++i) {
+                enqueue("classify", body_for(i));
+                if (i % 5 == 0) std::this_thread::sleep_for(20ms);
+            }
+        },
+        [&] { return names_in(spool_.queue_dir("wrap")).size() >= 20; });
     expect_all_delivered_once(spool_.queue_dir("wrap"));
     expect_active_clean();
     EXPECT_TRUE(names_in(spool_.queue_dir("classify")).empty());
@@ -1584,14 +1595,8 @@ TEST_P(RunnerTest, EventLoopRetriesDeferredMessages) {
     };
     StageRunner r(spool_, "classify", flaky, options_);
     std::string id = enqueue("classify", "retry me");
-    std::thread loop([&] { (void)r.run(stop_); });
-    auto deadline = std::chrono::steady_clock::now() + 30s;
-    while (!fs::exists(spool_.queue_dir("wrap") / id) &&
-           std::chrono::steady_clock::now() < deadline)
-        std::this_thread::sleep_for(10ms);
-    stop_ = true;
-    r.wake();
-    loop.join();
+    run_loop_until(
+        r, [] {}, [&] { return fs::exists(spool_.queue_dir("wrap") / id); });
     ASSERT_TRUE(fs::exists(spool_.queue_dir("wrap") / id));
     auto s = load(spool_.queue_dir("wrap") / id);
     ASSERT_TRUE(s.has_value());
@@ -1616,22 +1621,16 @@ TEST_P(RunnerTest, EventLoopTakesNewAndReturningFilesFromInotifyAlone) {
         return pass_through("wrap")(in);
     };
     StageRunner r(spool_, "classify", flaky, options_);
-    std::thread loop([&] {
-        auto st = r.run(stop_);
-        EXPECT_TRUE(st.has_value());
-    });
-    std::this_thread::sleep_for(50ms);  // past the start-up listing
-    for (int i = 0; i < 12; ++i) {
-        enqueue("classify", body_for(i));
-        if (i % 4 == 0) std::this_thread::sleep_for(20ms);
-    }
-    auto deadline = std::chrono::steady_clock::now() + 30s;
-    while (names_in(spool_.queue_dir("wrap")).size() < 12 &&
-           std::chrono::steady_clock::now() < deadline)
-        std::this_thread::sleep_for(10ms);
-    stop_ = true;
-    r.wake();
-    loop.join();
+    run_loop_until(
+        r,
+        [&] {
+            std::this_thread::sleep_for(50ms);  // past the start-up listing
+            for (int i = 0; i < 12; ++i) {
+                enqueue("classify", body_for(i));
+                if (i % 4 == 0) std::this_thread::sleep_for(20ms);
+            }
+        },
+        [&] { return names_in(spool_.queue_dir("wrap")).size() >= 12; });
     expect_all_delivered_once(spool_.queue_dir("wrap"));
     EXPECT_EQ(failed_once.size(), 12u);
     EXPECT_TRUE(names_in(spool_.queue_dir("classify")).empty());
