@@ -16,14 +16,29 @@
 namespace pecd::runner {
 namespace {
 
+// Output sets of earlier versions: a directory <id>.out.tmp, committed by its rename to <id>.out.
+// recover() still finishes or discards them (a spool left by a crash before an upgrade).
 constexpr std::string_view kOutTmpSuffix = ".out.tmp";
 constexpr std::string_view kOutSuffix = ".out";
+// An output is written beside its input as <input id>.out.<destination>~<output id>; the unlink
+// of the input commits all of them (docs/spool-layout.md, "Commit protocol").
+constexpr std::string_view kOutInfix = ".out.";
 constexpr std::string_view kDeferTmpSuffix = ".defer.tmp";
 constexpr char kDestSeparator = '~';
 constexpr std::string_view kDeferredMark = "@deferred";
 
 bool ends_with(std::string_view s, std::string_view suffix) {
     return s.ends_with(suffix);
+}
+
+// "<input id>.out.<destination>~<output id>" -> the input id; empty for any other name. (A queue
+// id has one '.', at a fixed place, so the first ".out." after it ends the input's id.)
+std::string output_owner(std::string_view name) {
+    size_t infix = name.find(kOutInfix, 14);
+    if (infix == std::string_view::npos || name.find(kDestSeparator, infix) == std::string::npos)
+        return {};
+    std::string_view id = name.substr(0, infix);
+    return spool::is_valid_queue_id(id) ? std::string(id) : std::string();
 }
 
 }  // namespace
@@ -215,13 +230,18 @@ Status StageRunner::deliver_output_set(const fs::path& out_dir,
                                        const std::vector<std::string>& names,
                                        std::vector<fs::path>* touched) {
     for (const auto& name : names) {
-        size_t sep = name.find(kDestSeparator);
+        // "<destination>~<id>" in a directory of an earlier version, or beside its input with
+        // the input's "<id>.out." before it.
+        std::string_view entry = name;
+        if (size_t infix = entry.find(kOutInfix, 14); infix != std::string_view::npos)
+            entry.remove_prefix(infix + kOutInfix.size());
+        size_t sep = entry.find(kDestSeparator);
         if (sep == std::string::npos) {
             PECD_LOG(error) << stage_ << ": unexpected file " << (out_dir / name).string();
             continue;
         }
-        std::string dest = name.substr(0, sep);
-        std::string id = name.substr(sep + 1);
+        std::string dest(entry.substr(0, sep));
+        std::string id(entry.substr(sep + 1));
         // "<stage>@deferred~<id>": the output waits in deferred/<stage> (its envelope says until
         // when).
         bool deferred = dest.ends_with(kDeferredMark);
@@ -247,10 +267,14 @@ Status StageRunner::deliver_output_set(const fs::path& out_dir,
 Status StageRunner::recover() {
     auto names = durable::list_dir(active_dir_);
     if (!names) return std::unexpected(names.error());
-    std::set<std::string> committed;
-    size_t discarded = 0, returned = 0;
+    std::set<std::string> committed, inputs;
+    std::map<std::string, std::vector<std::string>> outputs;  // by the input that wrote them
+    size_t discarded = 0, returned = 0, committed_beside = 0;
     for (const auto& name : *names) {
-        if (ends_with(name, kOutTmpSuffix)) {
+        if (spool::is_valid_queue_id(name)) inputs.insert(name);
+        if (std::string owner = output_owner(name); !owner.empty()) {
+            outputs[owner].push_back(name);
+        } else if (ends_with(name, kOutTmpSuffix)) {
             if (auto st = durable::remove_tree(active_dir_ / name); !st) return st;
             ++discarded;
         } else if (ends_with(name, kDeferTmpSuffix)) {
@@ -270,6 +294,18 @@ Status StageRunner::recover() {
         if (auto st = deliver_output_set(active_dir_ / (id + std::string(kOutSuffix)), &touched);
             !st)
             return st;
+    // Outputs beside their input: the input still there means they were never committed (the
+    // input runs again); the input gone means its unlink committed them, and they move on.
+    for (const auto& [id, files] : outputs) {
+        if (inputs.contains(id)) {
+            for (const auto& f : files)
+                if (auto st = durable::unlink_file(active_dir_ / f); !st) return st;
+            ++discarded;
+        } else {
+            if (auto st = deliver_output_set(active_dir_, files, &touched); !st) return st;
+            ++committed_beside;
+        }
+    }
     if (auto st = sync_point({}, touched); !st) return st;
     for (const auto& id : committed)
         if (auto st = durable::remove_dir(active_dir_ / (id + std::string(kOutSuffix))); !st)
@@ -311,8 +347,9 @@ Status StageRunner::recover() {
     // Anything else in active/ that recovery does not understand is set aside, never left to
     // block the stage.
     for (const auto& name : *names) {
-        if (spool::is_valid_queue_id(name) || ends_with(name, kOutTmpSuffix) ||
-            ends_with(name, kOutSuffix) || ends_with(name, kDeferTmpSuffix))
+        if (spool::is_valid_queue_id(name) || !output_owner(name).empty() ||
+            ends_with(name, kOutTmpSuffix) || ends_with(name, kOutSuffix) ||
+            ends_with(name, kDeferTmpSuffix))
             continue;
         struct stat st {};
         if (::stat((active_dir_ / name).c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
@@ -323,9 +360,10 @@ Status StageRunner::recover() {
     }
     if (returned + routed > 0)
         if (auto st = sync_point({}, route_dirs); !st) return st;
-    if (discarded + returned + routed + committed.size() > 0)
-        PECD_LOG(info) << stage_ << ": recovered: " << committed.size() + routed << " committed, "
-                       << discarded << " discarded, " << returned << " returned to queue";
+    if (discarded + returned + routed + committed.size() + committed_beside > 0)
+        PECD_LOG(info) << stage_ << ": recovered: " << committed.size() + committed_beside + routed
+                       << " committed, " << discarded << " discarded, " << returned
+                       << " returned to queue";
     return {};
 }
 
@@ -363,6 +401,7 @@ struct StageRunner::Claimed {
     std::string reason;
     std::vector<durable::Fd> out_fds;
     std::vector<std::string> out_names;  // Outcome::ok: the set's file names, as written
+    bool committed = false;              // Outcome::ok: the input is unlinked, the set is real
     durable::Fd defer_fd;
     fs::path route_dir;                     // Outcome::route: where the input itself goes
     std::string route_records;              // Outcome::route: the records to append
@@ -417,13 +456,13 @@ bool StageRunner::append_route(Claimed& c) {
     return true;
 }
 
-// Writes the output set under <id>.out.tmp; it becomes real only when renamed. On failure the
-// input is deferred or quarantined instead.
+// Writes the output set beside its input, as <id>.out.<destination>~<output id>; the set becomes
+// real only when the input is unlinked. On failure the input is deferred or quarantined instead.
 void StageRunner::write_output_set(Claimed& c, std::vector<StageOutput>& outputs, int64_t now,
                                    std::vector<int>& fds_to_sync) {
     c.outcome = Claimed::Outcome::ok;
-    fs::path tmp = active_dir_ / (c.id + std::string(kOutTmpSuffix));
-    Status st = durable::make_empty_dir(tmp);
+    const std::string prefix = c.id + std::string(kOutInfix);
+    Status st;
     for (auto& out : outputs) {
         if (!st) break;
         if (!spool::is_valid_queue_id(out.env.id) || !out.env.id.starts_with(c.id) ||
@@ -445,8 +484,14 @@ void StageRunner::write_output_set(Claimed& c, std::vector<StageOutput>& outputs
             out.env.last_error.clear();
             out.env.history.push_back({stage_, now, "-> " + out.destination});
         }
-        std::string file_name = set_name + kDestSeparator + out.env.id;
-        auto written = spool::write_queue_file(tmp / file_name, out.env, out.body);
+        std::string file_name = prefix + set_name + kDestSeparator + out.env.id;
+        const fs::path path = active_dir_ / file_name;
+        auto written = spool::write_queue_file(path, out.env, out.body);
+        if (!written && written.error().sys_errno == EEXIST) {
+            // Left by an earlier try of this input whose clean-up failed: never committed.
+            (void)durable::unlink_file(path);
+            written = spool::write_queue_file(path, out.env, out.body);
+        }
         if (!written) {
             st = std::unexpected(written.error());
         } else {
@@ -455,7 +500,7 @@ void StageRunner::write_output_set(Claimed& c, std::vector<StageOutput>& outputs
         }
     }
     if (!st) {
-        (void)durable::remove_tree(tmp);
+        for (const auto& name : c.out_names) (void)durable::unlink_file(active_dir_ / name);
         c.out_fds.clear();
         c.out_names.clear();
         c.outcome = st.error().kind == ErrorKind::transient ? Claimed::Outcome::defer
@@ -522,7 +567,8 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
     // What an input wrote before its commit: its output set, its rewrite, and the records an
     // in-place hop appended (cut off, so that the file is back as it was claimed).
     auto discard_uncommitted = [&](Claimed& c) {
-        (void)durable::remove_tree(active_dir_ / (c.id + std::string(kOutTmpSuffix)));
+        if (c.committed) return;  // its outputs are recover()'s to move on
+        for (const auto& name : c.out_names) (void)durable::unlink_file(active_dir_ / name);
         (void)durable::unlink_file(active_dir_ / (c.id + std::string(kDeferTmpSuffix)));
         if (c.outcome == Claimed::Outcome::route)
             (void)::ftruncate(c.fd.get(), static_cast<off_t>(c.info.complete_size()));
@@ -624,33 +670,34 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
     }
 
     // Ordering point 1: output sets and rewrites are on disk, names included (in strict mode
-    // the directory of each set is synced too, or a committed set could come back empty).
+    // active/ is synced too, or a committed set could come back without its files).
+    bool has_output_sets = std::any_of(items.begin(), items.end(), [](const Claimed& c) {
+        return c.outcome == Claimed::Outcome::ok;
+    });
     std::vector<fs::path> set_dirs;
-    for (auto& c : items)
-        if (c.outcome == Claimed::Outcome::ok)
-            set_dirs.push_back(active_dir_ / (c.id + std::string(kOutTmpSuffix)));
+    if (has_output_sets) set_dirs.push_back(active_dir_);
     if (auto st = sync_point(fds_to_sync, set_dirs); !st) return abandon(st.error());
     if (log_folded) legal_log_->mark_synced();
     // Sync point 1 also made the previous batch's moves durable (batch mode).
     unsynced_moves_ = false;
     for (auto& c : items) {
         if (c.outcome == Claimed::Outcome::ok) {
-            auto st = durable::rename_file(active_dir_ / (c.id + std::string(kOutTmpSuffix)),
-                                           active_dir_ / (c.id + std::string(kOutSuffix)));
+            // The commit: with its input gone, the set is what the input became.
+            c.fd.reset();
+            auto st = durable::unlink_file(c.input);
             if (!st) return abandon(st.error());
+            c.committed = true;
         } else if (c.outcome == Claimed::Outcome::defer && c.defer_fd) {
             auto st =
                 durable::rename_file(active_dir_ / (c.id + std::string(kDeferTmpSuffix)), c.input);
             if (!st) return abandon(st.error());
         }
     }
-    // Ordering point 2: output-set commits (renames) are durable before any input disappears.
-    // In-place hops and deferrals unlink nothing, so a batch of them skips it. In batch mode the
-    // filesystem's journal keeps metadata operations in order (docs/spool-layout.md), so the
-    // renames need no flush between them.
-    bool has_output_sets = std::any_of(items.begin(), items.end(), [](const Claimed& c) {
-        return c.outcome == Claimed::Outcome::ok;
-    });
+    // Ordering point 2: output-set commits (the inputs' unlinks) are durable before any output
+    // moves into a queue, or a power cut could bring an input back beside its delivered
+    // outputs. In-place hops and deferrals unlink nothing, so a batch of them skips it. In batch
+    // mode the filesystem's journal keeps metadata operations in order (docs/spool-layout.md),
+    // so the moves need no flush before them.
     if (has_output_sets && options_.sync == SyncMode::strict)
         if (auto st = sync_point({}, {active_dir_}); !st) return std::unexpected(st.error());
 
@@ -663,11 +710,8 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
         Status st;
         switch (c.outcome) {
             case Claimed::Outcome::ok:
-                st = durable::unlink_file(c.input);
-                // The names as written: the set was committed by this process, so no listing.
-                if (st)
-                    st = deliver_output_set(active_dir_ / (c.id + std::string(kOutSuffix)),
-                                            c.out_names, &touched);
+                // Committed above. The names as written: no listing.
+                st = deliver_output_set(active_dir_, c.out_names, &touched);
                 if (st) ++done;
                 break;
             case Claimed::Outcome::consume:
@@ -702,18 +746,15 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
         }
         if (!st && failure) failure = st;
     }
-    // Ordering point 3: deliveries and input removals are durable; the sets can go. In batch mode
-    // the journal orders the moves before the removal of their (empty) sets, and the next
-    // batch's sync point 1, or the one drain() takes when the queue runs dry, makes them durable:
-    // under load that is one syncfs per batch.
+    // Ordering point 3: the moves are durable before the batch returns (strict). In batch mode
+    // the next batch's sync point 1, or the one drain() takes when the queue runs dry, makes
+    // them durable: under load that is one syncfs per batch. (Until then a power cut leaves an
+    // output beside its gone input, and recover() moves it again.)
     if (options_.sync == SyncMode::strict) {
         if (auto st = sync_point({}, touched); !st) return std::unexpected(st.error());
     } else {
         unsynced_moves_ = true;
     }
-    for (auto& c : items)
-        if (c.outcome == Claimed::Outcome::ok)
-            (void)durable::remove_dir(active_dir_ / (c.id + std::string(kOutSuffix)));
     stats_.processed += done;
     stats_.batches++;
     PECD_LOG(debug) << stage_ << ": batch of " << items.size() << " in "

@@ -50,6 +50,14 @@ std::atomic<bool> recording{false};
 std::atomic<int> syncfs_calls{0};
 std::atomic<int> syncfs_delay_ms{0};  // a slow disk, so that concurrent callers overlap
 
+// With `moves`, also "unlink <path>" and "rename <from> <to>", in call order with the syncs:
+// what a sync orders.
+std::atomic<bool> moves{false};
+void record_path(const char* call, const char* path, const char* to = nullptr) {
+    if (!recording.load() || !moves.load()) return;
+    std::lock_guard lock(mutex);
+    calls.push_back(std::string(call) + " " + path + (to ? std::string(" ") + to : ""));
+}
 void record(int fd, const char* call) {
     if (!recording.load()) return;
     char link[64];
@@ -103,6 +111,18 @@ extern "C" int fdatasync(int fd) {
     spy::record(fd, "fdatasync");
     static auto real = spy::real<int (*)(int)>("fdatasync");
     return real(fd);
+}
+extern "C" int unlink(const char* path) {
+    spy::record_path("unlink", path);
+    static auto real = spy::real<int (*)(const char*)>("unlink");
+    return real(path);
+}
+extern "C" int renameat2(int from_dir, const char* from, int to_dir, const char* to,
+                         unsigned int flags) {
+    spy::record_path("rename", from, to);
+    static auto real =
+        spy::real<int (*)(int, const char*, int, const char*, unsigned int)>("renameat2");
+    return real(from_dir, from, to_dir, to, flags);
 }
 extern "C" int sync_file_range(int fd, off64_t offset, off64_t count, unsigned int flags) {
     spy::record(fd, "sync_file_range");
@@ -919,7 +939,14 @@ class RecoveryTest : public RunnerTest {
         if (env_out) *env_out = env;
         return env.id;
     }
-    // An output file as the runner writes it inside an output set.
+    // An output file as the runner writes it: beside its input, named after it.
+    void output_beside(const std::string& input_id, std::string_view dest, const Envelope& env,
+                       const std::string& body) {
+        ASSERT_TRUE(write_at(
+            spool_.active_dir("classify") / (input_id + ".out." + std::string(dest) + "~" + env.id),
+            env, body));
+    }
+    // An output file as earlier versions wrote it, inside an output set directory.
     void output_in_set(const fs::path& set_dir, std::string_view dest, const Envelope& env,
                        const std::string& body) {
         fs::create_directories(set_dir);
@@ -951,6 +978,59 @@ TEST_P(RecoveryTest, A_ClaimedInputWithoutOutputGoesBackToTheQueue) {
     expect_all_delivered_once(spool_.queue_dir("wrap"));
 }
 
+TEST_P(RecoveryTest, B_OutputsBesideTheirStillPresentInputAreDiscarded) {
+    // The input is unlinked only once its outputs are durable: while it is there, they were
+    // never committed, complete or not.
+    Envelope env, second;
+    std::string id = claimed_input(body_for(4), &env);
+    second = env;
+    second.id = derived_queue_id(id, "b");
+    output_beside(id, "wrap", env, bodies_[id]);
+    spit(spool_.active_dir("classify") / (id + ".out.verify~" + second.id),
+         "PECQ1\nid " + second.id + "\narri");  // cut mid-write
+    StageRunner r(spool_, "classify", pass_through("wrap"), options_);
+    run_recover(r);
+    EXPECT_EQ(names_in(spool_.queue_dir("classify")), std::vector<std::string>{id});
+    EXPECT_TRUE(names_in(spool_.queue_dir("wrap")).empty())
+        << "nothing of an uncommitted set may escape";
+    EXPECT_TRUE(names_in(spool_.queue_dir("verify")).empty());
+    EXPECT_TRUE(names_in(dir(Area::quarantine)).empty());
+    ASSERT_EQ(r.drain(stop_).value_or(99), 1u);
+    expect_all_delivered_once(spool_.queue_dir("wrap"));
+}
+
+TEST_P(RecoveryTest, C_OutputsWhoseInputIsGoneAreDelivered) {
+    // The input's unlink committed them; the crash came before they moved on.
+    Envelope env = make_env();
+    std::string id = env.id;
+    Envelope a = env, c = env;
+    a.id = derived_queue_id(id, "a");
+    c.id = derived_queue_id(id, "c");
+    output_beside(id, "wrap", env, "first");
+    output_beside(id, "verify", a, "second");
+    output_beside(id, "outbox", c, "third");
+    StageRunner r(spool_, "classify", pass_through("wrap"), options_);
+    run_recover(r);
+    EXPECT_TRUE(names_in(spool_.queue_dir("classify")).empty());
+    EXPECT_EQ(names_in(spool_.queue_dir("wrap")), std::vector<std::string>{id});
+    EXPECT_EQ(names_in(spool_.queue_dir("verify")), std::vector<std::string>{a.id});
+    EXPECT_EQ(names_in(spool_.outbox_dir()), std::vector<std::string>{c.id});
+    EXPECT_EQ(load(spool_.queue_dir("wrap") / id)->body, "first");
+    EXPECT_EQ(load(spool_.outbox_dir() / c.id)->body, "third");
+    // One of them moved before the crash: the others finish, nothing twice.
+    Envelope next = make_env(), moved = next;
+    moved.id = derived_queue_id(next.id, "m");
+    ASSERT_TRUE(write_at(spool_.queue_dir("verify") / moved.id, moved, "M"));
+    output_beside(next.id, "wrap", next, "N");
+    run_recover(r);
+    EXPECT_EQ(names_in(spool_.queue_dir("wrap")).size(), 2u);
+    EXPECT_EQ(names_in(spool_.queue_dir("verify")).size(), 2u);
+    EXPECT_EQ(names_in(spool_.outbox_dir()).size(), 1u);
+    EXPECT_TRUE(names_in(dir(Area::quarantine)).empty());
+    ASSERT_EQ(r.drain(stop_).value_or(99), 0u);
+}
+
+// Output sets of earlier versions: directories, committed by a rename.
 TEST_P(RecoveryTest, B_HalfWrittenOutputSetIsDiscardedAndInputRequeued) {
     Envelope env;
     std::string id = claimed_input(body_for(4), &env);
@@ -1063,12 +1143,22 @@ TEST_P(RecoveryTest, AllCrashPointsAtOnce) {
     Envelope def_env;
     std::string def = claimed_input(body_for(4), &def_env);
     ASSERT_TRUE(write_at(spool_.active_dir("classify") / (def + ".defer.tmp"), def_env, "x"));
+    Envelope beside_env;
+    std::string beside = claimed_input(body_for(5), &beside_env);
+    output_beside(beside, "wrap", beside_env, bodies_[beside]);
+    Envelope gone_env = make_env();
+    bodies_[gone_env.id] = body_for(6);
+    envs_[gone_env.id] = gone_env;
+    output_beside(gone_env.id, "wrap", gone_env, bodies_[gone_env.id]);
     StageRunner r(spool_, "classify", pass_through("wrap"), options_);
     run_recover(r);
     auto q = names_in(spool_.queue_dir("classify"));
-    EXPECT_EQ(std::set<std::string>(q.begin(), q.end()), (std::set<std::string>{plain, half, def}));
-    EXPECT_EQ(names_in(spool_.queue_dir("wrap")), std::vector<std::string>{done});
-    ASSERT_EQ(r.drain(stop_).value_or(99), 3u);
+    EXPECT_EQ(std::set<std::string>(q.begin(), q.end()),
+              (std::set<std::string>{plain, half, def, beside}));
+    auto w = names_in(spool_.queue_dir("wrap"));
+    EXPECT_EQ(std::set<std::string>(w.begin(), w.end()),
+              (std::set<std::string>{done, gone_env.id}));
+    ASSERT_EQ(r.drain(stop_).value_or(99), 4u);
     expect_all_delivered_once(spool_.queue_dir("wrap"));
 }
 
@@ -1264,10 +1354,11 @@ TEST_P(FaultTest, NothingLostNothingDuplicated) {
 
 // ---- durability ordering --------------------------------------------------------
 
-TEST(spoolRunnerDurability, StrictModeSyncsOutputSetDirectoryBeforeCommit) {
-    // In `strict` mode the runner fdatasyncs the output files, but their names live in the
-    // <id>.out.tmp directory: unless that directory is fsynced before the rename to <id>.out,
-    // a power cut can leave a committed but empty set, and recover() then deletes the input.
+TEST(spoolRunnerDurability, StrictModeSyncsOutputNamesAndCommitBeforeMoving) {
+    // In `strict` mode the runner fdatasyncs the output files, but their names live in active/:
+    // unless it is fsynced before the input's unlink (the commit), a power cut can leave the
+    // input gone and its outputs lost; and unless the unlink is durable before an output moves
+    // into a queue, the input can come back beside its delivered output and run twice.
     log::set_level(log::Level::error);
     TempDir dir;
     Spool spool = Spool::open(dir.path() / "spool", true).value();
@@ -1275,9 +1366,11 @@ TEST(spoolRunnerDurability, StrictModeSyncsOutputSetDirectoryBeforeCommit) {
     ASSERT_TRUE(write_at(spool.queue_dir("classify") / env.id, env, "body"));
     StageRunner r(spool, "classify", copy_to("wrap"), small_options(SyncMode::strict));
     std::atomic<bool> stop{false};
+    spy::moves = true;
     spy::start();
     auto n = r.drain(stop);
     const std::vector<std::string> synced = spy::stop();
+    spy::moves = false;
     ASSERT_EQ(n.value_or(99), 1u);
     fs::path active = fs::canonical(spool.active_dir("classify"));
     fs::path wrap = fs::canonical(spool.queue_dir("wrap"));
@@ -1288,9 +1381,33 @@ TEST(spoolRunnerDurability, StrictModeSyncsOutputSetDirectoryBeforeCommit) {
     for (const auto& s : synced) all += "  " + s + "\n";
     EXPECT_TRUE(was_synced(active)) << all;
     EXPECT_TRUE(was_synced(wrap)) << "the destination queue directory\n" << all;
-    EXPECT_TRUE(was_synced(active / (env.id + ".out.tmp")))
-        << "the output set directory was never fsynced before its commit rename; synced:\n"
-        << all;
+    // In call order: active/ synced after the outputs were written and before the input's
+    // unlink, and again after the unlink and before the output's move into wrap.
+    std::vector<std::string> calls;
+    {
+        std::lock_guard lock(spy::mutex);
+        calls = spy::calls;
+    }
+    auto at = [&](auto pred) {
+        return std::find_if(calls.begin(), calls.end(), pred) - calls.begin();
+    };
+    const std::string input = "unlink " + spool.active_dir("classify").string() + "/" + env.id;
+    const auto unlinked = at([&](const std::string& c) { return c == input; });
+    const auto moved = at([&](const std::string& c) {
+        return c.starts_with("rename ") && c.ends_with("/queue/wrap/" + env.id);
+    });
+    const auto active_synced_after = [&](std::ptrdiff_t from) {
+        return at([&](const std::string& c) {
+            return &c - calls.data() > from && c == "fsync " + active.string();
+        });
+    };
+    std::string order;
+    for (const auto& c : calls) order += "  " + c + "\n";
+    ASSERT_LT(unlinked, static_cast<std::ptrdiff_t>(calls.size())) << order;
+    ASSERT_LT(moved, static_cast<std::ptrdiff_t>(calls.size())) << order;
+    EXPECT_LT(active_synced_after(-1), unlinked) << "the outputs' names before the commit\n"
+                                                 << order;
+    EXPECT_LT(active_synced_after(unlinked), moved) << "the commit before the move\n" << order;
 }
 
 TEST(spoolRunnerDurability, BatchModeIsAGroupCommit) {
