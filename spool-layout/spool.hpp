@@ -2,8 +2,8 @@
 //
 //   tmp/                 pec-enqueue writes here first (flock'd while being written)
 //   queue/<stage>/       a stage's input queue: complete, durable queue files only
-//   active/<stage>/      files the stage claimed (rename from queue/), and their
-//                        <id>.out.tmp/ (being written) and <id>.out/ (committed) output sets
+//   active/<stage>/      files the stage claimed (rename from queue/), and their outputs beside
+//                        them, <id>.out.<destination>~<suffix>: committed once <id> is gone
 //   deferred/<stage>/    transient failures waiting for their next attempt
 //   hold/<stage>/        put aside by the administrator (pecq hold)
 //   quarantine/<stage>/  permanent failures and unreadable files, <id>.reason beside each

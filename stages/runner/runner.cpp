@@ -20,8 +20,10 @@ namespace {
 // recover() still finishes or discards them (a spool left by a crash before an upgrade).
 constexpr std::string_view kOutTmpSuffix = ".out.tmp";
 constexpr std::string_view kOutSuffix = ".out";
-// An output is written beside its input as <input id>.out.<destination>~<output id>; the unlink
-// of the input commits all of them (docs/spool-layout.md, "Commit protocol").
+// An output is written beside its input as <input id>.out.<destination>~<suffix>, where its own
+// queue id is the input's followed by <suffix> (often empty): the name stays within NAME_MAX for
+// the longest ids. The unlink of the input commits all of them (docs/spool-layout.md, "Commit
+// protocol").
 constexpr std::string_view kOutInfix = ".out.";
 constexpr std::string_view kDeferTmpSuffix = ".defer.tmp";
 constexpr char kDestSeparator = '~';
@@ -31,7 +33,7 @@ bool ends_with(std::string_view s, std::string_view suffix) {
     return s.ends_with(suffix);
 }
 
-// "<input id>.out.<destination>~<output id>" -> the input id; empty for any other name. (A queue
+// "<input id>.out.<destination>~<suffix>" -> the input id; empty for any other name. (A queue
 // id has one '.', at a fixed place, so the first ".out." after it ends the input's id.)
 std::string output_owner(std::string_view name) {
     size_t infix = name.find(kOutInfix, 14);
@@ -230,18 +232,21 @@ Status StageRunner::deliver_output_set(const fs::path& out_dir,
                                        const std::vector<std::string>& names,
                                        std::vector<fs::path>* touched) {
     for (const auto& name : names) {
-        // "<destination>~<id>" in a directory of an earlier version, or beside its input with
-        // the input's "<id>.out." before it.
+        // "<destination>~<id>" in a directory of an earlier version, or beside its input as
+        // "<input id>.out.<destination>~<suffix>" for the id <input id><suffix>.
         std::string_view entry = name;
-        if (size_t infix = entry.find(kOutInfix, 14); infix != std::string_view::npos)
+        std::string id;
+        if (size_t infix = entry.find(kOutInfix, 14); infix != std::string_view::npos) {
+            id = entry.substr(0, infix);
             entry.remove_prefix(infix + kOutInfix.size());
+        }
         size_t sep = entry.find(kDestSeparator);
         if (sep == std::string::npos) {
             PECD_LOG(error) << stage_ << ": unexpected file " << (out_dir / name).string();
             continue;
         }
         std::string dest(entry.substr(0, sep));
-        std::string id(entry.substr(sep + 1));
+        id += entry.substr(sep + 1);
         // "<stage>@deferred~<id>": the output waits in deferred/<stage> (its envelope says until
         // when).
         bool deferred = dest.ends_with(kDeferredMark);
@@ -249,7 +254,14 @@ Status StageRunner::deliver_output_set(const fs::path& out_dir,
         auto dest_dir = deferred && spool::is_stage(dest)
                             ? Result<fs::path>(spool_.area_dir(spool::Area::deferred, dest))
                             : spool_.destination_dir(dest);
-        if (!dest_dir) return std::unexpected(dest_dir.error());
+        if (!dest_dir || !spool::is_valid_queue_id(id)) {
+            // Only a file that pecd did not write can get here (a stage's outputs are checked
+            // before they are written): set aside, never a reason for recovery to stop.
+            auto q = quarantine_file(out_dir / name, id,
+                                     "not an output pecd writes (destination " + dest + ")");
+            if (!q) return q;
+            continue;
+        }
         auto moved = durable::rename_noreplace(out_dir / name, *dest_dir / id);
         if (!moved && moved.error().kind == ErrorKind::conflict) {
             // Never overwrite a queue file: two messages with one id is a bug to look at.
@@ -295,17 +307,20 @@ Status StageRunner::recover() {
             !st)
             return st;
     // Outputs beside their input: the input still there means they were never committed (the
-    // input runs again); the input gone means its unlink committed them, and they move on.
+    // input runs again); the input gone means its unlink committed them, and they move on once
+    // that unlink is durable (or a power cut could bring the input back beside a moved output).
     for (const auto& [id, files] : outputs) {
-        if (inputs.contains(id)) {
-            for (const auto& f : files)
-                if (auto st = durable::unlink_file(active_dir_ / f); !st) return st;
-            ++discarded;
-        } else {
-            if (auto st = deliver_output_set(active_dir_, files, &touched); !st) return st;
-            ++committed_beside;
-        }
+        if (!inputs.contains(id)) continue;
+        for (const auto& f : files)
+            if (auto st = durable::unlink_file(active_dir_ / f); !st) return st;
+        ++discarded;
     }
+    committed_beside = outputs.size() - discarded;
+    if (committed_beside > 0)
+        if (auto st = sync_point({}, {active_dir_}); !st) return st;
+    for (const auto& [id, files] : outputs)
+        if (!inputs.contains(id))
+            if (auto st = deliver_output_set(active_dir_, files, &touched); !st) return st;
     if (auto st = sync_point({}, touched); !st) return st;
     for (const auto& id : committed)
         if (auto st = durable::remove_dir(active_dir_ / (id + std::string(kOutSuffix))); !st)
@@ -392,7 +407,8 @@ Result<size_t> StageRunner::release_due_deferred() {
 
 struct StageRunner::Claimed {
     // ok: an output set; route: in place; consume: no output at all, the input just goes.
-    enum class Outcome { ok, route, consume, defer, quarantine, put_back };
+    // keep: stays in active/ for recover() (an output it wrote could not be removed).
+    enum class Outcome { ok, route, consume, defer, quarantine, put_back, keep };
     std::string id;
     fs::path input;
     durable::Fd fd;
@@ -456,6 +472,20 @@ bool StageRunner::append_route(Claimed& c) {
     return true;
 }
 
+// Unlinks what the input wrote beside it; false if any of it is still there.
+bool StageRunner::remove_outputs(Claimed& c) {
+    bool all = true;
+    for (const auto& name : c.out_names) {
+        auto st = durable::unlink_file(active_dir_ / name);
+        if (!st) {
+            PECD_LOG(error) << stage_ << ": " << c.id << ": " << st.error().message;
+            all = false;
+        }
+    }
+    if (all) c.out_names.clear();
+    return all;
+}
+
 // Writes the output set beside its input, as <id>.out.<destination>~<output id>; the set becomes
 // real only when the input is unlinked. On failure the input is deferred or quarantined instead.
 void StageRunner::write_output_set(Claimed& c, std::vector<StageOutput>& outputs, int64_t now,
@@ -484,7 +514,12 @@ void StageRunner::write_output_set(Claimed& c, std::vector<StageOutput>& outputs
             out.env.last_error.clear();
             out.env.history.push_back({stage_, now, "-> " + out.destination});
         }
-        std::string file_name = prefix + set_name + kDestSeparator + out.env.id;
+        std::string file_name = prefix + set_name + kDestSeparator + out.env.id.substr(c.id.size());
+        if (std::find(c.out_names.begin(), c.out_names.end(), file_name) != c.out_names.end()) {
+            st = fail(ErrorKind::permanent, "stage produced two outputs with one queue id (" +
+                                                out.destination + ", " + out.env.id + ")");
+            break;
+        }
         const fs::path path = active_dir_ / file_name;
         auto written = spool::write_queue_file(path, out.env, out.body);
         if (!written && written.error().sys_errno == EEXIST) {
@@ -494,18 +529,23 @@ void StageRunner::write_output_set(Claimed& c, std::vector<StageOutput>& outputs
         }
         if (!written) {
             st = std::unexpected(written.error());
+            // Whatever the failed write left (or a leftover it met) goes with the rest below.
+            c.out_names.push_back(std::move(file_name));
         } else {
             c.out_fds.push_back(std::move(*written));
             c.out_names.push_back(std::move(file_name));
         }
     }
     if (!st) {
-        for (const auto& name : c.out_names) (void)durable::unlink_file(active_dir_ / name);
         c.out_fds.clear();
-        c.out_names.clear();
+        c.reason = st.error().message;
+        if (!remove_outputs(c)) {
+            // An output left beside an input that moved on would pass for committed.
+            c.outcome = Claimed::Outcome::keep;
+            return;
+        }
         c.outcome = st.error().kind == ErrorKind::transient ? Claimed::Outcome::defer
                                                             : Claimed::Outcome::quarantine;
-        c.reason = st.error().message;
         return;
     }
     for (auto& f : c.out_fds) fds_to_sync.push_back(f.get());
@@ -566,12 +606,15 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
     bool log_folded = false;
     // What an input wrote before its commit: its output set, its rewrite, and the records an
     // in-place hop appended (cut off, so that the file is back as it was claimed).
+    // False if an output could not be removed: then the input must stay in active/, where
+    // recover() finds the two together and removes the output.
     auto discard_uncommitted = [&](Claimed& c) {
-        if (c.committed) return;  // its outputs are recover()'s to move on
-        for (const auto& name : c.out_names) (void)durable::unlink_file(active_dir_ / name);
+        if (c.committed) return true;  // its outputs are recover()'s to move on
+        bool removed = remove_outputs(c);
         (void)durable::unlink_file(active_dir_ / (c.id + std::string(kDeferTmpSuffix)));
         if (c.outcome == Claimed::Outcome::route)
             (void)::ftruncate(c.fd.get(), static_cast<off_t>(c.info.complete_size()));
+        return removed;
     };
     auto abandon = [&](const Error& e) -> Result<size_t> {
         // The batch could not be made durable: discard everything uncommitted; claimed inputs
@@ -662,9 +705,12 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
             if (c.outcome != Claimed::Outcome::ok && c.outcome != Claimed::Outcome::route &&
                 c.outcome != Claimed::Outcome::consume)
                 continue;
-            discard_uncommitted(c);
-            c.outcome = Claimed::Outcome::defer;
             c.reason = reason;
+            if (!discard_uncommitted(c)) {
+                c.outcome = Claimed::Outcome::keep;
+                continue;
+            }
+            c.outcome = Claimed::Outcome::defer;
             prepare_deferral(c);
         }
     }
@@ -738,6 +784,11 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
                 break;
             case Claimed::Outcome::quarantine:
                 st = quarantine_file(c.input, c.id, c.reason);
+                break;
+            case Claimed::Outcome::keep:
+                // Left in active/ with what it wrote; the recover() that this failure brings
+                // removes the outputs and puts the input back in the queue.
+                st = fail(ErrorKind::transient, c.id + ": " + c.reason);
                 break;
             case Claimed::Outcome::put_back:
                 PECD_LOG(warn) << stage_ << ": " << c.id << ": put back: " << c.reason;

@@ -202,6 +202,7 @@ class StageRunner {
                           std::vector<int>& fds_to_sync);
     Status sync_point(const std::vector<int>& fds, const std::vector<fs::path>& dirs);
     // Moves a committed set's files to their queues: listed (recovery), or named by the caller.
+    bool remove_outputs(Claimed& c);
     Status deliver_output_set(const fs::path& out_dir, std::vector<fs::path>* touched_dirs);
     Status deliver_output_set(const fs::path& out_dir, const std::vector<std::string>& names,
                               std::vector<fs::path>* touched_dirs);

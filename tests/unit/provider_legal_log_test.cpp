@@ -121,8 +121,9 @@ void expect_every_output_logged(const Node& n, const std::string& when) {
             // An output beside its input: committed once the input is gone.
             if (size_t infix = name.find(".out.", 14);
                 infix != std::string::npos && name.find('~', infix) != std::string::npos) {
-                if (!fs::exists(active / name.substr(0, infix)))
-                    outputs.emplace_back(e.path(), name.substr(name.find('~', infix) + 1));
+                if (!fs::exists(active / name.substr(0, infix)))  // its id: input id + suffix
+                    outputs.emplace_back(
+                        e.path(), name.substr(0, infix) + name.substr(name.find('~', infix) + 1));
                 continue;
             }
             if (!e.is_directory() || !name.ends_with(".out") || name.ends_with(".out.tmp"))
