@@ -486,8 +486,9 @@ bool StageRunner::remove_outputs(Claimed& c) {
     return all;
 }
 
-// Writes the output set beside its input, as <id>.out.<destination>~<output id>; the set becomes
-// real only when the input is unlinked. On failure the input is deferred or quarantined instead.
+// Writes the output set beside its input, as <id>.out.<destination>~<suffix>; the set becomes
+// real only when the input is unlinked. On failure the input is deferred or quarantined instead,
+// or kept in active/ if what it wrote cannot be removed.
 void StageRunner::write_output_set(Claimed& c, std::vector<StageOutput>& outputs, int64_t now,
                                    std::vector<int>& fds_to_sync) {
     c.outcome = Claimed::Outcome::ok;
@@ -731,6 +732,10 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
             // The commit: with its input gone, the set is what the input became.
             c.fd.reset();
             auto st = durable::unlink_file(c.input);
+            // An unlink reported failed may have happened all the same: then the outputs are
+            // committed, and must be left for recover() to move on, not discarded.
+            struct stat input {};
+            if (!st && ::lstat(c.input.c_str(), &input) != 0 && errno == ENOENT) c.committed = true;
             if (!st) return abandon(st.error());
             c.committed = true;
         } else if (c.outcome == Claimed::Outcome::defer && c.defer_fd) {
