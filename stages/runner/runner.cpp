@@ -310,12 +310,14 @@ Status StageRunner::recover() {
     // input runs again); the input gone means its unlink committed them, and they move on once
     // that unlink is durable (or a power cut could bring the input back beside a moved output).
     for (const auto& [id, files] : outputs) {
-        if (!inputs.contains(id)) continue;
+        if (!inputs.contains(id)) {
+            ++committed_beside;
+            continue;
+        }
         for (const auto& f : files)
             if (auto st = durable::unlink_file(active_dir_ / f); !st) return st;
         ++discarded;
     }
-    committed_beside = outputs.size() - discarded;
     if (committed_beside > 0)
         if (auto st = sync_point({}, {active_dir_}); !st) return st;
     for (const auto& [id, files] : outputs)

@@ -1033,6 +1033,42 @@ TEST_P(RecoveryTest, C_OutputsWhoseInputIsGoneAreDelivered) {
     ASSERT_EQ(r.drain(stop_).value_or(99), 0u);
 }
 
+TEST_P(RecoveryTest, C2_CommittedOutputsMoveOnlyOnceTheirInputsUnlinkIsDurable) {
+    // Beside a leftover of an earlier version, so that the count of what was discarded cannot
+    // stand in for the count of what was committed.
+    Envelope half_env;
+    std::string half = claimed_input(body_for(1), &half_env);
+    fs::create_directories(spool_.active_dir("classify") / (half + ".out.tmp"));
+    Envelope gone = make_env();
+    output_beside(gone.id, "wrap", gone, "G");
+    StageRunner r(spool_, "classify", pass_through("wrap"), options_);
+    spy::moves = true;
+    spy::start();
+    auto st = r.recover();
+    spy::stop();
+    spy::moves = false;
+    ASSERT_TRUE(st.has_value()) << st.error().message;
+    std::vector<std::string> calls;
+    {
+        std::lock_guard lock(spy::mutex);
+        calls = spy::calls;
+    }
+    const std::string active = fs::canonical(spool_.active_dir("classify")).string();
+    auto moved = std::find_if(calls.begin(), calls.end(), [&](const std::string& c) {
+        return c.starts_with("rename ") && c.ends_with("/queue/wrap/" + gone.id);
+    });
+    std::string order;
+    for (const auto& c : calls) order += "  " + c + "\n";
+    ASSERT_NE(moved, calls.end()) << order;
+    if (GetParam() == SyncMode::strict) {
+        EXPECT_NE(std::find(calls.begin(), moved, "fsync " + active), moved)
+            << "active/ synced before the committed output moved\n"
+            << order;
+    }
+    EXPECT_EQ(names_in(spool_.queue_dir("wrap")), std::vector<std::string>{gone.id});
+    EXPECT_EQ(names_in(spool_.queue_dir("classify")), std::vector<std::string>{half});
+}
+
 // Output sets of earlier versions: directories, committed by a rename.
 TEST_P(RecoveryTest, B_HalfWrittenOutputSetIsDiscardedAndInputRequeued) {
     Envelope env;
