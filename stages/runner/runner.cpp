@@ -33,14 +33,30 @@ bool ends_with(std::string_view s, std::string_view suffix) {
     return s.ends_with(suffix);
 }
 
-// "<input id>.out.<destination>~<suffix>" -> the input id; empty for any other name. (A queue
-// id has one '.', at a fixed place, so the first ".out." after it ends the input's id.)
+// What an output's file name says: "<input id>.out.<destination>~<suffix>" beside its input,
+// for the id <input id><suffix>, or "<destination>~<id>" inside a directory of an earlier
+// version (no input). nullopt: neither. (A queue id has one '.', at a fixed place, so the first
+// ".out." after it ends the input's id.)
+struct OutputName {
+    std::string input, destination, id;
+};
+std::optional<OutputName> parse_output_name(std::string_view name) {
+    OutputName out;
+    if (size_t infix = name.find(kOutInfix, 14); infix != std::string_view::npos) {
+        out.input = name.substr(0, infix);
+        name.remove_prefix(infix + kOutInfix.size());
+    }
+    size_t sep = name.find(kDestSeparator);
+    if (sep == std::string_view::npos) return std::nullopt;
+    out.destination = name.substr(0, sep);
+    out.id = out.input + std::string(name.substr(sep + 1));
+    return out;
+}
+
+// The input an output beside it belongs to; empty for any other name.
 std::string output_owner(std::string_view name) {
-    size_t infix = name.find(kOutInfix, 14);
-    if (infix == std::string_view::npos || name.find(kDestSeparator, infix) == std::string::npos)
-        return {};
-    std::string_view id = name.substr(0, infix);
-    return spool::is_valid_queue_id(id) ? std::string(id) : std::string();
+    auto parsed = parse_output_name(name);
+    return parsed && spool::is_valid_queue_id(parsed->input) ? parsed->input : std::string();
 }
 
 }  // namespace
@@ -232,21 +248,13 @@ Status StageRunner::deliver_output_set(const fs::path& out_dir,
                                        const std::vector<std::string>& names,
                                        std::vector<fs::path>* touched) {
     for (const auto& name : names) {
-        // "<destination>~<id>" in a directory of an earlier version, or beside its input as
-        // "<input id>.out.<destination>~<suffix>" for the id <input id><suffix>.
-        std::string_view entry = name;
-        std::string id;
-        if (size_t infix = entry.find(kOutInfix, 14); infix != std::string_view::npos) {
-            id = entry.substr(0, infix);
-            entry.remove_prefix(infix + kOutInfix.size());
-        }
-        size_t sep = entry.find(kDestSeparator);
-        if (sep == std::string::npos) {
+        auto parsed = parse_output_name(name);
+        if (!parsed) {
             PECD_LOG(error) << stage_ << ": unexpected file " << (out_dir / name).string();
             continue;
         }
-        std::string dest(entry.substr(0, sep));
-        id += entry.substr(sep + 1);
+        std::string& dest = parsed->destination;
+        const std::string& id = parsed->id;
         // "<stage>@deferred~<id>": the output waits in deferred/<stage> (its envelope says until
         // when).
         bool deferred = dest.ends_with(kDeferredMark);
@@ -474,7 +482,6 @@ bool StageRunner::append_route(Claimed& c) {
     return true;
 }
 
-// Unlinks what the input wrote beside it; false if any of it is still there.
 bool StageRunner::remove_outputs(Claimed& c) {
     bool all = true;
     for (const auto& name : c.out_names) {
@@ -733,12 +740,13 @@ Result<size_t> StageRunner::process_batch(std::vector<std::string>& names) {
         if (c.outcome == Claimed::Outcome::ok) {
             // The commit: with its input gone, the set is what the input became.
             c.fd.reset();
-            auto st = durable::unlink_file(c.input);
-            // An unlink reported failed may have happened all the same: then the outputs are
-            // committed, and must be left for recover() to move on, not discarded.
-            struct stat input {};
-            if (!st && ::lstat(c.input.c_str(), &input) != 0 && errno == ENOENT) c.committed = true;
-            if (!st) return abandon(st.error());
+            if (auto st = durable::unlink_file(c.input); !st) {
+                // An unlink reported failed may have happened all the same: then the outputs
+                // are committed, and must be left for recover() to move on, not discarded.
+                struct stat input {};
+                c.committed = ::lstat(c.input.c_str(), &input) != 0 && errno == ENOENT;
+                return abandon(st.error());
+            }
             c.committed = true;
         } else if (c.outcome == Claimed::Outcome::defer && c.defer_fd) {
             auto st =

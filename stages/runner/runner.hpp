@@ -201,8 +201,9 @@ class StageRunner {
     void write_output_set(Claimed& c, std::vector<StageOutput>& outputs, int64_t now,
                           std::vector<int>& fds_to_sync);
     Status sync_point(const std::vector<int>& fds, const std::vector<fs::path>& dirs);
-    // Moves a committed set's files to their queues: listed (recovery), or named by the caller.
+    // Unlinks what an input wrote beside it; false if any of it is still there.
     bool remove_outputs(Claimed& c);
+    // Moves a committed set's files to their queues: listed (recovery), or named by the caller.
     Status deliver_output_set(const fs::path& out_dir, std::vector<fs::path>* touched_dirs);
     Status deliver_output_set(const fs::path& out_dir, const std::vector<std::string>& names,
                               std::vector<fs::path>* touched_dirs);

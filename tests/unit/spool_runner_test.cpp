@@ -1069,6 +1069,19 @@ TEST_P(RecoveryTest, C2_CommittedOutputsMoveOnlyOnceTheirInputsUnlinkIsDurable) 
     EXPECT_EQ(names_in(spool_.queue_dir("classify")), std::vector<std::string>{half});
 }
 
+TEST_P(RecoveryTest, C3_AFileLikeAnOutputForNoDestinationIsQuarantinedNotFatal) {
+    // Named like an output whose input is gone, but for no destination pecd knows: recovery
+    // sets it aside with the reason and goes on.
+    Envelope env = make_env();
+    ASSERT_TRUE(write_at(spool_.active_dir("classify") / (env.id + ".out.nowhere~"), env, "x"));
+    StageRunner r(spool_, "classify", pass_through("wrap"), options_);
+    run_recover(r);
+    ASSERT_EQ(names_in(dir(Area::quarantine)),
+              (std::vector<std::string>{env.id, env.id + ".reason"}));
+    EXPECT_NE(slurp(dir(Area::quarantine) / (env.id + ".reason")).find("destination nowhere"),
+              std::string::npos);
+}
+
 // Output sets of earlier versions: directories, committed by a rename.
 TEST_P(RecoveryTest, B_HalfWrittenOutputSetIsDiscardedAndInputRequeued) {
     Envelope env;
@@ -1314,26 +1327,6 @@ TEST(spoolRunnerFaults, AnOutputThatCannotBeRemovedKeepsItsInputInActive) {
               std::vector<std::string>{derived_queue_id(env.id, "b")});
     EXPECT_EQ(load(spool.queue_dir("wrap") / env.id)->body, "first\r\n");
     EXPECT_TRUE(names_in(spool.active_dir("classify")).empty());
-}
-
-TEST(spoolRunnerFaults, AFileLikeAnOutputButNotOneIsQuarantinedNotFatal) {
-    // Named like an output whose input is gone, but for no destination pecd knows: recovery
-    // sets it aside with the reason and goes on.
-    log::set_level(log::Level::error);
-    TempDir dir;
-    Spool spool = Spool::open(dir.path() / "spool", true).value();
-    Envelope env = make_env();
-    const std::string stray = env.id + ".out.nowhere~";
-    ASSERT_TRUE(write_at(spool.active_dir("classify") / stray, env, "x"));
-    StageRunner r(spool, "classify", pass_through("wrap"), small_options(SyncMode::batch));
-    auto st = r.recover();
-    ASSERT_TRUE(st.has_value()) << st.error().message;
-    EXPECT_TRUE(names_in(spool.active_dir("classify")).empty());
-    auto q = names_in(spool.area_dir(Area::quarantine, "classify"));
-    ASSERT_EQ(q, (std::vector<std::string>{env.id, env.id + ".reason"}));
-    EXPECT_NE(slurp(spool.area_dir(Area::quarantine, "classify") / (env.id + ".reason"))
-                  .find("destination nowhere"),
-              std::string::npos);
 }
 
 // ---- injected faults
