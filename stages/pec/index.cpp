@@ -20,6 +20,7 @@
 #include <utility>
 
 #include "stages/common/log.hpp"
+#include "stages/pec/smime.hpp"
 
 namespace pecd::pec {
 namespace {
@@ -731,10 +732,37 @@ Result<IndexSnapshot> parse_ldif(std::string_view text, std::string source) {
     return build_snapshot(*entries, std::move(source));
 }
 
-Result<IndexSnapshot> load_ldif(const std::filesystem::path& path) {
+Result<IndexSnapshot> load_ldif(const std::filesystem::path& path, const TrustConfig* trust) {
     auto text = read_file(path);
     if (!text) return std::unexpected(text.error());
-    return parse_ldif(*text, "ldif:" + path.string());
+    if (!looks_like_signed_data(*text)) return parse_ldif(*text, "ldif:" + path.string());
+    if (!trust || (trust->ca_files.empty() && trust->ca_dirs.empty()))
+        return fail(ErrorKind::config, path.string() +
+                                           " is signed (PKCS#7): its signer is checked against "
+                                           "the [trust] anchors, and none are configured");
+    auto opened = open_signed_data(*text, *trust);
+    if (!opened) return std::unexpected(opened.error());
+    if (!opened->report.ok())
+        return fail(ErrorKind::corrupt, path.string() + ": signature not valid (" +
+                                            std::string(to_string(opened->report.failure)) +
+                                            "): " + opened->report.reason);
+    return parse_ldif(opened->content, "ldif:" + path.string() + " (signed by " +
+                                           opened->report.signer_subject + ")");
+}
+
+std::string provider_record_ldif(const ProviderRecord& p, std::string_view ldif_url) {
+    std::string out = "version: 1\n\n";
+    append_attr(out, "dn", p.dn);
+    append_attr(out, "objectClass", "top");
+    append_attr(out, "objectClass", "provider");
+    append_attr(out, "providerName", p.name);
+    if (!p.unit.empty()) append_attr(out, "providerUnit", p.unit);
+    for (const auto& h : p.cert_hashes) append_attr(out, "providerCertificateHash", h);
+    for (const auto& c : p.certificates) append_attr(out, "providerCertificate;binary", c);
+    append_attr(out, "mailReceipt", p.mail_receipt);
+    for (const auto& d : p.managed_domains) append_attr(out, "managedDomains", d);
+    if (!ldif_url.empty()) append_attr(out, "LDIFLocationURL", ldif_url);
+    return out;
 }
 
 Result<IndexSnapshot> load_ldap(const LdapIndexOptions& options) {

@@ -36,10 +36,20 @@ struct IndexSnapshot {
     bool is_certified_address(std::string_view address) const;  // domain in some managedDomains
 };
 
+struct TrustConfig;  // smime.hpp
+
 // Parses RFC 2849 LDIF (base64 `::` values, continuation lines, `;binary` options) holding
-// objectClass=provider entries.
-Result<IndexSnapshot> load_ldif(const std::filesystem::path& path);
+// objectClass=provider entries. A file signed as IGPEC distributes it (the LDIF inside a CMS
+// SignedData, DER or PEM: a `.p7m`, pec-rules.md §7) is read once its signature and signer
+// check out against `trust` (chain, validity, purpose, CRL); without trust anchors it is refused.
+Result<IndexSnapshot> load_ldif(const std::filesystem::path& path,
+                                const TrustConfig* trust = nullptr);
 Result<IndexSnapshot> parse_ldif(std::string_view text, std::string source = "ldif:<string>");
+
+// One provider's record as LDIF (version line, then the entry), as the provider publishes it at
+// its LDIFLocationURL (pec-rules.md §7), signed with sign_data_der. `ldif_url` empty: no
+// LDIFLocationURL attribute.
+std::string provider_record_ldif(const ProviderRecord& record, std::string_view ldif_url = {});
 
 struct LdapIndexOptions {
     std::string uri;  // ldap://127.0.0.1:3890

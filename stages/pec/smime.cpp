@@ -13,6 +13,7 @@
 #include <cctype>
 #include <cstring>
 #include <ctime>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <shared_mutex>
@@ -944,6 +945,46 @@ SmimeVerifier::CacheStats SmimeVerifier::cache_stats() const {
 
 namespace {
 
+// The signer's chain, validity, purpose and CRL against `store`. A result for "now" (no `at`)
+// holds until a certificate or CRL of it expires, at most an hour; one for a fixed instant
+// holds for ever (valid_until 0).
+struct ChainResult {
+    VerifyFailure failure = VerifyFailure::none;
+    std::string reason;
+    time_t valid_until = 0;
+};
+Result<ChainResult> check_chain(X509_STORE* store, X509* signer, STACK_OF(X509) * carried,
+                                bool check_crl, std::optional<time_t> at, time_t now,
+                                time_t crl_next) {
+    ossl::StoreCtx ctx(X509_STORE_CTX_new());
+    if (!ctx || X509_STORE_CTX_init(ctx.get(), store, signer, carried) != 1)
+        return fail(ErrorKind::transient, ossl::errors("X509_STORE_CTX_init failed"));
+    X509_STORE_CTX_set_purpose(ctx.get(), X509_PURPOSE_SMIME_SIGN);
+    if (check_crl) X509_STORE_CTX_set_flags(ctx.get(), X509_V_FLAG_CRL_CHECK);
+    if (at) X509_STORE_CTX_set_time(ctx.get(), 0, *at);
+    ChainResult result;
+    if (X509_verify_cert(ctx.get()) != 1) {
+        int err = X509_STORE_CTX_get_error(ctx.get());
+        X509* bad = X509_STORE_CTX_get_current_cert(ctx.get());
+        result.failure = classify_x509_error(err);
+        result.reason = std::string("certificate check failed at depth ") +
+                        std::to_string(X509_STORE_CTX_get_error_depth(ctx.get())) + ": " +
+                        X509_verify_cert_error_string(err) +
+                        (bad ? " (" + name_oneline(X509_get_subject_name(bad)) + ")" : "");
+    }
+    if (!at) {
+        time_t until = now + 3600;
+        if (crl_next > 0) until = std::min(until, crl_next);
+        STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(ctx.get());
+        for (int i = 0; chain && i < sk_X509_num(chain); ++i)
+            if (auto t = asn1_time_t(X509_get0_notAfter(sk_X509_value(chain, i))))
+                until = std::min(until, *t);
+        result.valid_until = std::max(until, now + 1);
+    }
+    ERR_clear_error();
+    return result;
+}
+
 Result<VerifyReport> verify_impl(const SmimeVerifier::State& state, std::string_view raw,
                                  const IndexSnapshot* index, const VerifyOptions& options,
                                  const char* map_base) {
@@ -1066,32 +1107,10 @@ Result<VerifyReport> verify_impl(const SmimeVerifier::State& state, std::string_
             ++state.hits;
         } else {
             ++state.misses;
-            ossl::StoreCtx ctx(X509_STORE_CTX_new());
-            if (!ctx || X509_STORE_CTX_init(ctx.get(), store.get(), signer, carried.get()) != 1)
-                return fail(ErrorKind::transient, ossl::errors("X509_STORE_CTX_init failed"));
-            X509_STORE_CTX_set_purpose(ctx.get(), X509_PURPOSE_SMIME_SIGN);
-            if (check_crl) X509_STORE_CTX_set_flags(ctx.get(), X509_V_FLAG_CRL_CHECK);
-            if (at) X509_STORE_CTX_set_time(ctx.get(), 0, *at);
-            State::Entry entry{VerifyFailure::none, "", 0};
-            if (X509_verify_cert(ctx.get()) != 1) {
-                int err = X509_STORE_CTX_get_error(ctx.get());
-                X509* bad = X509_STORE_CTX_get_current_cert(ctx.get());
-                entry.failure = classify_x509_error(err);
-                entry.reason = std::string("certificate check failed at depth ") +
-                               std::to_string(X509_STORE_CTX_get_error_depth(ctx.get())) + ": " +
-                               X509_verify_cert_error_string(err) +
-                               (bad ? " (" + name_oneline(X509_get_subject_name(bad)) + ")" : "");
-            }
-            if (!at) {
-                // A "now" result holds until a certificate or CRL expires, at most an hour.
-                time_t until = now + 3600;
-                if (crl_next > 0) until = std::min(until, crl_next);
-                STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(ctx.get());
-                for (int i = 0; chain && i < sk_X509_num(chain); ++i)
-                    if (auto t = asn1_time_t(X509_get0_notAfter(sk_X509_value(chain, i))))
-                        until = std::min(until, *t);
-                entry.valid_until = std::max(until, now + 1);
-            }
+            auto checked =
+                check_chain(store.get(), signer, carried.get(), check_crl, at, now, crl_next);
+            if (!checked) return std::unexpected(checked.error());
+            State::Entry entry{checked->failure, std::move(checked->reason), checked->valid_until};
             ERR_clear_error();
             {
                 std::unique_lock lock(state.mutex);
@@ -1175,6 +1194,109 @@ Result<VerifyReport> verify_smime(std::string_view raw_message, const TrustConfi
     auto verifier = SmimeVerifier::create(trust);
     if (!verifier) return std::unexpected(verifier.error());
     return (*verifier)->verify(raw_message, index, options);
+}
+
+// ------------------------------------------------------------------- signed data (.p7m)
+
+bool looks_like_signed_data(std::string_view bytes) {
+    // DER: a SEQUENCE with a long-form or indefinite length, which no LDIF text starts with.
+    if (bytes.size() >= 2 && static_cast<unsigned char>(bytes[0]) == 0x30 &&
+        (static_cast<unsigned char>(bytes[1]) & 0x80) != 0)
+        return true;
+    return bytes.starts_with("-----BEGIN PKCS7-----") || bytes.starts_with("-----BEGIN CMS-----");
+}
+
+Result<std::string> sign_data_der(const SigningKey& key, std::string_view content) {
+    if (content.size() > static_cast<size_t>(std::numeric_limits<int>::max()))
+        return fail(ErrorKind::permanent, "content too large to sign in memory");
+    auto pkey = key.private_key();
+    if (!pkey) return std::unexpected(pkey.error());
+    ossl::Bio in(BIO_new_mem_buf(content.data(), static_cast<int>(content.size())));
+    ossl::Bio out(BIO_new(BIO_s_mem()));
+    if (!in || !out) return fail(ErrorKind::transient, ossl::errors("BIO_new failed"));
+    // Encapsulated (no CMS_DETACHED) and byte for byte (CMS_BINARY): the content travels inside.
+    ossl::Cms cms(CMS_sign(key.certificate(), pkey->get(), key.chain(), in.get(), CMS_BINARY));
+    if (!cms) return fail(ErrorKind::permanent, ossl::errors("CMS_sign failed"));
+    if (i2d_CMS_bio(out.get(), cms.get()) != 1)
+        return fail(ErrorKind::permanent, ossl::errors("cannot encode the CMS"));
+    char* data = nullptr;
+    long size = BIO_get_mem_data(out.get(), &data);
+    return std::string(data, static_cast<size_t>(size));
+}
+
+Result<SignedContent> SmimeVerifier::open_signed_data(std::string_view bytes,
+                                                      const VerifyOptions& options) const {
+    SignedContent out;
+    auto reject = [&out](VerifyFailure failure, std::string reason) -> Result<SignedContent> {
+        out.content.clear();
+        out.report.failure = failure;
+        out.report.reason = std::move(reason);
+        ERR_clear_error();
+        return out;
+    };
+    if (bytes.size() > static_cast<size_t>(std::numeric_limits<int>::max()))
+        return reject(VerifyFailure::no_signature, "too large");
+    ossl::Bio in(BIO_new_mem_buf(bytes.data(), static_cast<int>(bytes.size())));
+    if (!in) return fail(ErrorKind::transient, ossl::errors("BIO_new failed"));
+    ossl::Cms cms(bytes.starts_with("-----BEGIN")
+                      ? PEM_read_bio_CMS(in.get(), nullptr, nullptr, nullptr)
+                      : d2i_CMS_bio(in.get(), nullptr));
+    if (!cms) return reject(VerifyFailure::no_signature, ossl::errors("not CMS (DER or PEM)"));
+    if (OBJ_obj2nid(CMS_get0_type(cms.get())) != NID_pkcs7_signed)
+        return reject(VerifyFailure::no_signature, "CMS is not signed-data");
+    if (CMS_is_detached(cms.get()) == 1)
+        return reject(VerifyFailure::no_signature, "the signed-data does not carry its content");
+    ossl::X509Stack carried(CMS_get1_certs(cms.get()));
+    ossl::Bio content(BIO_new(BIO_s_mem()));
+    if (!content) return fail(ErrorKind::transient, ossl::errors("BIO_new failed"));
+    if (CMS_verify(cms.get(), nullptr, nullptr, nullptr, content.get(),
+                   CMS_NO_SIGNER_CERT_VERIFY | CMS_BINARY) != 1)
+        return reject(VerifyFailure::bad_signature, ossl::errors("signature check failed"));
+    // CMS_get0_signers: a new stack of borrowed certificates, freed alone.
+    std::unique_ptr<STACK_OF(X509), decltype([](STACK_OF(X509) * p) { sk_X509_free(p); })> signers(
+        CMS_get0_signers(cms.get()));
+    X509* signer =
+        signers && sk_X509_num(signers.get()) > 0 ? sk_X509_value(signers.get(), 0) : nullptr;
+    if (!signer) return reject(VerifyFailure::no_signature, "signer certificate not found");
+    out.report.signer_subject = name_oneline(X509_get_subject_name(signer));
+    out.report.signer_email = first_san_email(signer);
+    auto sha1 = cert_sha1_hex(signer);
+    if (!sha1) return std::unexpected(sha1.error());
+    out.report.signer_cert_sha1 = *sha1;
+    CMS_SignerInfo* si = sk_CMS_SignerInfo_value(CMS_get0_SignerInfos(cms.get()), 0);
+    std::optional<time_t> signed_at = si ? signing_time_of(si) : std::nullopt;
+    if (signed_at) out.report.signing_time = std::chrono::system_clock::from_time_t(*signed_at);
+
+    if (options.chain == ChainCheck::full) {
+        out.report.chain_checked = true;
+        std::optional<time_t> at;
+        if (options.at_time) at = std::chrono::system_clock::to_time_t(*options.at_time);
+        if (options.at_signing_time) at = signed_at;
+        std::shared_ptr<X509_STORE> store;
+        bool check_crl = true;
+        {
+            std::shared_lock lock(state_->mutex);
+            store = state_->store;
+            check_crl = state_->config.check_crl;
+        }
+        auto checked =
+            check_chain(store.get(), signer, carried.get(), check_crl, at, std::time(nullptr), 0);
+        if (!checked) return std::unexpected(checked.error());
+        if (checked->failure != VerifyFailure::none)
+            return reject(checked->failure, std::move(checked->reason));
+    }
+    char* data = nullptr;
+    long size = BIO_get_mem_data(content.get(), &data);
+    out.content.assign(data, static_cast<size_t>(size));
+    ERR_clear_error();
+    return out;
+}
+
+Result<SignedContent> open_signed_data(std::string_view bytes, const TrustConfig& trust,
+                                       const VerifyOptions& options) {
+    auto verifier = SmimeVerifier::create(trust);
+    if (!verifier) return std::unexpected(verifier.error());
+    return (*verifier)->open_signed_data(bytes, options);
 }
 
 }  // namespace pecd::pec

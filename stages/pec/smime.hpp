@@ -101,6 +101,11 @@ struct VerifyOptions {
     std::string from_address;
 };
 
+struct SignedContent {
+    std::string content;
+    VerifyReport report;
+};
+
 // Holds the trust store and a cache of chain-validation results per signer certificate (keyed
 // by the certificate SHA-1 plus the extra certificates carried in the CMS). Thread-safe.
 class SmimeVerifier {
@@ -120,6 +125,14 @@ class SmimeVerifier {
     Result<VerifyReport> verify_file(const std::filesystem::path& path, const IndexSnapshot* index,
                                      const VerifyOptions& options = {}) const;
 
+    // The content of an opaque CMS SignedData (DER, or PEM "PKCS7"/"CMS"): the providers index
+    // as distributed, LDIF in a `.p7m` (pec-rules.md §7). Checked like a message's signature:
+    // digest and signature, then the signer's chain, validity, purpose and CRL (no index, no
+    // From). `report.ok()` false: no content, and the report says why. Err only for operational
+    // faults.
+    Result<SignedContent> open_signed_data(std::string_view bytes,
+                                           const VerifyOptions& options = {}) const;
+
     struct CacheStats {
         std::size_t entries = 0;
         std::size_t hits = 0;
@@ -137,5 +150,18 @@ class SmimeVerifier {
 // One-shot convenience (builds a verifier: no cache across calls).
 Result<VerifyReport> verify_smime(std::string_view raw_message, const TrustConfig& trust,
                                   const IndexSnapshot* index, const VerifyOptions& options = {});
+
+// ------------------------------------------------------------------- signed data (.p7m)
+
+// Whether `bytes` look like a CMS structure (DER, or PEM "PKCS7"/"CMS") rather than text.
+bool looks_like_signed_data(std::string_view bytes);
+
+// `content` in an opaque CMS SignedData, DER: SHA-256, the signer certificate and chain
+// included, the content encapsulated byte for byte. How a provider signs its IGPEC record.
+Result<std::string> sign_data_der(const SigningKey& key, std::string_view content);
+
+// One-shot SmimeVerifier::open_signed_data.
+Result<SignedContent> open_signed_data(std::string_view bytes, const TrustConfig& trust,
+                                       const VerifyOptions& options = {});
 
 }  // namespace pecd::pec

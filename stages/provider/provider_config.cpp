@@ -309,13 +309,13 @@ Result<ProviderSettings> read_settings(const Config& config) {
     return s;
 }
 
-namespace {
-
-Result<std::shared_ptr<const pec::SigningKey>> load_key(const ProviderSettings& s) {
+Result<std::shared_ptr<const pec::SigningKey>> load_signing_key(const ProviderSettings& s) {
     if (!s.pkcs11_uri.empty())
         return pec::load_pkcs11_key(s.pkcs11_uri, s.pkcs11_module, s.pin_file, s.cert);
     return pec::load_pem_key(s.cert, s.key, s.chain);
 }
+
+namespace {
 
 // Every message we sign has From: posta-certificata@<mail_domain>, which must be the address in
 // the signing certificate (pec-rules.md §2.2, RFC 6109 §2.1).
@@ -341,7 +341,7 @@ Status check_service_address(const pec::SigningKey& key, const std::string& mail
 
 Result<pec::IndexSnapshot> load_index(const ProviderSettings& s) {
     if (s.index_source == ProviderSettings::IndexSource::ldap) return pec::load_ldap(s.ldap);
-    return pec::load_ldif(s.ldif);
+    return pec::load_ldif(s.ldif, &s.trust);
 }
 
 }  // namespace
@@ -363,7 +363,7 @@ std::vector<ConfigProblem> check(const Config& config) {
     Result<std::shared_ptr<const pec::SigningKey>> key =
         fail(ErrorKind::config, "not loaded: [keys] has problems");
     if (sound({"keys", "provider"})) {
-        key = load_key(s);
+        key = load_signing_key(s);
         if (!key) loaded("keys", s.pkcs11_uri.empty() ? "key" : "pkcs11_uri", key.error());
     }
     if (key) {
@@ -412,7 +412,7 @@ Result<std::shared_ptr<const Provider>> Provider::create(const Config& config,
     const ProviderSettings& s = p->settings_;
     p->identity_ = pec::ProviderIdentity{s.name, s.mail_domain};
 
-    auto key = load_key(s);
+    auto key = load_signing_key(s);
     if (!key) return context(key.error(), "[keys]");
     p->key_ = *key;
     if (auto san = check_service_address(*p->key_, s.mail_domain); !san)

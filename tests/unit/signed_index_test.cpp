@@ -1,0 +1,188 @@
+// The providers index as IGPEC distributes it: LDIF signed as a CMS SignedData (`.p7m`,
+// pec-rules.md §7). A provider's record is written and signed by pecd (provider_record_ldif,
+// sign_data_der) and read back by load_ldif only once its signature and signer check out.
+// `openssl cms` is the independent reader and writer.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "stages/pec/index.hpp"
+#include "stages/pec/smime.hpp"
+#include "tests/support/crypto_support.hpp"
+#include "tests/support/temp_dir.hpp"
+
+using namespace pecd::pec;
+using namespace pecd::test;
+using pecd::ErrorKind;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::shared_ptr<const SigningKey> pem_key(const std::string& name) {
+    const auto& pki = test_pki();
+    auto key = load_pem_key(pki / (name + ".crt"), pki / (name + ".key"), "");
+    if (!key) throw std::runtime_error(key.error().message);
+    return *key;
+}
+
+TrustConfig trust(const std::string& crl = "crl-empty.pem") {
+    TrustConfig config;
+    config.ca_files = {test_pki() / "ca.crt"};
+    config.crl_files = {test_pki() / crl};
+    return config;
+}
+
+ProviderRecord alpha_record(const SigningKey& key) {
+    ProviderRecord record;
+    record.name = "Gestore Alpha S.p.A.";
+    record.dn = "providerName=Gestore Alpha S.p.A.,o=postacert";
+    record.mail_receipt = "posta-certificata@pec.alpha.test";
+    record.managed_domains = {"pec.alpha.test", "alpha.example"};
+    auto sha1 = cert_sha1_hex(key.certificate());
+    if (!sha1) throw std::runtime_error(sha1.error().message);
+    record.cert_hashes = {*sha1};
+    int size = i2d_X509(key.certificate(), nullptr);
+    std::string der(static_cast<size_t>(size), '\0');
+    auto* p = reinterpret_cast<unsigned char*>(der.data());
+    i2d_X509(key.certificate(), &p);
+    record.certificates = {der};
+    return record;
+}
+
+// The record signed by `signer` (its own key, as a provider publishes it), written to a file.
+fs::path signed_record(const TempDir& dir, const std::string& signer,
+                       const std::string& name = "record.p7m") {
+    auto alpha = pem_key("alpha");
+    auto der = sign_data_der(
+        *pem_key(signer), provider_record_ldif(alpha_record(*alpha), "https://pec.alpha.test/x"));
+    if (!der) throw std::runtime_error(der.error().message);
+    fs::path path = dir.path() / name;
+    write_file(path, *der);
+    return path;
+}
+
+TEST(SignedIndex, ARecordSignedByItsProviderReadsBackWhole) {
+    TempDir dir;
+    fs::path path = signed_record(dir, "alpha");
+    auto tc = trust();
+    auto snap = load_ldif(path, &tc);
+    ASSERT_TRUE(snap.has_value()) << snap.error().message;
+    ASSERT_EQ(snap->providers.size(), 1u);
+    const ProviderRecord expected = alpha_record(*pem_key("alpha"));
+    const ProviderRecord& got = snap->providers[0];
+    EXPECT_EQ(got.name, expected.name);
+    EXPECT_EQ(got.dn, expected.dn);
+    EXPECT_EQ(got.mail_receipt, expected.mail_receipt);
+    EXPECT_EQ(got.managed_domains, expected.managed_domains);
+    EXPECT_EQ(got.cert_hashes, expected.cert_hashes);
+    EXPECT_EQ(got.certificates, expected.certificates);
+    EXPECT_NE(snap->source.find("signed by"), std::string::npos) << snap->source;
+    EXPECT_NE(snap->source.find("Gestore Alpha"), std::string::npos) << snap->source;
+    EXPECT_TRUE(snap->is_certified_address("anna@alpha.example"));
+}
+
+TEST(SignedIndex, OpensslReadsWhatPecdSignsAndPecdReadsWhatOpensslSigns) {
+    TempDir dir;
+    const auto& pki = test_pki();
+    fs::path ours = signed_record(dir, "alpha");
+    auto out = run("openssl cms -verify -inform DER -in " + quote(ours) + " -CAfile " +
+                   quote(pki / "ca.crt") + " -purpose smimesign 2>&1");
+    ASSERT_EQ(out.status, 0) << out.output;
+    EXPECT_NE(out.output.find("managedDomains: alpha.example"), std::string::npos) << out.output;
+
+    // An LDIF signed by the openssl CLI, in PEM (`-----BEGIN CMS-----`) and in DER.
+    fs::path ldif = dir.path() / "plain.ldif";
+    write_file(ldif, provider_record_ldif(alpha_record(*pem_key("alpha"))));
+    for (const std::string form : {"PEM", "DER"}) {
+        fs::path p7m = dir.path() / ("cli-" + form + ".p7m");
+        auto signed_by_cli = run("openssl cms -sign -nodetach -binary -outform " + form + " -in " +
+                                 quote(ldif) + " -signer " + quote(pki / "beta.crt") + " -inkey " +
+                                 quote(pki / "beta.key") + " -out " + quote(p7m) + " 2>&1");
+        ASSERT_EQ(signed_by_cli.status, 0) << signed_by_cli.output;
+        auto tc = trust();
+        auto snap = load_ldif(p7m, &tc);
+        ASSERT_TRUE(snap.has_value()) << form << ": " << snap.error().message;
+        ASSERT_EQ(snap->providers.size(), 1u);
+        EXPECT_NE(snap->source.find("Gestore Beta"), std::string::npos) << snap->source;
+    }
+}
+
+TEST(SignedIndex, AChangedByteFailsTheSignature) {
+    TempDir dir;
+    fs::path path = signed_record(dir, "alpha");
+    std::string der = read_file(path);
+    size_t at = der.find("managedDomains: alpha.example");
+    ASSERT_NE(at, std::string::npos);
+    der[at + 16] = 'b';  // "blpha.example": a domain the provider never published
+    write_file(path, der);
+    auto tc = trust();
+    auto snap = load_ldif(path, &tc);
+    ASSERT_FALSE(snap.has_value());
+    EXPECT_EQ(snap.error().kind, ErrorKind::corrupt);
+    EXPECT_NE(snap.error().message.find("bad_signature"), std::string::npos)
+        << snap.error().message;
+}
+
+TEST(SignedIndex, SignersOutsideTheTrustAreRefusedWithTheReason) {
+    TempDir dir;
+    struct Case {
+        std::string signer, crl, failure;
+    };
+    for (const Case& c : {Case{"foreign", "crl-empty.pem", "untrusted_chain"},
+                          Case{"revoked", "crl-revoked.pem", "revoked"},
+                          Case{"expired", "crl-empty.pem", "expired"}}) {
+        fs::path path = signed_record(dir, c.signer, c.signer + ".p7m");
+        auto tc = trust(c.crl);
+        auto snap = load_ldif(path, &tc);
+        ASSERT_FALSE(snap.has_value()) << c.signer;
+        EXPECT_EQ(snap.error().kind, ErrorKind::corrupt) << c.signer;
+        EXPECT_NE(snap.error().message.find(c.failure), std::string::npos)
+            << c.signer << ": " << snap.error().message;
+    }
+}
+
+TEST(SignedIndex, ASignedFileWithoutTrustAnchorsIsAConfigurationError) {
+    TempDir dir;
+    fs::path path = signed_record(dir, "alpha");
+    const TrustConfig no_anchors;
+    for (const TrustConfig* tc : {static_cast<const TrustConfig*>(nullptr), &no_anchors}) {
+        auto snap = load_ldif(path, tc);
+        ASSERT_FALSE(snap.has_value());
+        EXPECT_EQ(snap.error().kind, ErrorKind::config);
+        EXPECT_NE(snap.error().message.find("[trust]"), std::string::npos) << snap.error().message;
+    }
+}
+
+TEST(SignedIndex, ADetachedSignatureCarriesNoIndex) {
+    TempDir dir;
+    const auto& pki = test_pki();
+    fs::path ldif = dir.path() / "plain.ldif";
+    write_file(ldif, provider_record_ldif(alpha_record(*pem_key("alpha"))));
+    fs::path p7s = dir.path() / "detached.p7s";
+    auto r = run("openssl cms -sign -binary -outform DER -in " + quote(ldif) + " -signer " +
+                 quote(pki / "alpha.crt") + " -inkey " + quote(pki / "alpha.key") + " -out " +
+                 quote(p7s) + " 2>&1");
+    ASSERT_EQ(r.status, 0) << r.output;
+    auto tc = trust();
+    auto snap = load_ldif(p7s, &tc);
+    ASSERT_FALSE(snap.has_value());
+    EXPECT_NE(snap.error().message.find("does not carry its content"), std::string::npos)
+        << snap.error().message;
+}
+
+TEST(SignedIndex, PlainLdifIsReadAsBeforeWithOrWithoutTrust) {
+    TempDir dir;
+    fs::path ldif = dir.path() / "plain.ldif";
+    write_file(ldif, provider_record_ldif(alpha_record(*pem_key("alpha"))));
+    const TrustConfig tc = trust();
+    for (const TrustConfig* t : {static_cast<const TrustConfig*>(nullptr), &tc}) {
+        auto snap = load_ldif(ldif, t);
+        ASSERT_TRUE(snap.has_value()) << snap.error().message;
+        EXPECT_EQ(snap->providers.size(), 1u);
+        EXPECT_EQ(snap->source, "ldif:" + ldif.string());
+    }
+    EXPECT_FALSE(looks_like_signed_data(read_file(ldif)));
+    EXPECT_TRUE(looks_like_signed_data(read_file(signed_record(dir, "alpha"))));
+}
+
+}  // namespace
