@@ -2,6 +2,7 @@
 // (`pecd init`) or checks the configuration (`pecd check-config`).
 #include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <atomic>
@@ -141,8 +142,19 @@ int main(int argc, char** argv) {
     app.add_flag("--debug", debug, "debug logging on stderr");
     app.add_option("what", what,
                    "a stage (classify wrap verify deliver receipt outbound), all, scheduler, init, "
-                   "check-config, reload, refresh-index or refresh-crl")
+                   "check-config, reload, refresh-index, refresh-crl or index-record")
         ->required();
+    // index-record: this provider's IGPEC record, to publish at its LDIFLocationURL.
+    std::string record_out, record_url, record_receipt;
+    std::vector<std::string> next_certs;
+    bool record_plain = false;
+    app.add_option("--out", record_out, "index-record: write the record here (default stdout)");
+    app.add_option("--url", record_url, "index-record: its LDIFLocationURL");
+    app.add_option("--mail-receipt", record_receipt,
+                   "index-record: mailReceipt (default posta-certificata@<mail_domain>)");
+    app.add_option("--next-cert", next_certs,
+                   "index-record: a renewed certificate (PEM) to list beside the current one");
+    app.add_flag("--plain", record_plain, "index-record: plain LDIF, not signed");
     CLI11_PARSE(app, argc, argv);
 
     log::set_program("pecd " + what);
@@ -160,6 +172,34 @@ int main(int argc, char** argv) {
     for (const auto& p : config->problems())
         PECD_LOG(warn) << config->source() << ":" << p.line << ": " << p.message;
     if (what == "scheduler") return run_scheduler(*config, once);
+    if (what == "index-record") {
+        provider::IndexRecordOptions record_options{record_url, record_receipt, {}, !record_plain};
+        for (const auto& c : next_certs) record_options.next_certs.emplace_back(c);
+        auto record = provider::index_record(*config, record_options);
+        if (!record) {
+            std::fprintf(stderr, "pecd index-record: %s\n", record.error().message.c_str());
+            return record.error().kind == ErrorKind::config ? 78 : 1;
+        }
+        if (record_out.empty()) {
+            if (!record_plain && ::isatty(STDOUT_FILENO)) {
+                std::fprintf(stderr,
+                             "pecd index-record: the signed record is binary (DER): "
+                             "give --out FILE, or redirect stdout\n");
+                return 64;
+            }
+            return std::fwrite(record->data(), 1, record->size(), stdout) == record->size() &&
+                           std::fflush(stdout) == 0
+                       ? 0
+                       : 74;
+        }
+        if (auto st = durable::write_file_atomic(record_out, *record); !st) {
+            std::fprintf(stderr, "pecd index-record: %s\n", st.error().message.c_str());
+            return 73;
+        }
+        std::printf("%s: this provider's IGPEC record, %s\n", record_out.c_str(),
+                    record_plain ? "plain LDIF" : "signed (DER .p7m)");
+        return 0;
+    }
 
     auto settings = runner::spool_settings(*config);
     auto options = runner::runner_options(*config);

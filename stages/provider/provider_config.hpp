@@ -81,6 +81,9 @@ std::vector<ConfigProblem> check(const Config& config);
 // The settings alone; the first problem as an ErrorKind::config error naming file and line.
 Result<ProviderSettings> read_settings(const Config& config);
 
+// The provider's signing key of [keys]: PEM files or a PKCS#11 token.
+Result<std::shared_ptr<const pec::SigningKey>> load_signing_key(const ProviderSettings& s);
+
 class Provider {
   public:
     // Loads everything; `services` replaces the embedded ones built from the configuration

@@ -7,12 +7,15 @@
 #include <signal.h>
 #include <sys/file.h>
 
+#include <algorithm>
 #include <memory>
 #include <set>
 
 #include "spool-layout/durable.hpp"
 #include "stages/common/http.hpp"
 #include "stages/pec/index.hpp"
+#include "stages/pec/keys.hpp"
+#include "stages/pec/smime.hpp"
 #include "stages/provider/provider_config.hpp"
 
 namespace pecd::provider {
@@ -77,9 +80,82 @@ Result<std::string> refresh_index(const Config& config) {
     if (!settings) return std::unexpected(settings.error());
     auto snapshot = settings->index_source == ProviderSettings::IndexSource::ldap
                         ? pec::load_ldap(settings->ldap)
-                        : pec::load_ldif(settings->ldif);
+                        : pec::load_ldif(settings->ldif, &settings->trust);
     if (!snapshot) return std::unexpected(snapshot.error());
     return std::to_string(snapshot->providers.size()) + " providers from " + snapshot->source;
+}
+
+namespace {
+
+// RFC 4514: the characters a DN attribute value escapes with a backslash.
+std::string escape_dn_value(std::string_view value) {
+    std::string out;
+    for (size_t i = 0; i < value.size(); ++i) {
+        char c = value[i];
+        bool special = std::string_view(",+\"\\<>;=").find(c) != std::string_view::npos ||
+                       (i == 0 && (c == ' ' || c == '#')) || (i + 1 == value.size() && c == ' ');
+        if (special) out.push_back('\\');
+        out.push_back(c);
+    }
+    return out;
+}
+
+Status add_certificate(pec::ProviderRecord& record, X509* cert) {
+    auto sha1 = pec::cert_sha1_hex(cert);
+    if (!sha1) return std::unexpected(sha1.error());
+    int size = i2d_X509(cert, nullptr);
+    if (size <= 0) return fail(ErrorKind::permanent, "cannot encode a certificate");
+    std::string der(static_cast<size_t>(size), '\0');
+    auto* p = reinterpret_cast<unsigned char*>(der.data());
+    i2d_X509(cert, &p);
+    if (std::find(record.cert_hashes.begin(), record.cert_hashes.end(), *sha1) !=
+        record.cert_hashes.end())
+        return {};  // listed already (the signing certificate given again as the next one)
+    record.cert_hashes.push_back(*sha1);
+    record.certificates.push_back(std::move(der));
+    return {};
+}
+
+}  // namespace
+
+Result<std::string> index_record(const Config& config, const IndexRecordOptions& options) {
+    auto settings = read_settings(config);
+    if (!settings) return std::unexpected(settings.error());
+    auto key = load_signing_key(*settings);
+    if (!key) return std::unexpected(key.error());
+    pec::ProviderRecord record;
+    record.name = settings->name;
+    record.dn = "providerName=" + escape_dn_value(settings->name) + ",o=postacert";
+    record.mail_receipt = options.mail_receipt.empty()
+                              ? "posta-certificata@" + settings->mail_domain
+                              : options.mail_receipt;
+    record.managed_domains = settings->domains;
+    if (auto st = add_certificate(record, (*key)->certificate()); !st)
+        return std::unexpected(st.error());
+    for (const auto& file : options.next_certs) {
+        auto pem = durable::read_file(file, 1u << 20);
+        if (!pem) return std::unexpected(pem.error());
+        std::unique_ptr<BIO, decltype(&BIO_free)> bio(
+            BIO_new_mem_buf(pem->data(), static_cast<int>(pem->size())), BIO_free);
+        size_t found = 0;
+        while (X509* cert = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) {
+            std::unique_ptr<X509, decltype(&X509_free)> owned(cert, X509_free);
+            if (auto st = add_certificate(record, cert); !st) return std::unexpected(st.error());
+            ++found;
+        }
+        ERR_clear_error();
+        if (found == 0)
+            return fail(ErrorKind::config, file.string() + ": no PEM certificate in it");
+    }
+    std::string ldif = pec::provider_record_ldif(record, options.ldif_url);
+    // What we publish must read back as what we meant: the same parser reads others' records.
+    auto reread = pec::parse_ldif(ldif, "index-record");
+    if (!reread || reread->providers.size() != 1)
+        return fail(ErrorKind::permanent,
+                    "the record does not read back: " +
+                        (reread ? std::string("no provider entry") : reread.error().message));
+    if (!options.sign) return ldif;
+    return pec::sign_data_der(**key, ldif);
 }
 
 Result<std::string> refresh_crls(const Config& config) {

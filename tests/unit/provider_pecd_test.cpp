@@ -166,6 +166,80 @@ TEST(ProviderPecd, CheckConfigListsEveryProblem) {
         << report;
 }
 
+// `pecd index-record`: this provider's IGPEC record, signed with its key, which `openssl cms`
+// and pecd both read; then that signed record as the provider's index, read by check-config and
+// refresh-index, and refused by both once a byte of it changes.
+TEST(ProviderPecd, IndexRecordIsSignedAndServesAsTheIndex) {
+    TwoProviders net;
+    const auto& pki = test_pki();
+    const std::string pecd = (kBin / "pecd").string();
+    const std::string conf = net.alpha.conf.string();
+    const std::string url = "https://pec.alpha.test/igpec/alpha.p7m";
+    fs::path record = net.alpha.dir / "alpha.p7m";
+    fs::path out = net.root() / "record.out";
+    int rc = pecd::testing::run({pecd, "-c", conf, "index-record", "--out", record.string(),
+                                 "--url", url, "--next-cert", (pki / "beta.crt").string()},
+                                SpawnOptions{{}, "", out.string(), out.string()});
+    ASSERT_EQ(rc, 0) << log_of(out);
+    fs::path content = net.root() / "record.content";
+    auto cli = run("openssl cms -verify -inform DER -in " + quote(record) + " -CAfile " +
+                   quote(pki / "ca.crt") + " -purpose smimesign -out " + quote(content));
+    ASSERT_EQ(cli.status, 0) << cli.output;
+    const std::string ldif = read_file(content);
+    EXPECT_NE(ldif.find("LDIFLocationURL: " + url), std::string::npos) << ldif;
+    auto snap = pec::parse_ldif(ldif);
+    ASSERT_TRUE(snap.has_value()) << snap.error().message;
+    ASSERT_EQ(snap->providers.size(), 1u);
+    const pec::ProviderRecord& p = snap->providers[0];
+    EXPECT_EQ(p.name, "Gestore Alpha S.p.A.");
+    EXPECT_EQ(p.dn, "providerName=Gestore Alpha S.p.A.,o=postacert");
+    EXPECT_EQ(p.mail_receipt, "posta-certificata@pec.alpha.test");
+    EXPECT_EQ(p.managed_domains, std::vector<std::string>{"pec.alpha.test"});
+    // The current certificate and the renewed one beside it, each with its SHA-1.
+    ASSERT_EQ(p.certificates.size(), 2u);
+    EXPECT_EQ(p.certificates[0], read_file(pki / "alpha.der"));
+    EXPECT_EQ(p.certificates[1], read_file(pki / "beta.der"));
+    EXPECT_EQ(p.cert_hashes.size(), 2u);
+
+    // --plain: the same LDIF, unsigned, on stdout.
+    fs::path plain = net.root() / "record.ldif";
+    rc = pecd::testing::run({pecd, "-c", conf, "index-record", "--plain", "--url", url,
+                             "--next-cert", (pki / "beta.crt").string()},
+                            SpawnOptions{{}, "", plain.string(), out.string()});
+    ASSERT_EQ(rc, 0) << log_of(out);
+    EXPECT_EQ(read_file(plain), ldif);
+
+    // The signed record as this provider's index.
+    std::string text = read_file(net.alpha.conf);
+    size_t at = text.find("ldif = ../index.ldif");
+    ASSERT_NE(at, std::string::npos);
+    write_file(net.alpha.conf, text.replace(at, 20, "ldif = alpha.p7m"));
+    auto upkeep = [&](const std::string& what) {
+        int status = pecd::testing::run({pecd, "-c", conf, what},
+                                        SpawnOptions{{}, "", out.string(), out.string()});
+        return std::make_pair(status, log_of(out));
+    };
+    auto [checked, check_report] = upkeep("check-config");
+    EXPECT_EQ(checked, 0) << check_report;
+    auto [refreshed, refresh_report] = upkeep("refresh-index");
+    EXPECT_EQ(refreshed, 0) << refresh_report;
+    EXPECT_NE(refresh_report.find("1 providers from ldif:"), std::string::npos) << refresh_report;
+    EXPECT_NE(refresh_report.find("signed by C=IT, O=Gestore Alpha S.p.A."), std::string::npos)
+        << refresh_report;
+
+    std::string der = read_file(record);
+    size_t domain = der.find("managedDomains: pec.alpha.test");
+    ASSERT_NE(domain, std::string::npos);
+    der[domain + 16] = 'q';
+    write_file(record, der);
+    auto [bad_check, bad_check_report] = upkeep("check-config");
+    EXPECT_EQ(bad_check, 1);
+    EXPECT_NE(bad_check_report.find("bad_signature"), std::string::npos) << bad_check_report;
+    auto [bad_refresh, bad_refresh_report] = upkeep("refresh-index");
+    EXPECT_NE(bad_refresh, 0);
+    EXPECT_NE(bad_refresh_report.find("bad_signature"), std::string::npos) << bad_refresh_report;
+}
+
 // SIGKILL both daemons again and again while messages flow. Mailbox delivery is at least once,
 // so a message may land twice; what must hold: every submission is accepted, delivered and
 // certified, every copy of everything about one submission names the same identificativo, and
