@@ -81,6 +81,22 @@ TEST(SignedIndex, ARecordSignedByItsProviderReadsBackWhole) {
     EXPECT_TRUE(snap->is_certified_address("anna@alpha.example"));
 }
 
+// A provider whose key is in an HSM signs its record there (SoftHSM2 through PKCS#11).
+TEST(SignedIndex, ARecordSignedThroughPkcs11ReadsBack) {
+    SoftHsmToken token("alpha");
+    auto key = load_pkcs11_key(token.uri(), SoftHsmToken::module, token.pin_file(), "");
+    ASSERT_TRUE(key.has_value()) << key.error().message;
+    ASSERT_TRUE((*key)->is_pkcs11());
+    const std::string ldif = provider_record_ldif(alpha_record(**key));
+    auto der = sign_data_der(**key, ldif);
+    ASSERT_TRUE(der.has_value()) << der.error().message;
+    auto opened = open_signed_data(*der, trust());
+    ASSERT_TRUE(opened.has_value()) << opened.error().message;
+    EXPECT_TRUE(opened->report.ok()) << opened->report.reason;
+    EXPECT_EQ(opened->content, ldif);
+    EXPECT_EQ(opened->report.signer_email, "posta-certificata@pec.alpha.test");
+}
+
 TEST(SignedIndex, OpensslReadsWhatPecdSignsAndPecdReadsWhatOpensslSigns) {
     TempDir dir;
     const auto& pki = test_pki();
