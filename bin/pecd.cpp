@@ -2,11 +2,14 @@
 // (`pecd init`) or checks the configuration (`pecd check-config`).
 #include <pthread.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -178,7 +181,9 @@ int main(int argc, char** argv) {
         auto record = provider::index_record(*config, record_options);
         if (!record) {
             std::fprintf(stderr, "pecd index-record: %s\n", record.error().message.c_str());
-            return record.error().kind == ErrorKind::config ? 78 : 1;
+            return record.error().kind == ErrorKind::config      ? 78
+                   : record.error().kind == ErrorKind::transient ? 75
+                                                                 : 1;
         }
         if (record_out.empty()) {
             if (!record_plain && ::isatty(STDOUT_FILENO)) {
@@ -194,6 +199,12 @@ int main(int argc, char** argv) {
         }
         if (auto st = durable::write_file_atomic(record_out, *record); !st) {
             std::fprintf(stderr, "pecd index-record: %s\n", st.error().message.c_str());
+            return 73;
+        }
+        // Published data, for the web server that serves it at LDIFLocationURL.
+        if (::chmod(record_out.c_str(), 0644) != 0) {
+            std::fprintf(stderr, "pecd index-record: chmod %s: %s\n", record_out.c_str(),
+                         std::strerror(errno));
             return 73;
         }
         std::printf("%s: this provider's IGPEC record, %s\n", record_out.c_str(),

@@ -374,7 +374,7 @@ int main(int argc, char** argv) {
         opts.trust.check_crl = !crl_files.empty();
         opts.at_signing_time = at_signing_time;
         if (!index_file.empty()) {
-            auto index = pec::load_ldif(index_file, &opts.trust);
+            auto index = pec::load_ldif(index_file, {&opts.trust, {}});
             if (!index) return fail_with(index.error()), 2;
             opts.index = std::move(*index);
         }

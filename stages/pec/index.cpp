@@ -732,22 +732,56 @@ Result<IndexSnapshot> parse_ldif(std::string_view text, std::string source) {
     return build_snapshot(*entries, std::move(source));
 }
 
-Result<IndexSnapshot> load_ldif(const std::filesystem::path& path, const TrustConfig* trust) {
+Result<IndexSnapshot> load_ldif(const std::filesystem::path& path, const LdifTrust& trust) {
     auto text = read_file(path);
     if (!text) return std::unexpected(text.error());
-    if (!looks_like_signed_data(*text)) return parse_ldif(*text, "ldif:" + path.string());
-    if (!trust || (trust->ca_files.empty() && trust->ca_dirs.empty()))
+    if (!looks_like_signed_data(*text)) {
+        if (path.extension() == ".p7m" || !trust.signers.empty())
+            return fail(ErrorKind::corrupt,
+                        path.string() + ": not signed (PKCS#7), and " +
+                            (trust.signers.empty() ? "a .p7m must be"
+                                                   : "[index] ldif_signer asks that it be"));
+        return parse_ldif(*text, "ldif:" + path.string());
+    }
+    const TrustConfig* anchors = trust.anchors;
+    if (!anchors || (anchors->ca_files.empty() && anchors->ca_dirs.empty()))
         return fail(ErrorKind::config, path.string() +
                                            " is signed (PKCS#7): its signer is checked against "
                                            "the [trust] anchors, and none are configured");
-    auto opened = open_signed_data(*text, *trust);
+    auto opened = open_signed_data(*text, *anchors);
     if (!opened) return std::unexpected(opened.error());
-    if (!opened->report.ok())
-        return fail(ErrorKind::corrupt, path.string() + ": signature not valid (" +
-                                            std::string(to_string(opened->report.failure)) +
-                                            "): " + opened->report.reason);
-    return parse_ldif(opened->content, "ldif:" + path.string() + " (signed by " +
-                                           opened->report.signer_subject + ")");
+    const VerifyReport& report = opened->report;
+    if (!report.ok())
+        return fail(report.failure == VerifyFailure::crl_unavailable ? ErrorKind::transient
+                                                                     : ErrorKind::corrupt,
+                    path.string() + ": signature not valid (" +
+                        std::string(to_string(report.failure)) + "): " + report.reason);
+    const std::string source =
+        "ldif:" + path.string() + " (signed by " + report.signer_subject + ")";
+    auto snap = parse_ldif(opened->content, source);
+    if (!snap) return snap;
+    const std::string by = path.string() + ": signed by " + report.signer_subject + " (SHA-1 " +
+                           report.signer_cert_sha1 + "), ";
+    if (!trust.signers.empty()) {
+        if (std::find(trust.signers.begin(), trust.signers.end(), report.signer_cert_sha1) ==
+            trust.signers.end())
+            return fail(ErrorKind::corrupt, by + "not by a certificate of [index] ldif_signer");
+        return snap;
+    }
+    // Without a named signer only a provider's own record is taken, from that provider.
+    if (snap->providers.size() != 1)
+        return fail(ErrorKind::config,
+                    by + "holds " + std::to_string(snap->providers.size()) +
+                        " providers: a signed file of other than one provider's record is read "
+                        "only from a signer named by [index] ldif_signer");
+    const ProviderRecord& record = snap->providers[0];
+    if (std::find(record.cert_hashes.begin(), record.cert_hashes.end(), report.signer_cert_sha1) ==
+            record.cert_hashes.end() ||
+        std::find(record.certificates.begin(), record.certificates.end(), opened->signer_der) ==
+            record.certificates.end())
+        return fail(ErrorKind::corrupt,
+                    by + "not by a certificate of the provider it describes (" + record.name + ")");
+    return snap;
 }
 
 std::string provider_record_ldif(const ProviderRecord& p, std::string_view ldif_url) {

@@ -38,12 +38,22 @@ struct IndexSnapshot {
 
 struct TrustConfig;  // smime.hpp
 
+// How a signed LDIF (pec-rules.md §7: the LDIF inside a CMS SignedData, DER or PEM, a `.p7m`)
+// is trusted. Its signer must chain to `anchors` (validity, purpose, CRL) and be either one of
+// `signers` (SHA-1 of the certificates allowed to sign a file of any number of providers: the
+// directory's own signer) or, when `signers` is empty, a certificate listed by the one provider
+// record the file holds (a provider's own record). A file whose name ends in `.p7m`, or any file
+// once `signers` is set, must be signed.
+struct LdifTrust {
+    const TrustConfig* anchors = nullptr;
+    std::vector<std::string> signers;  // lower-case hex SHA-1
+};
+
 // Parses RFC 2849 LDIF (base64 `::` values, continuation lines, `;binary` options) holding
-// objectClass=provider entries. A file signed as IGPEC distributes it (the LDIF inside a CMS
-// SignedData, DER or PEM: a `.p7m`, pec-rules.md §7) is read once its signature and signer
-// check out against `trust` (chain, validity, purpose, CRL); without trust anchors it is refused.
-Result<IndexSnapshot> load_ldif(const std::filesystem::path& path,
-                                const TrustConfig* trust = nullptr);
+// objectClass=provider entries, plain or signed (LdifTrust). A signature that does not hold is
+// ErrorKind::corrupt, or transient when the signer's CRL is missing or stale (refresh the CRL
+// and try again); a signed file without anchors is ErrorKind::config.
+Result<IndexSnapshot> load_ldif(const std::filesystem::path& path, const LdifTrust& trust = {});
 Result<IndexSnapshot> parse_ldif(std::string_view text, std::string source = "ldif:<string>");
 
 // One provider's record as LDIF (version line, then the entry), as the provider publishes it at

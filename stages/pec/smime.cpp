@@ -1215,8 +1215,14 @@ Result<std::string> sign_data_der(const SigningKey& key, std::string_view conten
     ossl::Bio out(BIO_new(BIO_s_mem()));
     if (!in || !out) return fail(ErrorKind::transient, ossl::errors("BIO_new failed"));
     // Encapsulated (no CMS_DETACHED) and byte for byte (CMS_BINARY): the content travels inside.
-    ossl::Cms cms(CMS_sign(key.certificate(), pkey->get(), key.chain(), in.get(), CMS_BINARY));
+    // SHA-256 named, not left to OpenSSL's default.
+    const unsigned int flags = CMS_BINARY | CMS_PARTIAL;
+    ossl::Cms cms(CMS_sign(nullptr, nullptr, key.chain(), nullptr, flags));
     if (!cms) return fail(ErrorKind::permanent, ossl::errors("CMS_sign failed"));
+    if (!CMS_add1_signer(cms.get(), key.certificate(), pkey->get(), EVP_sha256(), flags))
+        return fail(ErrorKind::permanent, ossl::errors("CMS_add1_signer failed"));
+    if (CMS_final(cms.get(), in.get(), nullptr, flags) != 1)
+        return fail(ErrorKind::permanent, ossl::errors("CMS_final failed"));
     if (i2d_CMS_bio(out.get(), cms.get()) != 1)
         return fail(ErrorKind::permanent, ossl::errors("cannot encode the CMS"));
     char* data = nullptr;
@@ -1246,6 +1252,11 @@ Result<SignedContent> SmimeVerifier::open_signed_data(std::string_view bytes,
         return reject(VerifyFailure::no_signature, "CMS is not signed-data");
     if (CMS_is_detached(cms.get()) == 1)
         return reject(VerifyFailure::no_signature, "the signed-data does not carry its content");
+    if (OBJ_obj2nid(CMS_get0_eContentType(cms.get())) != NID_pkcs7_data)
+        return reject(VerifyFailure::no_signature, "the signed content is not plain data");
+    // One signer, whose chain is the one checked below.
+    if (sk_CMS_SignerInfo_num(CMS_get0_SignerInfos(cms.get())) != 1)
+        return reject(VerifyFailure::no_signature, "not exactly one signer");
     ossl::X509Stack carried(CMS_get1_certs(cms.get()));
     ossl::Bio content(BIO_new(BIO_s_mem()));
     if (!content) return fail(ErrorKind::transient, ossl::errors("BIO_new failed"));
@@ -1271,7 +1282,12 @@ Result<SignedContent> SmimeVerifier::open_signed_data(std::string_view bytes,
         out.report.chain_checked = true;
         std::optional<time_t> at;
         if (options.at_time) at = std::chrono::system_clock::to_time_t(*options.at_time);
-        if (options.at_signing_time) at = signed_at;
+        if (options.at_signing_time) {
+            if (!signed_at)
+                return reject(VerifyFailure::bad_certificate,
+                              "at-signing-time check asked but the CMS has no signingTime");
+            at = signed_at;
+        }
         std::shared_ptr<X509_STORE> store;
         bool check_crl = true;
         {
@@ -1285,6 +1301,9 @@ Result<SignedContent> SmimeVerifier::open_signed_data(std::string_view bytes,
         if (checked->failure != VerifyFailure::none)
             return reject(checked->failure, std::move(checked->reason));
     }
+    auto signer_der = der_of(signer);
+    if (!signer_der) return std::unexpected(signer_der.error());
+    out.signer_der = std::move(*signer_der);
     char* data = nullptr;
     long size = BIO_get_mem_data(content.get(), &data);
     out.content.assign(data, static_cast<size_t>(size));

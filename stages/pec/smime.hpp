@@ -104,6 +104,7 @@ struct VerifyOptions {
 struct SignedContent {
     std::string content;
     VerifyReport report;
+    std::string signer_der;  // the signer's certificate, DER (when the report is ok)
 };
 
 // Holds the trust store and a cache of chain-validation results per signer certificate (keyed

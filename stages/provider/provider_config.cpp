@@ -1,5 +1,7 @@
 #include "stages/provider/provider_config.hpp"
 
+#include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
 #include <algorithm>
@@ -200,13 +202,27 @@ ProviderSettings read_all(Reader& r) {
     if (s.trust.check_crl && s.trust.crl_files.empty() && s.trust.ca_dirs.empty())
         r.problem("trust", "crl_files", "is required while check_crl = yes");
 
-    r.only_known("index", {"source", "ldif", "uri", "base", "bind_dn", "bind_password_file",
-                           "cache_file", "timeout"});
+    r.only_known("index", {"source", "ldif", "ldif_signer", "uri", "base", "bind_dn",
+                           "bind_password_file", "cache_file", "timeout"});
     std::string source = c.get("index", "source", "ldif");
     if (source == "ldif") {
         s.index_source = ProviderSettings::IndexSource::ldif;
         s.ldif = r.existing("index", "ldif", false);
         if (s.ldif.empty()) r.problem("index", "ldif", "is required with source = ldif");
+        // The certificates allowed to sign a whole directory (PEM, one or more).
+        if (fs::path signer = r.existing("index", "ldif_signer", false); !signer.empty()) {
+            std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new_file(signer.c_str(), "r"),
+                                                          BIO_free);
+            while (bio) {
+                std::unique_ptr<X509, decltype(&X509_free)> cert(
+                    PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr), X509_free);
+                if (!cert) break;
+                if (auto sha1 = pec::cert_sha1_hex(cert.get())) s.ldif_signers.push_back(*sha1);
+            }
+            ERR_clear_error();
+            if (s.ldif_signers.empty())
+                r.problem("index", "ldif_signer", signer.string() + ": no PEM certificate in it");
+        }
     } else if (source == "ldap") {
         s.index_source = ProviderSettings::IndexSource::ldap;
         s.ldap.uri = r.required("index", "uri");
@@ -341,7 +357,7 @@ Status check_service_address(const pec::SigningKey& key, const std::string& mail
 
 Result<pec::IndexSnapshot> load_index(const ProviderSettings& s) {
     if (s.index_source == ProviderSettings::IndexSource::ldap) return pec::load_ldap(s.ldap);
-    return pec::load_ldif(s.ldif, &s.trust);
+    return pec::load_ldif(s.ldif, {&s.trust, s.ldif_signers});
 }
 
 }  // namespace

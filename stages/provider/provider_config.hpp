@@ -51,6 +51,7 @@ struct ProviderSettings {
     // [index]
     enum class IndexSource { ldif, ldap } index_source = IndexSource::ldif;
     fs::path ldif;
+    std::vector<std::string> ldif_signers;  // [index] ldif_signer: SHA-1 of each certificate
     pec::LdapIndexOptions ldap;
 
     uint64_t max_size_times_recipients = 30ull * 1024 * 1024;  // [limits]

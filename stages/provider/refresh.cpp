@@ -78,9 +78,10 @@ bool older_than(X509_CRL* fresh, X509_CRL* current) {
 Result<std::string> refresh_index(const Config& config) {
     auto settings = read_settings(config);
     if (!settings) return std::unexpected(settings.error());
-    auto snapshot = settings->index_source == ProviderSettings::IndexSource::ldap
-                        ? pec::load_ldap(settings->ldap)
-                        : pec::load_ldif(settings->ldif, &settings->trust);
+    auto snapshot =
+        settings->index_source == ProviderSettings::IndexSource::ldap
+            ? pec::load_ldap(settings->ldap)
+            : pec::load_ldif(settings->ldif, {&settings->trust, settings->ldif_signers});
     if (!snapshot) return std::unexpected(snapshot.error());
     return std::to_string(snapshot->providers.size()) + " providers from " + snapshot->source;
 }
@@ -92,6 +93,10 @@ std::string escape_dn_value(std::string_view value) {
     std::string out;
     for (size_t i = 0; i < value.size(); ++i) {
         char c = value[i];
+        if (c == '\0') {
+            out += "\\00";
+            continue;
+        }
         bool special = std::string_view(",+\"\\<>;=").find(c) != std::string_view::npos ||
                        (i == 0 && (c == ' ' || c == '#')) || (i + 1 == value.size() && c == ' ');
         if (special) out.push_back('\\');
@@ -143,9 +148,13 @@ Result<std::string> index_record(const Config& config, const IndexRecordOptions&
             if (auto st = add_certificate(record, cert); !st) return std::unexpected(st.error());
             ++found;
         }
+        // The end of the file reads as "no start line"; anything else is a broken certificate.
+        unsigned long last = ERR_peek_last_error();
         ERR_clear_error();
-        if (found == 0)
-            return fail(ErrorKind::config, file.string() + ": no PEM certificate in it");
+        if (found == 0 || (last != 0 && ERR_GET_REASON(last) != PEM_R_NO_START_LINE))
+            return fail(ErrorKind::config, file.string() + ": " +
+                                               (found == 0 ? "no PEM certificate in it"
+                                                           : "a certificate in it does not read"));
     }
     std::string ldif = pec::provider_record_ldif(record, options.ldif_url);
     // What we publish must read back as what we meant: the same parser reads others' records.

@@ -181,6 +181,10 @@ TEST(ProviderPecd, IndexRecordIsSignedAndServesAsTheIndex) {
                                  "--url", url, "--next-cert", (pki / "beta.crt").string()},
                                 SpawnOptions{{}, "", out.string(), out.string()});
     ASSERT_EQ(rc, 0) << log_of(out);
+    // Public data, for the web server that serves it.
+    EXPECT_EQ(fs::status(record).permissions() & fs::perms::all,
+              fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
+                  fs::perms::others_read);
     fs::path content = net.root() / "record.content";
     auto cli = run("openssl cms -verify -inform DER -in " + quote(record) + " -CAfile " +
                    quote(pki / "ca.crt") + " -purpose smimesign -out " + quote(content));
@@ -226,6 +230,20 @@ TEST(ProviderPecd, IndexRecordIsSignedAndServesAsTheIndex) {
     EXPECT_NE(refresh_report.find("1 providers from ldif:"), std::string::npos) << refresh_report;
     EXPECT_NE(refresh_report.find("signed by C=IT, O=Gestore Alpha S.p.A."), std::string::npos)
         << refresh_report;
+
+    // [index] ldif_signer names who may sign: beta may not sign alpha's record, alpha may.
+    const std::string with_record = read_file(net.alpha.conf);
+    write_file(net.alpha.conf,
+               with_record + "\n[index]\nldif_signer = " + (pki / "beta.crt").string() + "\n");
+    auto [wrong_signer, wrong_signer_report] = upkeep("check-config");
+    EXPECT_EQ(wrong_signer, 1);
+    EXPECT_NE(wrong_signer_report.find("not by a certificate of [index] ldif_signer"),
+              std::string::npos)
+        << wrong_signer_report;
+    write_file(net.alpha.conf,
+               with_record + "\n[index]\nldif_signer = " + (pki / "alpha.crt").string() + "\n");
+    auto [right_signer, right_signer_report] = upkeep("check-config");
+    EXPECT_EQ(right_signer, 0) << right_signer_report;
 
     std::string der = read_file(record);
     size_t domain = der.find("managedDomains: pec.alpha.test");

@@ -65,7 +65,7 @@ TEST(SignedIndex, ARecordSignedByItsProviderReadsBackWhole) {
     TempDir dir;
     fs::path path = signed_record(dir, "alpha");
     auto tc = trust();
-    auto snap = load_ldif(path, &tc);
+    auto snap = load_ldif(path, {&tc, {}});
     ASSERT_TRUE(snap.has_value()) << snap.error().message;
     ASSERT_EQ(snap->providers.size(), 1u);
     const ProviderRecord expected = alpha_record(*pem_key("alpha"));
@@ -106,21 +106,109 @@ TEST(SignedIndex, OpensslReadsWhatPecdSignsAndPecdReadsWhatOpensslSigns) {
     ASSERT_EQ(out.status, 0) << out.output;
     EXPECT_NE(out.output.find("managedDomains: alpha.example"), std::string::npos) << out.output;
 
-    // An LDIF signed by the openssl CLI, in PEM (`-----BEGIN CMS-----`) and in DER.
+    // Alpha's record signed by the openssl CLI, in PEM (`-----BEGIN CMS-----`) and in DER: by
+    // alpha it is alpha's record; by beta, a trusted provider too, it is refused all the same.
     fs::path ldif = dir.path() / "plain.ldif";
     write_file(ldif, provider_record_ldif(alpha_record(*pem_key("alpha"))));
-    for (const std::string form : {"PEM", "DER"}) {
-        fs::path p7m = dir.path() / ("cli-" + form + ".p7m");
-        auto signed_by_cli = run("openssl cms -sign -nodetach -binary -outform " + form + " -in " +
-                                 quote(ldif) + " -signer " + quote(pki / "beta.crt") + " -inkey " +
-                                 quote(pki / "beta.key") + " -out " + quote(p7m) + " 2>&1");
-        ASSERT_EQ(signed_by_cli.status, 0) << signed_by_cli.output;
-        auto tc = trust();
-        auto snap = load_ldif(p7m, &tc);
-        ASSERT_TRUE(snap.has_value()) << form << ": " << snap.error().message;
-        ASSERT_EQ(snap->providers.size(), 1u);
-        EXPECT_NE(snap->source.find("Gestore Beta"), std::string::npos) << snap->source;
+    for (const std::string signer : {"alpha", "beta"})
+        for (const std::string form : {"PEM", "DER"}) {
+            fs::path p7m = dir.path() / ("cli-" + signer + "-" + form + ".p7m");
+            auto signed_by_cli =
+                run("openssl cms -sign -nodetach -binary -outform " + form + " -in " + quote(ldif) +
+                    " -signer " + quote(pki / (signer + ".crt")) + " -inkey " +
+                    quote(pki / (signer + ".key")) + " -out " + quote(p7m) + " 2>&1");
+            ASSERT_EQ(signed_by_cli.status, 0) << signed_by_cli.output;
+            auto tc = trust();
+            auto snap = load_ldif(p7m, {&tc, {}});
+            if (signer == "alpha") {
+                ASSERT_TRUE(snap.has_value()) << form << ": " << snap.error().message;
+                ASSERT_EQ(snap->providers.size(), 1u);
+                EXPECT_NE(snap->source.find("signed by C=IT, O=Gestore Alpha"), std::string::npos)
+                    << snap->source;
+            } else {
+                ASSERT_FALSE(snap.has_value()) << form;
+                EXPECT_EQ(snap.error().kind, ErrorKind::corrupt);
+                EXPECT_NE(
+                    snap.error().message.find("not by a certificate of the provider it describes"),
+                    std::string::npos)
+                    << snap.error().message;
+            }
+        }
+}
+
+// A whole directory (several providers) is read only from a signer named by [index]
+// ldif_signer, whoever else the anchors trust.
+TEST(SignedIndex, AWholeDirectoryIsReadOnlyFromTheNamedSigner) {
+    TempDir dir;
+    auto alpha = pem_key("alpha");
+    auto beta = pem_key("beta");
+    ProviderRecord beta_record = alpha_record(*beta);
+    beta_record.name = "Gestore Beta S.p.A.";
+    beta_record.dn = "providerName=Gestore Beta S.p.A.,o=postacert";
+    beta_record.mail_receipt = "posta-certificata@pec.beta.test";
+    beta_record.managed_domains = {"pec.beta.test"};
+    const std::string version = "version: 1\n\n";
+    std::string directory = provider_record_ldif(alpha_record(*alpha)) + "\n" +
+                            provider_record_ldif(beta_record).substr(version.size());
+    auto der = sign_data_der(*beta, directory);
+    ASSERT_TRUE(der.has_value()) << der.error().message;
+    fs::path path = dir.path() / "igpec.p7m";
+    write_file(path, *der);
+    auto tc = trust();
+    auto beta_sha1 = cert_sha1_hex(beta->certificate());
+    auto alpha_sha1 = cert_sha1_hex(alpha->certificate());
+    ASSERT_TRUE(beta_sha1 && alpha_sha1);
+
+    auto unnamed = load_ldif(path, {&tc, {}});
+    ASSERT_FALSE(unnamed.has_value());
+    EXPECT_EQ(unnamed.error().kind, ErrorKind::config);
+    EXPECT_NE(unnamed.error().message.find("holds 2 providers"), std::string::npos)
+        << unnamed.error().message;
+    auto other = load_ldif(path, {&tc, {*alpha_sha1}});
+    ASSERT_FALSE(other.has_value());
+    EXPECT_NE(other.error().message.find("not by a certificate of [index] ldif_signer"),
+              std::string::npos)
+        << other.error().message;
+    auto named = load_ldif(path, {&tc, {*alpha_sha1, *beta_sha1}});
+    ASSERT_TRUE(named.has_value()) << named.error().message;
+    EXPECT_EQ(named->providers.size(), 2u);
+}
+
+// Dropping the signature is no way round it: a `.p7m`, or any file once a signer is named,
+// must be signed.
+TEST(SignedIndex, APlainFileWhereASignedOneIsExpectedIsRefused) {
+    TempDir dir;
+    const std::string ldif = provider_record_ldif(alpha_record(*pem_key("alpha")));
+    fs::path p7m = dir.path() / "record.p7m";
+    fs::path plain = dir.path() / "record.ldif";
+    write_file(p7m, ldif);
+    write_file(plain, ldif);
+    auto tc = trust();
+    auto sha1 = cert_sha1_hex(pem_key("alpha")->certificate());
+    ASSERT_TRUE(sha1.has_value());
+    const std::vector<std::pair<fs::path, std::vector<std::string>>> cases{{p7m, {}},
+                                                                           {plain, {*sha1}}};
+    for (const auto& [path, signers] : cases) {
+        auto snap = load_ldif(path, {&tc, signers});
+        ASSERT_FALSE(snap.has_value()) << path;
+        EXPECT_EQ(snap.error().kind, ErrorKind::corrupt);
+        EXPECT_NE(snap.error().message.find("not signed"), std::string::npos)
+            << snap.error().message;
     }
+}
+
+// A missing or stale CRL is the CRL's problem, not the index's: transient, so that the refresh
+// is retried once the CRL is.
+TEST(SignedIndex, WithoutACurrentCrlTheLoadIsTransient) {
+    TempDir dir;
+    fs::path path = signed_record(dir, "alpha");
+    TrustConfig no_crl;
+    no_crl.ca_files = {test_pki() / "ca.crt"};
+    auto snap = load_ldif(path, {&no_crl, {}});
+    ASSERT_FALSE(snap.has_value());
+    EXPECT_EQ(snap.error().kind, ErrorKind::transient);
+    EXPECT_NE(snap.error().message.find("crl_unavailable"), std::string::npos)
+        << snap.error().message;
 }
 
 TEST(SignedIndex, AChangedByteFailsTheSignature) {
@@ -132,7 +220,7 @@ TEST(SignedIndex, AChangedByteFailsTheSignature) {
     der[at + 16] = 'b';  // "blpha.example": a domain the provider never published
     write_file(path, der);
     auto tc = trust();
-    auto snap = load_ldif(path, &tc);
+    auto snap = load_ldif(path, {&tc, {}});
     ASSERT_FALSE(snap.has_value());
     EXPECT_EQ(snap.error().kind, ErrorKind::corrupt);
     EXPECT_NE(snap.error().message.find("bad_signature"), std::string::npos)
@@ -149,7 +237,7 @@ TEST(SignedIndex, SignersOutsideTheTrustAreRefusedWithTheReason) {
                           Case{"expired", "crl-empty.pem", "expired"}}) {
         fs::path path = signed_record(dir, c.signer, c.signer + ".p7m");
         auto tc = trust(c.crl);
-        auto snap = load_ldif(path, &tc);
+        auto snap = load_ldif(path, {&tc, {}});
         ASSERT_FALSE(snap.has_value()) << c.signer;
         EXPECT_EQ(snap.error().kind, ErrorKind::corrupt) << c.signer;
         EXPECT_NE(snap.error().message.find(c.failure), std::string::npos)
@@ -162,7 +250,7 @@ TEST(SignedIndex, ASignedFileWithoutTrustAnchorsIsAConfigurationError) {
     fs::path path = signed_record(dir, "alpha");
     const TrustConfig no_anchors;
     for (const TrustConfig* tc : {static_cast<const TrustConfig*>(nullptr), &no_anchors}) {
-        auto snap = load_ldif(path, tc);
+        auto snap = load_ldif(path, {tc, {}});
         ASSERT_FALSE(snap.has_value());
         EXPECT_EQ(snap.error().kind, ErrorKind::config);
         EXPECT_NE(snap.error().message.find("[trust]"), std::string::npos) << snap.error().message;
@@ -180,7 +268,7 @@ TEST(SignedIndex, ADetachedSignatureCarriesNoIndex) {
                  quote(p7s) + " 2>&1");
     ASSERT_EQ(r.status, 0) << r.output;
     auto tc = trust();
-    auto snap = load_ldif(p7s, &tc);
+    auto snap = load_ldif(p7s, {&tc, {}});
     ASSERT_FALSE(snap.has_value());
     EXPECT_NE(snap.error().message.find("does not carry its content"), std::string::npos)
         << snap.error().message;
@@ -192,7 +280,7 @@ TEST(SignedIndex, PlainLdifIsReadAsBeforeWithOrWithoutTrust) {
     write_file(ldif, provider_record_ldif(alpha_record(*pem_key("alpha"))));
     const TrustConfig tc = trust();
     for (const TrustConfig* t : {static_cast<const TrustConfig*>(nullptr), &tc}) {
-        auto snap = load_ldif(ldif, t);
+        auto snap = load_ldif(ldif, {t, {}});
         ASSERT_TRUE(snap.has_value()) << snap.error().message;
         EXPECT_EQ(snap->providers.size(), 1u);
         EXPECT_EQ(snap->source, "ldif:" + ldif.string());
