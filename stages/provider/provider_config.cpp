@@ -331,14 +331,10 @@ Result<std::shared_ptr<const pec::SigningKey>> load_signing_key(const ProviderSe
     return pec::load_pem_key(s.cert, s.key, s.chain);
 }
 
-namespace {
-
-// Every message we sign has From: posta-certificata@<mail_domain>, which must be the address in
-// the signing certificate (pec-rules.md §2.2, RFC 6109 §2.1).
-Status check_service_address(const pec::SigningKey& key, const std::string& mail_domain) {
+Status check_service_address(X509* cert, const std::string& mail_domain) {
     const std::string wanted = "posta-certificata@" + mail_domain;
-    auto* names = static_cast<GENERAL_NAMES*>(
-        X509_get_ext_d2i(key.certificate(), NID_subject_alt_name, nullptr, nullptr));
+    auto* names =
+        static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
     bool found = false;
     for (int i = 0; names && i < sk_GENERAL_NAME_num(names); ++i) {
         const GENERAL_NAME* name = sk_GENERAL_NAME_value(names, i);
@@ -354,6 +350,8 @@ Status check_service_address(const pec::SigningKey& key, const std::string& mail
                     "the signing certificate has no subjectAltName email " + wanted);
     return {};
 }
+
+namespace {
 
 Result<pec::IndexSnapshot> load_index(const ProviderSettings& s) {
     if (s.index_source == ProviderSettings::IndexSource::ldap) return pec::load_ldap(s.ldap);
@@ -388,7 +386,7 @@ std::vector<ConfigProblem> check(const Config& config) {
         if (auto signed_entity = signer("Content-Type: text/plain\r\n\r\ncheck\r\n");
             !signed_entity)
             loaded("keys", "cert", signed_entity.error());
-        if (auto san = check_service_address(**key, s.mail_domain); !san)
+        if (auto san = check_service_address((*key)->certificate(), s.mail_domain); !san)
             loaded("keys", "cert", san.error());
     }
     if (!s.templates.empty())
@@ -431,7 +429,7 @@ Result<std::shared_ptr<const Provider>> Provider::create(const Config& config,
     auto key = load_signing_key(s);
     if (!key) return context(key.error(), "[keys]");
     p->key_ = *key;
-    if (auto san = check_service_address(*p->key_, s.mail_domain); !san)
+    if (auto san = check_service_address(p->key_->certificate(), s.mail_domain); !san)
         return context(san.error(), "[keys]");
     auto templates = pec::TemplateSet::load(s.templates);
     if (!templates) return context(templates.error(), "[provider] templates");

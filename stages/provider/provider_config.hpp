@@ -82,6 +82,10 @@ std::vector<ConfigProblem> check(const Config& config);
 // The settings alone; the first problem as an ErrorKind::config error naming file and line.
 Result<ProviderSettings> read_settings(const Config& config);
 
+// Every message we sign has From: posta-certificata@<mail_domain>, which must be an email
+// address of `cert`'s subjectAltName (pec-rules.md §2.2, RFC 6109 §2.1).
+Status check_service_address(X509* cert, const std::string& mail_domain);
+
 // The provider's signing key of [keys]: PEM files or a PKCS#11 token.
 Result<std::shared_ptr<const pec::SigningKey>> load_signing_key(const ProviderSettings& s);
 

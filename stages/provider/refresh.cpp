@@ -145,6 +145,14 @@ Result<std::string> index_record(const Config& config, const IndexRecordOptions&
         size_t found = 0;
         while (X509* cert = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) {
             std::unique_ptr<X509, decltype(&X509_free)> owned(cert, X509_free);
+            // A renewal of this provider's certificate: the same service address, a later end.
+            if (auto san = check_service_address(cert, settings->mail_domain); !san)
+                return fail(ErrorKind::config, file.string() + ": " + san.error().message);
+            if (ASN1_TIME_compare(X509_get0_notAfter(cert),
+                                  X509_get0_notAfter((*key)->certificate())) <= 0)
+                return fail(ErrorKind::config,
+                            file.string() +
+                                ": expires no later than the signing certificate: not a renewal");
             if (auto st = add_certificate(record, cert); !st) return std::unexpected(st.error());
             ++found;
         }

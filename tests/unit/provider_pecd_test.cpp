@@ -177,9 +177,30 @@ TEST(ProviderPecd, IndexRecordIsSignedAndServesAsTheIndex) {
     const std::string url = "https://pec.alpha.test/igpec/alpha.p7m";
     fs::path record = net.alpha.dir / "alpha.p7m";
     fs::path out = net.root() / "record.out";
+    // Alpha's renewed certificate, from the test CA: same service address, later expiry.
+    fs::path next = net.root() / "alpha-next.crt";
+    write_file(net.root() / "next.ext",
+               "[v3]\nkeyUsage = critical,digitalSignature\nextendedKeyUsage = emailProtection\n"
+               "subjectAltName = email:posta-certificata@pec.alpha.test\n"
+               "subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n");
+    auto issued = run("openssl req -new -key " + quote(pki / "alpha.key") +
+                      " -subj '/C=IT/O=Gestore Alpha S.p.A./CN=Posta Certificata Gestore Alpha "
+                      "S.p.A.' | openssl x509 -req -CA " +
+                      quote(pki / "ca.crt") + " -CAkey " + quote(pki / "ca.key") +
+                      " -set_serial 424242 -days 1500 -extfile " + quote(net.root() / "next.ext") +
+                      " -extensions v3 -out " + quote(next));
+    ASSERT_EQ(issued.status, 0) << issued.output;
+    // Beta's certificate is no renewal of alpha's: refused, nothing written.
     int rc = pecd::testing::run({pecd, "-c", conf, "index-record", "--out", record.string(),
-                                 "--url", url, "--next-cert", (pki / "beta.crt").string()},
+                                 "--next-cert", (pki / "beta.crt").string()},
                                 SpawnOptions{{}, "", out.string(), out.string()});
+    EXPECT_EQ(rc, 78);
+    EXPECT_NE(log_of(out).find("posta-certificata@pec.alpha.test"), std::string::npos)
+        << log_of(out);
+    EXPECT_FALSE(fs::exists(record));
+    rc = pecd::testing::run({pecd, "-c", conf, "index-record", "--out", record.string(), "--url",
+                             url, "--next-cert", next.string()},
+                            SpawnOptions{{}, "", out.string(), out.string()});
     ASSERT_EQ(rc, 0) << log_of(out);
     // Public data, for the web server that serves it.
     EXPECT_EQ(fs::status(record).permissions() & fs::perms::all,
@@ -202,14 +223,17 @@ TEST(ProviderPecd, IndexRecordIsSignedAndServesAsTheIndex) {
     // The current certificate and the renewed one beside it, each with its SHA-1.
     ASSERT_EQ(p.certificates.size(), 2u);
     EXPECT_EQ(p.certificates[0], read_file(pki / "alpha.der"));
-    EXPECT_EQ(p.certificates[1], read_file(pki / "beta.der"));
+    auto next_der = run("openssl x509 -in " + quote(next) + " -outform DER -out " +
+                        quote(net.root() / "alpha-next.der"));
+    ASSERT_EQ(next_der.status, 0) << next_der.output;
+    EXPECT_EQ(p.certificates[1], read_file(net.root() / "alpha-next.der"));
     EXPECT_EQ(p.cert_hashes.size(), 2u);
 
     // --plain: the same LDIF, unsigned, on stdout.
     fs::path plain = net.root() / "record.ldif";
-    rc = pecd::testing::run({pecd, "-c", conf, "index-record", "--plain", "--url", url,
-                             "--next-cert", (pki / "beta.crt").string()},
-                            SpawnOptions{{}, "", plain.string(), out.string()});
+    rc = pecd::testing::run(
+        {pecd, "-c", conf, "index-record", "--plain", "--url", url, "--next-cert", next.string()},
+        SpawnOptions{{}, "", plain.string(), out.string()});
     ASSERT_EQ(rc, 0) << log_of(out);
     EXPECT_EQ(read_file(plain), ldif);
 
