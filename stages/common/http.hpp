@@ -1,6 +1,9 @@
-// A minimal HTTP/1.1 client on a plain socket (Connection: close), for the TSA (POST) and CRL
-// downloads (GET). Timeouts bound connect, send and every read; errors are transient.
+// A minimal HTTP/1.1 client (Connection: close), for the TSA (POST), CRL downloads (GET) and the
+// providers index (GET over TLS, with a client certificate). Timeouts bound connect, the TLS
+// handshake, send and every read; errors are transient.
 #pragma once
+
+#include <openssl/types.h>
 
 #include <chrono>
 #include <cstddef>
@@ -12,13 +15,19 @@ namespace pecd::http {
 
 struct Request {
     std::string method = "GET";
-    std::string url;           // http://host[:port]/path
+    std::string url;           // http://host[:port]/path or https://host[:port]/path
     std::string content_type;  // POST body type
     std::string body;
     std::string expect_type;  // required reply Content-Type prefix; empty = any
     std::chrono::milliseconds timeout{10000};
     std::string label = "HTTP";  // names the peer in error messages ("TSA", "CRL")
     size_t max_reply = 16u << 20;
+    // https://: the server's certificate must chain to `ca_file` (empty: the system's store) and
+    // name the URL's host (DNS name or IP address); TLS 1.2 at least. `client_cert` and
+    // `client_key` (both or neither, not owned) authenticate us to the server.
+    std::string ca_file;
+    X509* client_cert = nullptr;
+    EVP_PKEY* client_key = nullptr;
 };
 
 // The reply body when the status is 200 (and the type matches `expect_type`).

@@ -61,8 +61,16 @@ Result<Store> load_store(const fs::path& ca_file) {
 Result<std::string> http_post(const std::string& url, std::string_view content_type,
                               std::string_view body, std::string_view expect_type,
                               std::chrono::milliseconds timeout) {
-    return http::request({"POST", url, std::string(content_type), std::string(body),
-                          std::string(expect_type), timeout, "TSA", 1u << 20});
+    http::Request request;
+    request.method = "POST";
+    request.url = url;
+    request.content_type = std::string(content_type);
+    request.body = std::string(body);
+    request.expect_type = std::string(expect_type);
+    request.timeout = timeout;
+    request.label = "TSA";
+    request.max_reply = 1u << 20;
+    return http::request(request);
 }
 
 Result<std::string> request_timestamp(const std::string& url, std::string_view data,

@@ -202,8 +202,9 @@ ProviderSettings read_all(Reader& r) {
     if (s.trust.check_crl && s.trust.crl_files.empty() && s.trust.ca_dirs.empty())
         r.problem("trust", "crl_files", "is required while check_crl = yes");
 
-    r.only_known("index", {"source", "ldif", "ldif_signer", "uri", "base", "bind_dn",
-                           "bind_password_file", "cache_file", "timeout"});
+    r.only_known("index",
+                 {"source", "ldif", "ldif_signer", "url", "url_ca_file", "url_client_auth", "uri",
+                  "base", "bind_dn", "bind_password_file", "cache_file", "timeout"});
     std::string source = c.get("index", "source", "ldif");
     if (source == "ldif") {
         s.index_source = ProviderSettings::IndexSource::ldif;
@@ -223,6 +224,14 @@ ProviderSettings read_all(Reader& r) {
             if (s.ldif_signers.empty())
                 r.problem("index", "ldif_signer", signer.string() + ": no PEM certificate in it");
         }
+        s.index_url = c.get("index", "url");
+        if (!s.index_url.empty() && !s.index_url.starts_with("https://"))
+            r.problem("index", "url", "must be https:// (IGPEC is served over TLS only)");
+        s.index_url_ca = r.existing("index", "url_ca_file", false);
+        if (auto auth = c.get_bool("index", "url_client_auth", true); auth)
+            s.index_url_client_auth = *auth;
+        else
+            r.problem("index", "url_client_auth", "must be yes or no");
     } else if (source == "ldap") {
         s.index_source = ProviderSettings::IndexSource::ldap;
         s.ldap.uri = r.required("index", "uri");

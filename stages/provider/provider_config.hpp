@@ -52,6 +52,12 @@ struct ProviderSettings {
     enum class IndexSource { ldif, ldap } index_source = IndexSource::ldif;
     fs::path ldif;
     std::vector<std::string> ldif_signers;  // [index] ldif_signer: SHA-1 of each certificate
+    // [index] url: where `pecd refresh-index` downloads the ldif file from (https://), checking
+    // the server against url_ca_file (empty: the system's store) and, unless url_client_auth =
+    // no, presenting the [keys] certificate.
+    std::string index_url;
+    fs::path index_url_ca;
+    bool index_url_client_auth = true;
     pec::LdapIndexOptions ldap;
 
     uint64_t max_size_times_recipients = 30ull * 1024 * 1024;  // [limits]

@@ -75,15 +75,68 @@ bool older_than(X509_CRL* fresh, X509_CRL* current) {
 
 }  // namespace
 
+namespace {
+
+// Downloads [index] url into a temporary file beside [index] ldif and puts it in place only if
+// it loads as the index would (signature, signer, LDIF): a bad download never replaces a good
+// file.
+Status download_index(const ProviderSettings& s) {
+    http::Request request;
+    request.url = s.index_url;
+    request.timeout = std::chrono::seconds(60);
+    request.label = "index " + s.index_url;
+    request.max_reply = 64u << 20;
+    request.ca_file = s.index_url_ca.string();
+    std::shared_ptr<const pec::SigningKey> key;
+    std::shared_ptr<EVP_PKEY> private_key;
+    if (s.index_url_client_auth) {
+        auto loaded = load_signing_key(s);
+        if (!loaded) return std::unexpected(loaded.error());
+        key = *loaded;
+        auto pkey = key->private_key();
+        if (!pkey) return std::unexpected(pkey.error());
+        private_key = *pkey;
+        request.client_cert = key->certificate();
+        request.client_key = private_key.get();
+    }
+    auto body = http::request(request);
+    if (!body) return std::unexpected(body.error());
+    // Same directory (one filesystem for the rename), same extension (a .p7m must be signed).
+    const fs::path tmp = s.ldif.parent_path() /
+                         ("." + s.ldif.stem().string() + ".download" + s.ldif.extension().string());
+    if (auto st = durable::write_file_atomic(tmp, *body); !st) return st;
+    auto checked = pec::load_ldif(tmp, {&s.trust, s.ldif_signers});
+    if (!checked) {
+        (void)durable::unlink_file(tmp);
+        return fail(checked.error().kind, "index downloaded from " + s.index_url +
+                                              " refused: " + checked.error().message);
+    }
+    if (auto st = durable::rename_file(tmp, s.ldif); !st) {
+        (void)durable::unlink_file(tmp);
+        return st;
+    }
+    return durable::sync_dir(s.ldif.parent_path());
+}
+
+}  // namespace
+
 Result<std::string> refresh_index(const Config& config) {
     auto settings = read_settings(config);
     if (!settings) return std::unexpected(settings.error());
+    if (settings->index_source == ProviderSettings::IndexSource::ldif &&
+        !settings->index_url.empty())
+        if (auto st = download_index(*settings); !st) return std::unexpected(st.error());
     auto snapshot =
         settings->index_source == ProviderSettings::IndexSource::ldap
             ? pec::load_ldap(settings->ldap)
             : pec::load_ldif(settings->ldif, {&settings->trust, settings->ldif_signers});
     if (!snapshot) return std::unexpected(snapshot.error());
-    return std::to_string(snapshot->providers.size()) + " providers from " + snapshot->source;
+    std::string summary =
+        std::to_string(snapshot->providers.size()) + " providers from " + snapshot->source;
+    if (settings->index_source == ProviderSettings::IndexSource::ldif &&
+        !settings->index_url.empty())
+        summary += ", downloaded from " + settings->index_url;
+    return summary;
 }
 
 namespace {
@@ -192,8 +245,12 @@ Result<std::string> refresh_crls(const Config& config) {
     for (size_t i = 0; i < settings->crl_urls.size(); ++i) {
         const std::string& url = settings->crl_urls[i];
         const fs::path& file = settings->trust.crl_files[i];
-        auto body = http::request(
-            {"GET", url, "", "", "", std::chrono::seconds(30), "CRL " + url, 64u << 20});
+        http::Request request;
+        request.url = url;
+        request.timeout = std::chrono::seconds(30);
+        request.label = "CRL " + url;
+        request.max_reply = 64u << 20;
+        auto body = http::request(request);
         Status problem;
         Crl fresh;
         if (!body) {

@@ -153,4 +153,135 @@ TEST_F(Refresh, IndexRefreshReloadsTheRunningDaemons) {
     EXPECT_TRUE(reloaded) << read_file(log);
 }
 
+// `[index] url`: refresh-index downloads the index over TLS from a server that wants a client
+// certificate (openssl s_server on 127.0.0.1, stopped by PID), and installs it only if it loads
+// as the index would: a changed byte, a refused handshake, an untrusted server or a missing file
+// leave the file in place.
+class IndexDownload : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        const fs::path& pki = pecd::test::test_pki();
+        fs::path d = dir_.path();
+        fs::create_directories(d / "www");
+        fs::create_directories(d / "mail/pec.alpha.test");
+        // The server's certificate, from the test CA: localhost and 127.0.0.1.
+        write_file(d / "srv.ext",
+                   "[v3]\nkeyUsage = critical,digitalSignature,keyEncipherment\n"
+                   "extendedKeyUsage = serverAuth\nsubjectAltName = DNS:localhost,IP:127.0.0.1\n");
+        auto srv = run("openssl req -new -newkey rsa:2048 -nodes -keyout " + quote(d / "srv.key") +
+                       " -subj /CN=localhost 2>/dev/null | openssl x509 -req -CA " +
+                       quote(pki / "ca.crt") + " -CAkey " + quote(pki / "ca.key") +
+                       " -set_serial 9090 -days 30 -extfile " + quote(d / "srv.ext") +
+                       " -extensions v3 -out " + quote(d / "srv.crt"));
+        ASSERT_EQ(srv.status, 0) << srv.output;
+        // Alpha's record signed by alpha: an old one in place, a new one (one more domain) on
+        // the server, and the new one with a byte changed.
+        auto hash = run("openssl x509 -inform DER -in " + quote(pki / "alpha.der") +
+                        " -noout -fingerprint -sha1 | sed 's/.*=//; s/://g'");
+        auto b64 = run("base64 -w0 " + quote(pki / "alpha.der"));
+        auto record = [&](const std::string& domains) {
+            return "dn: providerName=Gestore Alpha,o=postacert\nobjectClass: provider\n"
+                   "providerName: Gestore Alpha\nproviderCertificateHash: " +
+                   hash.output.substr(0, 40) + "\nproviderCertificate;binary:: " + b64.output +
+                   "\nmailReceipt: posta-certificata@pec.alpha.test\n" + domains;
+        };
+        sign(record("managedDomains: pec.alpha.test\n"), d / "index.p7m");
+        sign(record("managedDomains: pec.alpha.test\nmanagedDomains: alpha.example\n"),
+             d / "www/igpec.p7m");
+        std::string der = read_file(d / "www/igpec.p7m");
+        size_t at = der.find("alpha.example");
+        ASSERT_NE(at, std::string::npos);
+        der[at] = 'b';
+        write_file(d / "www/tampered.p7m", der);
+
+        auto port = pecd::test::free_loopback_port();
+        ASSERT_TRUE(port) << port.error().message;
+        port_ = *port;
+        // -WWW serves files from the working directory; `exec` keeps the PID the server's.
+        server_ = pecd::testing::ProcessGuard(pecd::testing::spawn(
+            {"/bin/sh", "-c",
+             "cd " + quote(d / "www") +
+                 " && exec openssl s_server -accept 127.0.0.1:" + std::to_string(port_) +
+                 " -WWW -cert " + quote(d / "srv.crt") + " -key " + quote(d / "srv.key") +
+                 " -Verify 1 -verify_return_error -purpose any -CAfile " + quote(pki / "ca.crt")},
+            {.env = {}, .stdin_path = "", .stdout_path = "/dev/null", .stderr_path = "/dev/null"}));
+        for (int i = 0; i < 200 && !pecd::test::loopback_port_answers(port_); ++i)
+            std::this_thread::sleep_for(std::chrono::milliseconds(25));
+        ASSERT_TRUE(pecd::test::loopback_port_answers(port_)) << "s_server did not start";
+    }
+
+    void sign(const std::string& ldif, const fs::path& out) {
+        const fs::path& pki = pecd::test::test_pki();
+        write_file(dir_.path() / "record.ldif", ldif);
+        auto r = run("openssl cms -sign -nodetach -binary -outform DER -in " +
+                     quote(dir_.path() / "record.ldif") + " -signer " + quote(pki / "alpha.crt") +
+                     " -inkey " + quote(pki / "alpha.key") + " -out " + quote(out) + " 2>&1");
+        ASSERT_EQ(r.status, 0) << r.output;
+    }
+
+    // refresh-index with [index] url = https://localhost:<port><path>, plus `extra` index keys.
+    pecd::test::CommandResult refresh(const std::string& path, const std::string& extra = "") {
+        const fs::path& pki = pecd::test::test_pki();
+        fs::path d = dir_.path();
+        std::ofstream(d / "pecd.conf")
+            << "[spool]\ndirectory = spool\n[provider]\nname = Gestore Alpha S.p.A.\nmail_domain = "
+               "pec.alpha.test\ndomains = pec.alpha.test\ntemplates = "
+            << PECD_SOURCE_DIR << "/conf/templates\nvirus_store = virus\n[keys]\ncert = "
+            << (pki / "alpha.crt").string() << "\nkey = " << (pki / "alpha.key").string()
+            << "\n[trust]\nca_files = " << (pki / "ca.crt").string()
+            << "\ncrl_files = " << (pki / "crl-empty.pem").string()
+            << "\n[index]\nsource = ldif\nldif = index.p7m\nurl = https://localhost:" << port_
+            << path << "\n"
+            << extra << "[mailbox]\nmaildir = mail\n";
+        return run(kPecd + " -c " + quote(d / "pecd.conf") + " refresh-index 2>&1");
+    }
+
+    std::string in_place() { return read_file(dir_.path() / "index.p7m"); }
+    bool no_leftover() {
+        for (const auto& e : fs::directory_iterator(dir_.path()))
+            if (e.path().filename().string().starts_with(".index.download")) return false;
+        return true;
+    }
+
+    pecd::test::TempDir dir_{"pecd-index-download"};
+    int port_ = 0;
+    pecd::testing::ProcessGuard server_;
+};
+
+TEST_F(IndexDownload, TheSignedIndexIsDownloadedCheckedAndInstalled) {
+    const std::string ca = "url_ca_file = " + (pecd::test::test_pki() / "ca.crt").string() + "\n";
+    auto r = refresh("/igpec.p7m", ca);
+    EXPECT_EQ(r.status, 0) << r.output;
+    EXPECT_NE(r.output.find("1 providers from ldif:"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("signed by C=IT, O=Gestore Alpha"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("downloaded from https://localhost:"), std::string::npos) << r.output;
+    EXPECT_EQ(in_place(), read_file(dir_.path() / "www/igpec.p7m"));
+    EXPECT_TRUE(no_leftover());
+}
+
+TEST_F(IndexDownload, WhatDoesNotHoldLeavesTheIndexInPlace) {
+    const std::string before = in_place();
+    const fs::path& pki = pecd::test::test_pki();
+    const std::string ca = "url_ca_file = " + (pki / "ca.crt").string() + "\n";
+    struct Case {
+        std::string path, extra;
+        int status;
+        std::string says;
+    };
+    for (const Case& c : {
+             Case{"/tampered.p7m", ca, 1, "bad_signature"},
+             Case{"/igpec.p7m", ca + "url_client_auth = no\n", 75, "certificate required"},
+             Case{"/igpec.p7m", "url_ca_file = " + (pki / "foreign-ca.crt").string() + "\n", 75,
+                  "server certificate"},
+             // s_server answers a missing file with 200 and a line of text: not an index.
+             Case{"/missing.p7m", ca, 1, "not signed"},
+         }) {
+        auto r = refresh(c.path, c.extra);
+        EXPECT_EQ(r.status, c.status) << c.path << " " << c.extra << r.output;
+        EXPECT_NE(r.output.find(c.says), std::string::npos) << r.output;
+        EXPECT_EQ(in_place(), before) << c.path << " " << c.extra;
+        EXPECT_TRUE(no_leftover()) << c.path;
+    }
+}
+
 }  // namespace
