@@ -159,6 +159,9 @@ int main(int argc, char** argv) {
                    "index-record: a renewed certificate (PEM) to list beside the current one");
     app.add_flag("--plain", record_plain, "index-record: plain LDIF, not signed");
     CLI11_PARSE(app, argc, argv);
+    // A peer that goes away mid-write (a TLS alert, an SMTP or LMTP server) is an error to
+    // handle, not a signal that ends the process: OpenSSL writes with write(2).
+    ::signal(SIGPIPE, SIG_IGN);
 
     log::set_program("pecd " + what);
     if (debug) log::set_level(log::Level::debug);

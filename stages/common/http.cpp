@@ -10,7 +10,9 @@
 #include <unistd.h>
 
 #include <cctype>
+#include <cerrno>
 #include <charconv>
+#include <chrono>
 #include <memory>
 
 #include "spool-layout/durable.hpp"
@@ -157,16 +159,23 @@ Result<std::string> request(const Request& r) {
         ssl = std::move(*session);
     }
     // Plain or TLS, the same loops: n > 0 bytes moved, 0 the end, < 0 an error (errno set).
+    // Each TLS call starts with no stale errno or queued error, which would be taken for its own.
+    std::string tls_failure;  // what a failed TLS read or write said (an alert, for one)
     auto send_some = [&](const char* data, size_t size) -> ssize_t {
         if (!ssl) return ::send(sock.get(), data, size, MSG_NOSIGNAL);
+        ERR_clear_error();
+        errno = 0;
         size_t done = 0;
         if (SSL_write_ex(ssl.get(), data, size, &done) == 1) return static_cast<ssize_t>(done);
-        errno = errno ? errno : EPIPE;
+        SSL_get_error(ssl.get(), 0);
+        if (ERR_peek_error() != 0) tls_failure = tls_errors("TLS");
+        errno = errno && errno != EINTR ? errno : EPIPE;
         return -1;
     };
-    std::string tls_failure;  // what a failed TLS read or write said (an alert, for one)
     auto recv_some = [&](char* data, size_t size) -> ssize_t {
         if (!ssl) return ::recv(sock.get(), data, size, 0);
+        ERR_clear_error();
+        errno = 0;
         size_t done = 0;
         if (SSL_read_ex(ssl.get(), data, size, &done) == 1) return static_cast<ssize_t>(done);
         int err = SSL_get_error(ssl.get(), 0);
@@ -177,7 +186,7 @@ Result<std::string> request(const Request& r) {
         // TLS 1.3: a server that refuses our certificate says so here, after the handshake. A
         // timeout leaves no TLS error, only errno.
         if (ERR_peek_error() != 0) tls_failure = tls_errors("TLS");
-        errno = errno ? errno : EIO;
+        errno = errno && errno != EINTR ? errno : EIO;
         return -1;
     };
     std::string request =
@@ -189,12 +198,20 @@ Result<std::string> request(const Request& r) {
     for (size_t off = 0; off < request.size();) {
         ssize_t n = send_some(request.data() + off, request.size() - off);
         if (n < 0 && errno == EINTR) continue;
+        if (n <= 0 && !tls_failure.empty())
+            return fail(ErrorKind::transient, "send to " + r.label + ": " + tls_failure);
         if (n <= 0) return fail_errno("send to " + r.label);
         off += static_cast<size_t>(n);
     }
     std::string reply;
     char buf[16384];
+    // A server that sends a byte now and then never trips the per-read timeout: the whole
+    // reply has its own deadline.
+    const auto deadline = std::chrono::steady_clock::now() + r.total_timeout;
     while (true) {
+        if (r.total_timeout.count() > 0 && std::chrono::steady_clock::now() > deadline)
+            return fail(ErrorKind::transient, r.label + ": reply not complete within " +
+                                                  std::to_string(r.total_timeout.count()) + " ms");
         ssize_t n = recv_some(buf, sizeof buf);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && !tls_failure.empty())

@@ -22,6 +22,7 @@ struct Request {
     std::chrono::milliseconds timeout{10000};
     std::string label = "HTTP";  // names the peer in error messages ("TSA", "CRL")
     size_t max_reply = 16u << 20;
+    std::chrono::milliseconds total_timeout{0};  // the whole reply; 0: only `timeout` per read
     // https://: the server's certificate must chain to `ca_file` (empty: the system's store) and
     // name the URL's host (DNS name or IP address); TLS 1.2 at least. `client_cert` and
     // `client_key` (both or neither, not owned) authenticate us to the server.

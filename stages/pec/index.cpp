@@ -735,20 +735,28 @@ Result<IndexSnapshot> parse_ldif(std::string_view text, std::string source) {
 Result<IndexSnapshot> load_ldif(const std::filesystem::path& path, const LdifTrust& trust) {
     auto text = read_file(path);
     if (!text) return std::unexpected(text.error());
-    if (!looks_like_signed_data(*text)) {
+    return read_ldif(*text, path, trust);
+}
+
+Result<IndexSnapshot> read_ldif(std::string_view bytes, const std::filesystem::path& path,
+                                const LdifTrust& trust) {
+    if (bytes.size() > kMaxLdifBytes)
+        return fail(ErrorKind::corrupt,
+                    path.string() + ": larger than " + std::to_string(kMaxLdifBytes) + " bytes");
+    if (!looks_like_signed_data(bytes)) {
         if (path.extension() == ".p7m" || !trust.signers.empty())
             return fail(ErrorKind::corrupt,
                         path.string() + ": not signed (PKCS#7), and " +
                             (trust.signers.empty() ? "a .p7m must be"
                                                    : "[index] ldif_signer asks that it be"));
-        return parse_ldif(*text, "ldif:" + path.string());
+        return parse_ldif(bytes, "ldif:" + path.string());
     }
     const TrustConfig* anchors = trust.anchors;
     if (!anchors || (anchors->ca_files.empty() && anchors->ca_dirs.empty()))
         return fail(ErrorKind::config, path.string() +
                                            " is signed (PKCS#7): its signer is checked against "
                                            "the [trust] anchors, and none are configured");
-    auto opened = open_signed_data(*text, *anchors);
+    auto opened = open_signed_data(bytes, *anchors);
     if (!opened) return std::unexpected(opened.error());
     const VerifyReport& report = opened->report;
     if (!report.ok())
@@ -760,6 +768,7 @@ Result<IndexSnapshot> load_ldif(const std::filesystem::path& path, const LdifTru
         "ldif:" + path.string() + " (signed by " + report.signer_subject + ")";
     auto snap = parse_ldif(opened->content, source);
     if (!snap) return snap;
+    snap->signed_at = report.signing_time;
     const std::string by = path.string() + ": signed by " + report.signer_subject + " (SHA-1 " +
                            report.signer_cert_sha1 + "), ";
     if (!trust.signers.empty()) {

@@ -29,6 +29,8 @@ struct IndexSnapshot {
     std::vector<ProviderRecord> providers;
     std::chrono::system_clock::time_point loaded_at{};
     std::string source;  // "ldif:/path" or "ldap://host/..." for messages and `pecq`
+    // A signed LDIF's CMS signingTime, when it has one: how new the index is.
+    std::optional<std::chrono::system_clock::time_point> signed_at;
 
     // Case-insensitive (DECISIONS #4 / pec-rules.md §10.6).
     const ProviderRecord* find_by_cert_hash(std::string_view sha1_hex) const;
@@ -54,6 +56,9 @@ struct LdifTrust {
 // ErrorKind::corrupt, or transient when the signer's CRL is missing or stale (refresh the CRL
 // and try again); a signed file without anchors is ErrorKind::config.
 Result<IndexSnapshot> load_ldif(const std::filesystem::path& path, const LdifTrust& trust = {});
+// The same for bytes in hand (a download), named `path` (its extension counts, as above).
+Result<IndexSnapshot> read_ldif(std::string_view bytes, const std::filesystem::path& path,
+                                const LdifTrust& trust = {});
 Result<IndexSnapshot> parse_ldif(std::string_view text, std::string source = "ldif:<string>");
 
 // One provider's record as LDIF (version line, then the entry), as the provider publishes it at

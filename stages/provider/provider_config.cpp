@@ -227,6 +227,10 @@ ProviderSettings read_all(Reader& r) {
         s.index_url = c.get("index", "url");
         if (!s.index_url.empty() && !s.index_url.starts_with("https://"))
             r.problem("index", "url", "must be https:// (IGPEC is served over TLS only)");
+        // What comes from the network is taken only signed, by the directory's own signer.
+        else if (!s.index_url.empty() && (s.ldif.extension() != ".p7m" || s.ldif_signers.empty()))
+            r.problem("index", "url",
+                      "needs ldif to be a .p7m and ldif_signer to name who signs the directory");
         s.index_url_ca = r.existing("index", "url_ca_file", false);
         if (auto auth = c.get_bool("index", "url_client_auth", true); auth)
             s.index_url_client_auth = *auth;
@@ -234,6 +238,8 @@ ProviderSettings read_all(Reader& r) {
             r.problem("index", "url_client_auth", "must be yes or no");
     } else if (source == "ldap") {
         s.index_source = ProviderSettings::IndexSource::ldap;
+        if (!c.get("index", "url").empty())
+            r.problem("index", "url", "is for source = ldif (LDAP has cache_file)");
         s.ldap.uri = r.required("index", "uri");
         s.ldap.base_dn = c.get("index", "base", s.ldap.base_dn);
         s.ldap.bind_dn = c.get("index", "bind_dn");

@@ -77,13 +77,14 @@ bool older_than(X509_CRL* fresh, X509_CRL* current) {
 
 namespace {
 
-// Downloads [index] url into a temporary file beside [index] ldif and puts it in place only if
-// it loads as the index would (signature, signer, LDIF): a bad download never replaces a good
-// file.
+// Downloads [index] url and puts it in place of [index] ldif only if it loads as the index would
+// (signature, signer, LDIF) and is not older than the file there: a bad download never replaces
+// a good file.
 Status download_index(const ProviderSettings& s) {
     http::Request request;
     request.url = s.index_url;
     request.timeout = std::chrono::seconds(60);
+    request.total_timeout = std::chrono::minutes(10);
     request.label = "index " + s.index_url;
     request.max_reply = 64u << 20;
     request.ca_file = s.index_url_ca.string();
@@ -101,21 +102,19 @@ Status download_index(const ProviderSettings& s) {
     }
     auto body = http::request(request);
     if (!body) return std::unexpected(body.error());
-    // Same directory (one filesystem for the rename), same extension (a .p7m must be signed).
-    const fs::path tmp = s.ldif.parent_path() /
-                         ("." + s.ldif.stem().string() + ".download" + s.ldif.extension().string());
-    if (auto st = durable::write_file_atomic(tmp, *body); !st) return st;
-    auto checked = pec::load_ldif(tmp, {&s.trust, s.ldif_signers});
-    if (!checked) {
-        (void)durable::unlink_file(tmp);
-        return fail(checked.error().kind, "index downloaded from " + s.index_url +
-                                              " refused: " + checked.error().message);
-    }
-    if (auto st = durable::rename_file(tmp, s.ldif); !st) {
-        (void)durable::unlink_file(tmp);
-        return st;
-    }
-    return durable::sync_dir(s.ldif.parent_path());
+    // Checked in memory, as the index would be read (the name gives the extension), then
+    // written over the file in place by write, fsync and rename: a refresh running beside this
+    // one can only put its own checked bytes there.
+    const std::string refused = "index downloaded from " + s.index_url + " refused: ";
+    auto fresh = pec::read_ldif(*body, s.ldif, {&s.trust, s.ldif_signers});
+    if (!fresh) return fail(fresh.error().kind, refused + fresh.error().message);
+    // Never back in time: an older signed index (a replay) does not replace a newer one.
+    auto current = pec::load_ldif(s.ldif, {&s.trust, s.ldif_signers});
+    if (current && current->signed_at &&
+        (!fresh->signed_at || *fresh->signed_at < *current->signed_at))
+        return fail(ErrorKind::corrupt,
+                    refused + "signed before the index in place (CMS signingTime), or undated");
+    return durable::write_file_atomic(s.ldif, *body);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "stages/scheduler/scheduler.hpp"
 
+#include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -354,9 +355,21 @@ Handler command_handler(std::map<std::string, std::vector<std::string>> commands
         std::vector<std::string> args = it->second;
         for (auto& a : args) argv.push_back(a.data());
         argv.push_back(nullptr);
+        // The command starts with the signals as a program expects them: none blocked (the
+        // daemon blocks some for sigwait) and SIGPIPE at its default (the daemon ignores it).
+        posix_spawnattr_t attr;
+        posix_spawnattr_init(&attr);
+        sigset_t none, defaults;
+        sigemptyset(&none);
+        sigemptyset(&defaults);
+        sigaddset(&defaults, SIGPIPE);
+        posix_spawnattr_setsigmask(&attr, &none);
+        posix_spawnattr_setsigdefault(&attr, &defaults);
+        posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
         pid_t pid = -1;
-        if (int rc = posix_spawn(&pid, argv[0], nullptr, nullptr, argv.data(), envp.data());
-            rc != 0)
+        int rc = posix_spawn(&pid, argv[0], nullptr, &attr, argv.data(), envp.data());
+        posix_spawnattr_destroy(&attr);
+        if (rc != 0)
             return fail(ErrorKind::transient, "spawn " + args[0] + ": " + std::strerror(rc));
         int status = 0;
         while (waitpid(pid, &status, 0) < 0)

@@ -164,10 +164,10 @@ class IndexDownload : public ::testing::Test {
         fs::path d = dir_.path();
         fs::create_directories(d / "www");
         fs::create_directories(d / "mail/pec.alpha.test");
-        // The server's certificate, from the test CA: localhost and 127.0.0.1.
+        // The server's certificate, from the test CA: localhost, and not 127.0.0.1.
         write_file(d / "srv.ext",
                    "[v3]\nkeyUsage = critical,digitalSignature,keyEncipherment\n"
-                   "extendedKeyUsage = serverAuth\nsubjectAltName = DNS:localhost,IP:127.0.0.1\n");
+                   "extendedKeyUsage = serverAuth\nsubjectAltName = DNS:localhost\n");
         auto srv = run("openssl req -new -newkey rsa:2048 -nodes -keyout " + quote(d / "srv.key") +
                        " -subj /CN=localhost 2>/dev/null | openssl x509 -req -CA " +
                        quote(pki / "ca.crt") + " -CAkey " + quote(pki / "ca.key") +
@@ -185,6 +185,9 @@ class IndexDownload : public ::testing::Test {
                    hash.output.substr(0, 40) + "\nproviderCertificate;binary:: " + b64.output +
                    "\nmailReceipt: posta-certificata@pec.alpha.test\n" + domains;
         };
+        // An older one on the server too: signingTime has whole seconds.
+        sign(record("managedDomains: pec.alpha.test\n"), d / "www/old.p7m");
+        std::this_thread::sleep_for(std::chrono::milliseconds(1100));
         sign(record("managedDomains: pec.alpha.test\n"), d / "index.p7m");
         sign(record("managedDomains: pec.alpha.test\nmanagedDomains: alpha.example\n"),
              d / "www/igpec.p7m");
@@ -219,8 +222,9 @@ class IndexDownload : public ::testing::Test {
         ASSERT_EQ(r.status, 0) << r.output;
     }
 
-    // refresh-index with [index] url = https://localhost:<port><path>, plus `extra` index keys.
-    pecd::test::CommandResult refresh(const std::string& path, const std::string& extra = "") {
+    // refresh-index with [index] url = https://<host>:<port><path>, plus `extra` index keys.
+    pecd::test::CommandResult refresh(const std::string& path, const std::string& extra = "",
+                                      const std::string& host = "localhost") {
         const fs::path& pki = pecd::test::test_pki();
         fs::path d = dir_.path();
         std::ofstream(d / "pecd.conf")
@@ -230,8 +234,9 @@ class IndexDownload : public ::testing::Test {
             << (pki / "alpha.crt").string() << "\nkey = " << (pki / "alpha.key").string()
             << "\n[trust]\nca_files = " << (pki / "ca.crt").string()
             << "\ncrl_files = " << (pki / "crl-empty.pem").string()
-            << "\n[index]\nsource = ldif\nldif = index.p7m\nurl = https://localhost:" << port_
-            << path << "\n"
+            << "\n[index]\nsource = ldif\nldif = index.p7m\nldif_signer = "
+            << (pki / "alpha.crt").string() << "\nurl = https://" << host << ":" << port_ << path
+            << "\n"
             << extra << "[mailbox]\nmaildir = mail\n";
         return run(kPecd + " -c " + quote(d / "pecd.conf") + " refresh-index 2>&1");
     }
@@ -239,7 +244,7 @@ class IndexDownload : public ::testing::Test {
     std::string in_place() { return read_file(dir_.path() / "index.p7m"); }
     bool no_leftover() {
         for (const auto& e : fs::directory_iterator(dir_.path()))
-            if (e.path().filename().string().starts_with(".index.download")) return false;
+            if (e.path().filename().string().find(".tmp.") != std::string::npos) return false;
         return true;
     }
 
@@ -259,6 +264,21 @@ TEST_F(IndexDownload, TheSignedIndexIsDownloadedCheckedAndInstalled) {
     EXPECT_TRUE(no_leftover());
 }
 
+// What comes from the network is taken only as a .p7m from a named signer.
+TEST_F(IndexDownload, AUrlNeedsASignedFileAndItsSigner) {
+    const std::string ca = "url_ca_file = " + (pecd::test::test_pki() / "ca.crt").string() + "\n";
+    ASSERT_EQ(refresh("/igpec.p7m", ca).status, 0);
+    fs::path conf = dir_.path() / "pecd.conf";
+    std::string text = read_file(conf);
+    size_t at = text.find("ldif_signer = ");
+    ASSERT_NE(at, std::string::npos);
+    write_file(conf, text.substr(0, at) + text.substr(text.find('\n', at) + 1));
+    auto r = run(kPecd + " -c " + quote(conf) + " check-config 2>&1");
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_NE(r.output.find("needs ldif to be a .p7m and ldif_signer"), std::string::npos)
+        << r.output;
+}
+
 TEST_F(IndexDownload, WhatDoesNotHoldLeavesTheIndexInPlace) {
     const std::string before = in_place();
     const fs::path& pki = pecd::test::test_pki();
@@ -267,6 +287,7 @@ TEST_F(IndexDownload, WhatDoesNotHoldLeavesTheIndexInPlace) {
         std::string path, extra;
         int status;
         std::string says;
+        std::string host = "localhost";
     };
     for (const Case& c : {
              Case{"/tampered.p7m", ca, 1, "bad_signature"},
@@ -275,8 +296,12 @@ TEST_F(IndexDownload, WhatDoesNotHoldLeavesTheIndexInPlace) {
                   "server certificate"},
              // s_server answers a missing file with 200 and a line of text: not an index.
              Case{"/missing.p7m", ca, 1, "not signed"},
+             // A replay of an older index, signed all right.
+             Case{"/old.p7m", ca, 1, "signed before the index in place"},
+             // The server's certificate names localhost, not the address asked for.
+             Case{"/igpec.p7m", ca, 75, "IP address mismatch", "127.0.0.1"},
          }) {
-        auto r = refresh(c.path, c.extra);
+        auto r = refresh(c.path, c.extra, c.host);
         EXPECT_EQ(r.status, c.status) << c.path << " " << c.extra << r.output;
         EXPECT_NE(r.output.find(c.says), std::string::npos) << r.output;
         EXPECT_EQ(in_place(), before) << c.path << " " << c.extra;
