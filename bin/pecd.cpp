@@ -151,14 +151,25 @@ int main(int argc, char** argv) {
     std::string record_out, record_url, record_receipt;
     std::vector<std::string> next_certs;
     bool record_plain = false;
-    app.add_option("--out", record_out, "index-record: write the record here (default stdout)");
-    app.add_option("--url", record_url, "index-record: its LDIFLocationURL");
-    app.add_option("--mail-receipt", record_receipt,
-                   "index-record: mailReceipt (default posta-certificata@<mail_domain>)");
-    app.add_option("--next-cert", next_certs,
-                   "index-record: a renewed certificate (PEM) to list beside the current one");
-    app.add_flag("--plain", record_plain, "index-record: plain LDIF, not signed");
+    const std::vector<CLI::Option*> record_only{
+        app.add_option("--out", record_out,
+                       "index-record: write the record here (default or '-': stdout)"),
+        app.add_option("--url", record_url, "index-record: its LDIFLocationURL"),
+        app.add_option("--mail-receipt", record_receipt,
+                       "index-record: mailReceipt (default posta-certificata@<mail_domain>)"),
+        app.add_option("--next-cert", next_certs,
+                       "index-record: a renewed certificate (PEM) to list beside the current one"),
+        app.add_flag("--plain", record_plain, "index-record: plain LDIF, not signed")};
     CLI11_PARSE(app, argc, argv);
+    // An option of index-record given to another command would be ignored without a word.
+    if (what != "index-record")
+        for (const CLI::Option* option : record_only)
+            if (option->count() > 0) {
+                std::fprintf(stderr, "pecd: %s is an option of index-record only\n",
+                             option->get_name().c_str());
+                return 64;  // EX_USAGE
+            }
+    if (record_out == "-") record_out.clear();
     // A peer that goes away mid-write (a TLS alert, an SMTP or LMTP server) is an error to
     // handle, not a signal that ends the process: OpenSSL writes with write(2).
     ::signal(SIGPIPE, SIG_IGN);

@@ -229,13 +229,20 @@ TEST(ProviderPecd, IndexRecordIsSignedAndServesAsTheIndex) {
     EXPECT_EQ(p.certificates[1], read_file(net.root() / "alpha-next.der"));
     EXPECT_EQ(p.cert_hashes.size(), 2u);
 
-    // --plain: the same LDIF, unsigned, on stdout.
+    // --plain: the same LDIF, unsigned, on stdout ("--out -" says so too).
     fs::path plain = net.root() / "record.ldif";
-    rc = pecd::testing::run(
-        {pecd, "-c", conf, "index-record", "--plain", "--url", url, "--next-cert", next.string()},
-        SpawnOptions{{}, "", plain.string(), out.string()});
+    rc = pecd::testing::run({pecd, "-c", conf, "index-record", "--plain", "--out", "-", "--url",
+                             url, "--next-cert", next.string()},
+                            SpawnOptions{{}, "", plain.string(), out.string()});
     ASSERT_EQ(rc, 0) << log_of(out);
     EXPECT_EQ(read_file(plain), ldif);
+
+    // Its options belong to it: given to another command they are refused, not ignored.
+    rc = pecd::testing::run({pecd, "-c", conf, "check-config", "--out", record.string()},
+                            SpawnOptions{{}, "", out.string(), out.string()});
+    EXPECT_EQ(rc, 64);
+    EXPECT_NE(log_of(out).find("--out is an option of index-record only"), std::string::npos)
+        << log_of(out);
 
     // The signed record as this provider's index.
     std::string text = read_file(net.alpha.conf);
