@@ -478,6 +478,17 @@ void append_attr(std::string& out, std::string_view name, std::string_view value
     }
 }
 
+// A provider entry's attributes after its dn and objectClass lines: the cache file and a
+// provider's published record write them alike.
+void append_provider_attrs(std::string& out, const ProviderRecord& p) {
+    append_attr(out, "providerName", p.name);
+    if (!p.unit.empty()) append_attr(out, "providerUnit", p.unit);
+    for (const auto& h : p.cert_hashes) append_attr(out, "providerCertificateHash", h);
+    for (const auto& c : p.certificates) append_attr(out, "providerCertificate;binary", c);
+    append_attr(out, "mailReceipt", p.mail_receipt);
+    for (const auto& d : p.managed_domains) append_attr(out, "managedDomains", d);
+}
+
 std::string to_ldif(const IndexSnapshot& snap) {
     std::string out = "# pecd providers index cache, from " + snap.source + "\n";
     out += "# written by pecd after a successful load; do not edit\nversion: 1\n";
@@ -485,12 +496,7 @@ std::string to_ldif(const IndexSnapshot& snap) {
         out.push_back('\n');
         append_attr(out, "dn", p.dn);
         append_attr(out, "objectClass", "provider");
-        append_attr(out, "providerName", p.name);
-        if (!p.unit.empty()) append_attr(out, "providerUnit", p.unit);
-        for (const auto& h : p.cert_hashes) append_attr(out, "providerCertificateHash", h);
-        for (const auto& c : p.certificates) append_attr(out, "providerCertificate;binary", c);
-        append_attr(out, "mailReceipt", p.mail_receipt);
-        for (const auto& d : p.managed_domains) append_attr(out, "managedDomains", d);
+        append_provider_attrs(out, p);
     }
     return out;
 }
@@ -798,12 +804,7 @@ std::string provider_record_ldif(const ProviderRecord& p, std::string_view ldif_
     append_attr(out, "dn", p.dn);
     append_attr(out, "objectClass", "top");
     append_attr(out, "objectClass", "provider");
-    append_attr(out, "providerName", p.name);
-    if (!p.unit.empty()) append_attr(out, "providerUnit", p.unit);
-    for (const auto& h : p.cert_hashes) append_attr(out, "providerCertificateHash", h);
-    for (const auto& c : p.certificates) append_attr(out, "providerCertificate;binary", c);
-    append_attr(out, "mailReceipt", p.mail_receipt);
-    for (const auto& d : p.managed_domains) append_attr(out, "managedDomains", d);
+    append_provider_attrs(out, p);
     if (!ldif_url.empty()) append_attr(out, "LDIFLocationURL", ldif_url);
     return out;
 }

@@ -27,26 +27,6 @@ Result<ossl::X509Ptr> read_cert(const std::filesystem::path& path) {
     return cert;
 }
 
-Result<ossl::X509Stack> read_chain(const std::filesystem::path& path) {
-    ossl::X509Stack stack(sk_X509_new_null());
-    if (!stack) return fail(ErrorKind::transient, "out of memory");
-    if (path.empty()) return stack;
-    ossl::Bio bio(BIO_new_file(path.c_str(), "r"));
-    if (!bio) return fail(ErrorKind::config, ossl::errors("cannot open " + path.string()));
-    while (X509* cert = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) {
-        if (!sk_X509_push(stack.get(), cert)) {
-            X509_free(cert);
-            return fail(ErrorKind::transient, "out of memory");
-        }
-    }
-    // The loop ends on "no start line" at EOF; anything else is a broken file.
-    unsigned long err = ERR_peek_last_error();
-    if (err != 0 && ERR_GET_REASON(err) != PEM_R_NO_START_LINE)
-        return fail(ErrorKind::config, ossl::errors("bad certificate in " + path.string()));
-    ERR_clear_error();
-    return stack;
-}
-
 Status check_key_matches(X509* cert, EVP_PKEY* key, const std::string& origin) {
     if (X509_check_private_key(cert, key) != 1)
         return fail(ErrorKind::config,
@@ -299,7 +279,7 @@ Result<std::shared_ptr<const SigningKey>> load_pem_key(const std::filesystem::pa
                                                        const std::filesystem::path& chain_path) {
     auto cert = read_cert(cert_path);
     if (!cert) return std::unexpected(cert.error());
-    auto chain = read_chain(chain_path);
+    auto chain = read_pem_certificates(chain_path);
     if (!chain) return std::unexpected(chain.error());
     ossl::Bio bio(BIO_new_file(key_path.c_str(), "r"));
     if (!bio) return fail(ErrorKind::config, ossl::errors("cannot open " + key_path.string()));
@@ -352,6 +332,35 @@ Result<std::shared_ptr<const SigningKey>> load_pkcs11_key(std::string_view pkcs1
     key->p11_key_ = std::move(*pkey);
     key->p11_pid_ = getpid();
     return key;
+}
+
+Result<ossl::X509Stack> read_pem_certificates(const std::filesystem::path& path) {
+    ossl::X509Stack stack(sk_X509_new_null());
+    if (!stack) return fail(ErrorKind::transient, "out of memory");
+    if (path.empty()) return stack;
+    ossl::Bio bio(BIO_new_file(path.c_str(), "r"));
+    if (!bio) return fail(ErrorKind::config, ossl::errors("cannot open " + path.string()));
+    while (X509* cert = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) {
+        if (!sk_X509_push(stack.get(), cert)) {
+            X509_free(cert);
+            return fail(ErrorKind::transient, "out of memory");
+        }
+    }
+    // The loop ends on "no start line" at EOF; anything else is a broken file.
+    unsigned long err = ERR_peek_last_error();
+    if (err != 0 && ERR_GET_REASON(err) != PEM_R_NO_START_LINE)
+        return fail(ErrorKind::config, ossl::errors("bad certificate in " + path.string()));
+    ERR_clear_error();
+    return stack;
+}
+
+Result<std::string> cert_der(X509* cert) {
+    int len = i2d_X509(cert, nullptr);
+    if (len <= 0) return fail(ErrorKind::permanent, ossl::errors("i2d_X509 failed"));
+    std::string der(static_cast<size_t>(len), '\0');
+    auto* p = reinterpret_cast<unsigned char*>(der.data());
+    if (i2d_X509(cert, &p) != len) return fail(ErrorKind::permanent, "i2d_X509 length changed");
+    return der;
 }
 
 Result<std::string> cert_sha1_hex(X509* cert) {

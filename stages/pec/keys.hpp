@@ -13,6 +13,7 @@
 #include <string_view>
 
 #include "stages/common/result.hpp"
+#include "stages/pec/ossl.hpp"
 
 namespace pecd::pec {
 
@@ -73,6 +74,13 @@ Result<std::shared_ptr<const SigningKey>> load_pkcs11_key(std::string_view pkcs1
                                                           const std::filesystem::path& module_path,
                                                           const std::filesystem::path& pin_file,
                                                           const std::filesystem::path& cert_path);
+
+// Every PEM certificate in `path`, in order (none for an empty path); a file that cannot be read
+// or holds a broken certificate is ErrorKind::config.
+Result<ossl::X509Stack> read_pem_certificates(const std::filesystem::path& path);
+
+// The certificate's DER: the IGPEC providerCertificate.
+Result<std::string> cert_der(X509* cert);
 
 // Lower-case hex SHA-1 of the DER certificate: the IGPEC providerCertificateHash.
 Result<std::string> cert_sha1_hex(X509* cert);

@@ -1,11 +1,15 @@
 // RAII owners for the OpenSSL objects used by keys.cpp and smime.cpp, and the error-queue helper.
 #pragma once
 
+// pem.h before cms.h, which declares PEM_read_bio_CMS only when pem.h came first.
+// clang-format off
+#include <openssl/pem.h>
 #include <openssl/bio.h>
 #include <openssl/cms.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>
+// clang-format on
 
 #include <memory>
 #include <string>

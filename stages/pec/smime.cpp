@@ -632,15 +632,6 @@ VerifyFailure classify_x509_error(int err) {
     }
 }
 
-Result<std::string> der_of(X509* cert) {
-    int len = i2d_X509(cert, nullptr);
-    if (len <= 0) return fail(ErrorKind::permanent, ossl::errors("i2d_X509 failed"));
-    std::string der(static_cast<size_t>(len), '\0');
-    auto* p = reinterpret_cast<unsigned char*>(der.data());
-    if (i2d_X509(cert, &p) != len) return fail(ErrorKind::permanent, "i2d_X509 length changed");
-    return der;
-}
-
 // ------------------------------------------------------- certificates carried by the CMS
 // d2i_CMS_ContentInfo decodes every certificate the CMS carries, and OpenSSL 3.0 decodes each
 // public key through OSSL_DECODER: the costliest step of a verification. Every message of a
@@ -945,6 +936,19 @@ SmimeVerifier::CacheStats SmimeVerifier::cache_stats() const {
 
 namespace {
 
+// When the chain is checked (none: now), from VerifyOptions; an error when the check is to be at
+// the signing time and the CMS has no signingTime.
+std::expected<std::optional<time_t>, std::string> check_instant(const VerifyOptions& options,
+                                                                std::optional<time_t> signed_at) {
+    if (options.at_signing_time) {
+        if (!signed_at)
+            return std::unexpected("at-signing-time check asked but the CMS has no signingTime");
+        return signed_at;
+    }
+    if (options.at_time) return std::chrono::system_clock::to_time_t(*options.at_time);
+    return std::nullopt;
+}
+
 // The signer's chain, validity, purpose and CRL against `store`. A result for "now" (no `at`)
 // holds until a certificate or CRL of it expires, at most an hour; one for a fixed instant
 // holds for ever (valid_until 0).
@@ -1070,14 +1074,9 @@ Result<VerifyReport> verify_impl(const SmimeVerifier::State& state, std::string_
     // 2. Chain, validity, purpose, CRL: cached per signer (+ carried intermediates).
     if (options.chain == ChainCheck::full) {
         report.chain_checked = true;
-        std::optional<time_t> at;
-        if (options.at_time) at = std::chrono::system_clock::to_time_t(*options.at_time);
-        if (options.at_signing_time) {
-            if (!signed_at)
-                return reject(VerifyFailure::bad_certificate,
-                              "at-signing-time check asked but the CMS has no signingTime");
-            at = signed_at;
-        }
+        auto instant = check_instant(options, signed_at);
+        if (!instant) return reject(VerifyFailure::bad_certificate, instant.error());
+        std::optional<time_t> at = *instant;
         std::string key = report.signer_cert_sha1;
         for (int i = 0; carried && i < sk_X509_num(carried.get()); ++i) {
             X509* c = sk_X509_value(carried.get(), i);
@@ -1130,7 +1129,7 @@ Result<VerifyReport> verify_impl(const SmimeVerifier::State& state, std::string_
                 VerifyFailure::not_in_index,
                 "signer certificate " + report.signer_cert_sha1 + " is not in the providers index");
         report.provider_name = record->name;
-        auto signer_der = der_of(signer);
+        auto signer_der = cert_der(signer);
         if (!signer_der) return std::unexpected(signer_der.error());
         if (std::find(record->certificates.begin(), record->certificates.end(), *signer_der) ==
             record->certificates.end())
@@ -1280,14 +1279,9 @@ Result<SignedContent> SmimeVerifier::open_signed_data(std::string_view bytes,
 
     if (options.chain == ChainCheck::full) {
         out.report.chain_checked = true;
-        std::optional<time_t> at;
-        if (options.at_time) at = std::chrono::system_clock::to_time_t(*options.at_time);
-        if (options.at_signing_time) {
-            if (!signed_at)
-                return reject(VerifyFailure::bad_certificate,
-                              "at-signing-time check asked but the CMS has no signingTime");
-            at = signed_at;
-        }
+        auto instant = check_instant(options, signed_at);
+        if (!instant) return reject(VerifyFailure::bad_certificate, instant.error());
+        std::optional<time_t> at = *instant;
         std::shared_ptr<X509_STORE> store;
         bool check_crl = true;
         {
@@ -1301,7 +1295,7 @@ Result<SignedContent> SmimeVerifier::open_signed_data(std::string_view bytes,
         if (checked->failure != VerifyFailure::none)
             return reject(checked->failure, std::move(checked->reason));
     }
-    auto signer_der = der_of(signer);
+    auto signer_der = cert_der(signer);
     if (!signer_der) return std::unexpected(signer_der.error());
     out.signer_der = std::move(*signer_der);
     char* data = nullptr;

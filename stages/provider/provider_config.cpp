@@ -1,7 +1,5 @@
 #include "stages/provider/provider_config.hpp"
 
-#include <openssl/err.h>
-#include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
 #include <algorithm>
@@ -212,16 +210,13 @@ ProviderSettings read_all(Reader& r) {
         if (s.ldif.empty()) r.problem("index", "ldif", "is required with source = ldif");
         // The certificates allowed to sign a whole directory (PEM, one or more).
         if (fs::path signer = r.existing("index", "ldif_signer", false); !signer.empty()) {
-            std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new_file(signer.c_str(), "r"),
-                                                          BIO_free);
-            while (bio) {
-                std::unique_ptr<X509, decltype(&X509_free)> cert(
-                    PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr), X509_free);
-                if (!cert) break;
-                if (auto sha1 = pec::cert_sha1_hex(cert.get())) s.ldif_signers.push_back(*sha1);
-            }
-            ERR_clear_error();
-            if (s.ldif_signers.empty())
+            auto certs = pec::read_pem_certificates(signer);
+            for (int i = 0; certs && i < sk_X509_num(certs->get()); ++i)
+                if (auto sha1 = pec::cert_sha1_hex(sk_X509_value(certs->get(), i)))
+                    s.ldif_signers.push_back(*sha1);
+            if (!certs)
+                r.problem("index", "ldif_signer", certs.error().message);
+            else if (s.ldif_signers.empty())
                 r.problem("index", "ldif_signer", signer.string() + ": no PEM certificate in it");
         }
         s.index_url = c.get("index", "url");

@@ -80,7 +80,7 @@ namespace {
 // Downloads [index] url and puts it in place of [index] ldif only if it loads as the index would
 // (signature, signer, LDIF) and is not older than the file there: a bad download never replaces
 // a good file.
-Status download_index(const ProviderSettings& s) {
+Result<pec::IndexSnapshot> download_index(const ProviderSettings& s) {
     http::Request request;
     request.url = s.index_url;
     request.timeout = std::chrono::seconds(60);
@@ -114,7 +114,9 @@ Status download_index(const ProviderSettings& s) {
         (!fresh->signed_at || *fresh->signed_at < *current->signed_at))
         return fail(ErrorKind::corrupt,
                     refused + "signed before the index in place (CMS signingTime), or undated");
-    return durable::write_file_atomic(s.ldif, *body);
+    if (auto st = durable::write_file_atomic(s.ldif, *body); !st)
+        return std::unexpected(st.error());
+    return fresh;
 }
 
 }  // namespace
@@ -122,19 +124,18 @@ Status download_index(const ProviderSettings& s) {
 Result<std::string> refresh_index(const Config& config) {
     auto settings = read_settings(config);
     if (!settings) return std::unexpected(settings.error());
-    if (settings->index_source == ProviderSettings::IndexSource::ldif &&
-        !settings->index_url.empty())
-        if (auto st = download_index(*settings); !st) return std::unexpected(st.error());
+    // The download is the index just checked and installed: no second read of the file.
+    const bool download = settings->index_source == ProviderSettings::IndexSource::ldif &&
+                          !settings->index_url.empty();
     auto snapshot =
-        settings->index_source == ProviderSettings::IndexSource::ldap
+        download ? download_index(*settings)
+        : settings->index_source == ProviderSettings::IndexSource::ldap
             ? pec::load_ldap(settings->ldap)
             : pec::load_ldif(settings->ldif, {&settings->trust, settings->ldif_signers});
     if (!snapshot) return std::unexpected(snapshot.error());
     std::string summary =
         std::to_string(snapshot->providers.size()) + " providers from " + snapshot->source;
-    if (settings->index_source == ProviderSettings::IndexSource::ldif &&
-        !settings->index_url.empty())
-        summary += ", downloaded from " + settings->index_url;
+    if (download) summary += ", downloaded from " + settings->index_url;
     return summary;
 }
 
@@ -160,16 +161,13 @@ std::string escape_dn_value(std::string_view value) {
 Status add_certificate(pec::ProviderRecord& record, X509* cert) {
     auto sha1 = pec::cert_sha1_hex(cert);
     if (!sha1) return std::unexpected(sha1.error());
-    int size = i2d_X509(cert, nullptr);
-    if (size <= 0) return fail(ErrorKind::permanent, "cannot encode a certificate");
-    std::string der(static_cast<size_t>(size), '\0');
-    auto* p = reinterpret_cast<unsigned char*>(der.data());
-    i2d_X509(cert, &p);
+    auto der = pec::cert_der(cert);
+    if (!der) return std::unexpected(der.error());
     if (std::find(record.cert_hashes.begin(), record.cert_hashes.end(), *sha1) !=
         record.cert_hashes.end())
         return {};  // listed already (the signing certificate given again as the next one)
     record.cert_hashes.push_back(*sha1);
-    record.certificates.push_back(std::move(der));
+    record.certificates.push_back(std::move(*der));
     return {};
 }
 
@@ -190,13 +188,12 @@ Result<std::string> index_record(const Config& config, const IndexRecordOptions&
     if (auto st = add_certificate(record, (*key)->certificate()); !st)
         return std::unexpected(st.error());
     for (const auto& file : options.next_certs) {
-        auto pem = durable::read_file(file, 1u << 20);
-        if (!pem) return std::unexpected(pem.error());
-        std::unique_ptr<BIO, decltype(&BIO_free)> bio(
-            BIO_new_mem_buf(pem->data(), static_cast<int>(pem->size())), BIO_free);
-        size_t found = 0;
-        while (X509* cert = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) {
-            std::unique_ptr<X509, decltype(&X509_free)> owned(cert, X509_free);
+        auto certs = pec::read_pem_certificates(file);
+        if (!certs) return std::unexpected(certs.error());
+        if (sk_X509_num(certs->get()) == 0)
+            return fail(ErrorKind::config, file.string() + ": no PEM certificate in it");
+        for (int i = 0; i < sk_X509_num(certs->get()); ++i) {
+            X509* cert = sk_X509_value(certs->get(), i);
             // A renewal of this provider's certificate: the same service address, a later end.
             if (auto san = check_service_address(cert, settings->mail_domain); !san)
                 return fail(ErrorKind::config, file.string() + ": " + san.error().message);
@@ -206,15 +203,7 @@ Result<std::string> index_record(const Config& config, const IndexRecordOptions&
                             file.string() +
                                 ": expires no later than the signing certificate: not a renewal");
             if (auto st = add_certificate(record, cert); !st) return std::unexpected(st.error());
-            ++found;
         }
-        // The end of the file reads as "no start line"; anything else is a broken certificate.
-        unsigned long last = ERR_peek_last_error();
-        ERR_clear_error();
-        if (found == 0 || (last != 0 && ERR_GET_REASON(last) != PEM_R_NO_START_LINE))
-            return fail(ErrorKind::config, file.string() + ": " +
-                                               (found == 0 ? "no PEM certificate in it"
-                                                           : "a certificate in it does not read"));
     }
     std::string ldif = pec::provider_record_ldif(record, options.ldif_url);
     // What we publish must read back as what we meant: the same parser reads others' records.
