@@ -1,6 +1,8 @@
 // Loopback ports for test servers.
 #pragma once
 
+#include <chrono>
+
 #include "stages/common/result.hpp"
 
 namespace pecd::test {
@@ -11,5 +13,8 @@ Result<int> free_loopback_port();
 
 // True when something accepts TCP connections on 127.0.0.1:`port`.
 bool loopback_port_answers(int port);
+
+// Waits (polling every 25 ms, up to `limit`) for a server just started on 127.0.0.1:`port`.
+bool wait_for_loopback_port(int port, std::chrono::milliseconds limit = std::chrono::seconds(5));
 
 }  // namespace pecd::test

@@ -50,9 +50,7 @@ class Refresh : public ::testing::Test {
             {"/usr/bin/python3", "-m", "http.server", std::to_string(port_), "--bind", "127.0.0.1",
              "--directory", (d / "www").string()},
             {.env = {}, .stdin_path = "", .stdout_path = "/dev/null", .stderr_path = "/dev/null"}));
-        for (int i = 0; i < 200 && !pecd::test::loopback_port_answers(port_); ++i)
-            std::this_thread::sleep_for(std::chrono::milliseconds(25));
-        ASSERT_TRUE(pecd::test::loopback_port_answers(port_)) << "http.server did not start";
+        ASSERT_TRUE(pecd::test::wait_for_loopback_port(port_)) << "http.server did not start";
     }
 
     // A provider configuration whose CRL comes from `crl_path` on the test server.
@@ -208,9 +206,7 @@ class IndexDownload : public ::testing::Test {
                  " -WWW -cert " + quote(d / "srv.crt") + " -key " + quote(d / "srv.key") +
                  " -Verify 1 -verify_return_error -purpose any -CAfile " + quote(pki / "ca.crt")},
             {.env = {}, .stdin_path = "", .stdout_path = "/dev/null", .stderr_path = "/dev/null"}));
-        for (int i = 0; i < 200 && !pecd::test::loopback_port_answers(port_); ++i)
-            std::this_thread::sleep_for(std::chrono::milliseconds(25));
-        ASSERT_TRUE(pecd::test::loopback_port_answers(port_)) << "s_server did not start";
+        ASSERT_TRUE(pecd::test::wait_for_loopback_port(port_)) << "s_server did not start";
     }
 
     void sign(const std::string& ldif, const fs::path& out) {

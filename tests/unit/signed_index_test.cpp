@@ -4,7 +4,9 @@
 // `openssl cms` is the independent reader and writer.
 #include <gtest/gtest.h>
 
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include "stages/pec/index.hpp"
 #include "stages/pec/smime.hpp"
@@ -41,12 +43,21 @@ ProviderRecord alpha_record(const SigningKey& key) {
     auto sha1 = cert_sha1_hex(key.certificate());
     if (!sha1) throw std::runtime_error(sha1.error().message);
     record.cert_hashes = {*sha1};
-    int size = i2d_X509(key.certificate(), nullptr);
-    std::string der(static_cast<size_t>(size), '\0');
-    auto* p = reinterpret_cast<unsigned char*>(der.data());
-    i2d_X509(key.certificate(), &p);
-    record.certificates = {der};
+    auto der = cert_der(key.certificate());
+    if (!der) throw std::runtime_error(der.error().message);
+    record.certificates = {*der};
     return record;
+}
+
+// `snap` is a refusal, of `kind` if one is given, whose message says `says`.
+void expect_refused(const pecd::Result<IndexSnapshot>& snap, std::optional<ErrorKind> kind,
+                    std::string_view says, const std::string& context = {}) {
+    ASSERT_FALSE(snap.has_value()) << context;
+    if (kind) {
+        EXPECT_EQ(snap.error().kind, *kind) << context;
+    }
+    EXPECT_NE(snap.error().message.find(says), std::string::npos)
+        << context << ": " << snap.error().message;
 }
 
 // The record signed by `signer` (its own key, as a provider publishes it), written to a file.
@@ -126,12 +137,8 @@ TEST(SignedIndex, OpensslReadsWhatPecdSignsAndPecdReadsWhatOpensslSigns) {
                 EXPECT_NE(snap->source.find("signed by C=IT, O=Gestore Alpha"), std::string::npos)
                     << snap->source;
             } else {
-                ASSERT_FALSE(snap.has_value()) << form;
-                EXPECT_EQ(snap.error().kind, ErrorKind::corrupt);
-                EXPECT_NE(
-                    snap.error().message.find("not by a certificate of the provider it describes"),
-                    std::string::npos)
-                    << snap.error().message;
+                expect_refused(snap, ErrorKind::corrupt,
+                               "not by a certificate of the provider it describes", form);
             }
         }
 }
@@ -160,15 +167,9 @@ TEST(SignedIndex, AWholeDirectoryIsReadOnlyFromTheNamedSigner) {
     ASSERT_TRUE(beta_sha1 && alpha_sha1);
 
     auto unnamed = load_ldif(path, {&tc, {}});
-    ASSERT_FALSE(unnamed.has_value());
-    EXPECT_EQ(unnamed.error().kind, ErrorKind::config);
-    EXPECT_NE(unnamed.error().message.find("holds 2 providers"), std::string::npos)
-        << unnamed.error().message;
+    expect_refused(unnamed, ErrorKind::config, "holds 2 providers");
     auto other = load_ldif(path, {&tc, {*alpha_sha1}});
-    ASSERT_FALSE(other.has_value());
-    EXPECT_NE(other.error().message.find("not by a certificate of [index] ldif_signer"),
-              std::string::npos)
-        << other.error().message;
+    expect_refused(other, std::nullopt, "not by a certificate of [index] ldif_signer");
     auto named = load_ldif(path, {&tc, {*alpha_sha1, *beta_sha1}});
     ASSERT_TRUE(named.has_value()) << named.error().message;
     EXPECT_EQ(named->providers.size(), 2u);
@@ -190,10 +191,7 @@ TEST(SignedIndex, APlainFileWhereASignedOneIsExpectedIsRefused) {
                                                                            {plain, {*sha1}}};
     for (const auto& [path, signers] : cases) {
         auto snap = load_ldif(path, {&tc, signers});
-        ASSERT_FALSE(snap.has_value()) << path;
-        EXPECT_EQ(snap.error().kind, ErrorKind::corrupt);
-        EXPECT_NE(snap.error().message.find("not signed"), std::string::npos)
-            << snap.error().message;
+        expect_refused(snap, ErrorKind::corrupt, "not signed", path.string());
     }
 }
 
@@ -205,10 +203,7 @@ TEST(SignedIndex, WithoutACurrentCrlTheLoadIsTransient) {
     TrustConfig no_crl;
     no_crl.ca_files = {test_pki() / "ca.crt"};
     auto snap = load_ldif(path, {&no_crl, {}});
-    ASSERT_FALSE(snap.has_value());
-    EXPECT_EQ(snap.error().kind, ErrorKind::transient);
-    EXPECT_NE(snap.error().message.find("crl_unavailable"), std::string::npos)
-        << snap.error().message;
+    expect_refused(snap, ErrorKind::transient, "crl_unavailable");
 }
 
 TEST(SignedIndex, AChangedByteFailsTheSignature) {
@@ -221,10 +216,7 @@ TEST(SignedIndex, AChangedByteFailsTheSignature) {
     write_file(path, der);
     auto tc = trust();
     auto snap = load_ldif(path, {&tc, {}});
-    ASSERT_FALSE(snap.has_value());
-    EXPECT_EQ(snap.error().kind, ErrorKind::corrupt);
-    EXPECT_NE(snap.error().message.find("bad_signature"), std::string::npos)
-        << snap.error().message;
+    expect_refused(snap, ErrorKind::corrupt, "bad_signature");
 }
 
 TEST(SignedIndex, SignersOutsideTheTrustAreRefusedWithTheReason) {
@@ -238,10 +230,7 @@ TEST(SignedIndex, SignersOutsideTheTrustAreRefusedWithTheReason) {
         fs::path path = signed_record(dir, c.signer, c.signer + ".p7m");
         auto tc = trust(c.crl);
         auto snap = load_ldif(path, {&tc, {}});
-        ASSERT_FALSE(snap.has_value()) << c.signer;
-        EXPECT_EQ(snap.error().kind, ErrorKind::corrupt) << c.signer;
-        EXPECT_NE(snap.error().message.find(c.failure), std::string::npos)
-            << c.signer << ": " << snap.error().message;
+        expect_refused(snap, ErrorKind::corrupt, c.failure, c.signer);
     }
 }
 
@@ -251,9 +240,7 @@ TEST(SignedIndex, ASignedFileWithoutTrustAnchorsIsAConfigurationError) {
     const TrustConfig no_anchors;
     for (const TrustConfig* tc : {static_cast<const TrustConfig*>(nullptr), &no_anchors}) {
         auto snap = load_ldif(path, {tc, {}});
-        ASSERT_FALSE(snap.has_value());
-        EXPECT_EQ(snap.error().kind, ErrorKind::config);
-        EXPECT_NE(snap.error().message.find("[trust]"), std::string::npos) << snap.error().message;
+        expect_refused(snap, ErrorKind::config, "[trust]");
     }
 }
 
@@ -269,9 +256,7 @@ TEST(SignedIndex, ADetachedSignatureCarriesNoIndex) {
     ASSERT_EQ(r.status, 0) << r.output;
     auto tc = trust();
     auto snap = load_ldif(p7s, {&tc, {}});
-    ASSERT_FALSE(snap.has_value());
-    EXPECT_NE(snap.error().message.find("does not carry its content"), std::string::npos)
-        << snap.error().message;
+    expect_refused(snap, std::nullopt, "does not carry its content");
 }
 
 TEST(SignedIndex, PlainLdifIsReadAsBeforeWithOrWithoutTrust) {
