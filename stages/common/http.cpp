@@ -14,6 +14,7 @@
 #include <charconv>
 #include <chrono>
 #include <memory>
+#include <optional>
 
 #include "spool-layout/durable.hpp"
 
@@ -22,10 +23,23 @@ namespace {
 
 struct Url {
     bool tls = false;
-    std::string host, port = "80", path = "/";
+    std::string host;  // an IPv6 literal without its brackets
+    std::string port = "80", path = "/";
+
+    // The Host header's value: brackets around an IPv6 literal, the port only when not the
+    // scheme's own (RFC 9110 §7.2).
+    std::string authority() const {
+        std::string out = host.find(':') != std::string::npos ? "[" + host + "]" : host;
+        if (port != (tls ? "443" : "80")) out += ":" + port;
+        return out;
+    }
 };
 
 Result<Url> parse_url(std::string_view url, const std::string& label) {
+    const std::string whole(url);
+    auto bad = [&](const std::string& why) {
+        return fail(ErrorKind::config, "bad " + label + " URL " + whole + ": " + why);
+    };
     Url out;
     if (url.starts_with("https://")) {
         out.tls = true;
@@ -36,18 +50,42 @@ Result<Url> parse_url(std::string_view url, const std::string& label) {
     } else {
         return fail(ErrorKind::config, label + " URL must be http[s]://host[:port]/path");
     }
-    size_t slash = url.find('/');
-    std::string_view authority = url.substr(0, slash);
-    if (slash != std::string_view::npos) out.path = std::string(url.substr(slash));
-    size_t colon = authority.rfind(':');
-    if (colon != std::string_view::npos) {
-        out.host = std::string(authority.substr(0, colon));
-        out.port = std::string(authority.substr(colon + 1));
-    } else {
-        out.host = std::string(authority);
+    url = url.substr(0, url.find('#'));  // a fragment is never sent
+    size_t end = url.find_first_of("/?");
+    std::string_view authority = url.substr(0, end);
+    if (end != std::string_view::npos) {
+        out.path = std::string(url.substr(end));
+        if (out.path.front() == '?') out.path.insert(0, "/");
     }
-    if (out.host.empty() || out.port.empty())
-        return fail(ErrorKind::config, "bad " + label + " URL " + std::string(url));
+    if (authority.find('@') != std::string_view::npos)
+        return bad("user names in URLs are not supported");
+    std::string_view port;
+    if (authority.starts_with("[")) {  // [IPv6 literal] (RFC 3986 §3.2.2)
+        size_t close = authority.find(']');
+        if (close == std::string_view::npos) return bad("unclosed [");
+        out.host = std::string(authority.substr(1, close - 1));
+        std::string_view rest = authority.substr(close + 1);
+        if (!rest.empty() && !rest.starts_with(":")) return bad("text after ]");
+        if (!rest.empty()) port = rest.substr(1);
+        in6_addr ip6{};
+        if (::inet_pton(AF_INET6, out.host.c_str(), &ip6) != 1)
+            return bad("\"" + out.host + "\" is not an IPv6 address");
+    } else {
+        size_t colon = authority.rfind(':');
+        out.host = std::string(authority.substr(0, colon));
+        if (colon != std::string_view::npos) port = authority.substr(colon + 1);
+        if (out.host.find(':') != std::string::npos)
+            return bad("an IPv6 address goes in brackets, as in https://[::1]:8443/");
+    }
+    if (out.host.empty()) return bad("no host");
+    if (port.data() != nullptr) {
+        unsigned number = 0;
+        auto [p, ec] = std::from_chars(port.data(), port.data() + port.size(), number);
+        if (port.empty() || ec != std::errc{} || p != port.data() + port.size() || number == 0 ||
+            number > 65535)
+            return bad("port \"" + std::string(port) + "\"");
+        out.port = std::string(port);
+    }
     return out;
 }
 
@@ -75,7 +113,8 @@ Result<std::unique_ptr<SSL, SslFree>> tls_connect(int sock, const Url& u, const 
     if (!ctx) return fail(ErrorKind::transient, tls_errors("SSL_CTX_new"));
     SSL_CTX_set_min_proto_version(ctx.get(), TLS1_2_VERSION);
     // A server that closes without close_notify: the body is checked against Content-Length
-    // when there is one, and what pecd downloads over TLS is signed besides.
+    // or the chunked coding's last chunk when there is one, and what pecd downloads over TLS is
+    // signed besides.
     SSL_CTX_set_options(ctx.get(), SSL_OP_IGNORE_UNEXPECTED_EOF);
     SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
     if ((r.ca_file.empty()
@@ -189,8 +228,7 @@ Result<std::string> request(const Request& r) {
         errno = errno && errno != EINTR ? errno : EIO;
         return -1;
     };
-    std::string request =
-        r.method + " " + u->path + " HTTP/1.1\r\nHost: " + u->host + ":" + u->port;
+    std::string request = r.method + " " + u->path + " HTTP/1.1\r\nHost: " + u->authority();
     if (!r.content_type.empty()) request += "\r\nContent-Type: " + r.content_type;
     if (!r.expect_type.empty()) request += "\r\nAccept: " + r.expect_type;
     if (r.method == "POST") request += "\r\nContent-Length: " + std::to_string(r.body.size());
@@ -222,36 +260,109 @@ Result<std::string> request(const Request& r) {
         if (reply.size() > r.max_reply)
             return fail(ErrorKind::transient, r.label + " reply too large");
     }
+    return parse_reply(reply, r);
+}
+
+namespace {
+
+std::string_view trim(std::string_view v) {
+    while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+    while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+    return v;
+}
+
+// The chunked transfer coding (RFC 9112 §7.1): chunk-size [; ext] CRLF data CRLF, ..., then a
+// zero size, the trailer fields and an empty line. Extensions and trailers are read past.
+Result<std::string> dechunk(std::string_view in, const std::string& label) {
+    auto bad = [&](const std::string& why) {
+        return fail(ErrorKind::transient, label + ": bad chunked reply: " + why);
+    };
+    std::string out;
+    while (true) {
+        size_t eol = in.find("\r\n");
+        if (eol == std::string_view::npos) return bad("cut off before its last chunk");
+        std::string_view digits = trim(in.substr(0, std::min(eol, in.find(';'))));
+        uint64_t size = 0;
+        auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), size, 16);
+        if (digits.empty() || digits.size() > 15 || ec != std::errc{} ||
+            p != digits.data() + digits.size())
+            return bad("chunk size \"" + std::string(in.substr(0, std::min<size_t>(eol, 40))) +
+                       "\"");
+        in.remove_prefix(eol + 2);
+        if (size == 0) break;
+        if (in.size() < size + 2) return bad("cut off inside a chunk");
+        if (in.substr(size, 2) != "\r\n") return bad("chunk data not followed by CRLF");
+        out.append(in.substr(0, size));
+        in.remove_prefix(size + 2);
+    }
+    while (true) {  // the trailer section, up to its empty line
+        size_t eol = in.find("\r\n");
+        if (eol == std::string_view::npos) return bad("cut off in its trailer");
+        if (eol == 0) return out;
+        in.remove_prefix(eol + 2);
+    }
+}
+
+}  // namespace
+
+Result<std::string> parse_reply(std::string_view reply, const Request& r) {
     size_t end = reply.find("\r\n\r\n");
-    if (end == std::string::npos)
+    if (end == std::string_view::npos)
         return fail(ErrorKind::transient, r.label + ": truncated HTTP reply");
-    std::string_view head(reply.data(), end);
-    if (!head.starts_with("HTTP/1.") || head.size() < 12 || head.substr(9, 3) != "200")
-        return fail(ErrorKind::transient,
-                    r.label + ": " + std::string(head.substr(0, head.find('\r'))));
-    std::string body_out = reply.substr(end + 4);
-    bool type_ok = false;
+    std::string_view head = reply.substr(0, end);
+    std::string_view body = reply.substr(end + 4);
+    std::string_view status_line = head.substr(0, head.find("\r\n"));
+    bool ok = head.starts_with("HTTP/1.") && head.size() >= 12 && head.substr(9, 3) == "200";
+    bool type_ok = false, chunked = false;
+    std::optional<size_t> content_length;
+    std::string location;
     size_t pos = head.find("\r\n");
     while (pos != std::string_view::npos) {
         size_t next = head.find("\r\n", pos + 2);
         std::string_view h =
             head.substr(pos + 2, next == std::string_view::npos ? head.npos : next - pos - 2);
-        if (iequals_prefix(h, "content-type:")) {
-            std::string_view v = h.substr(13);
-            while (!v.empty() && v.front() == ' ') v.remove_prefix(1);
-            type_ok = iequals_prefix(v, r.expect_type);
-        } else if (iequals_prefix(h, "content-length:")) {
-            std::string_view v = h.substr(15);
-            while (!v.empty() && v.front() == ' ') v.remove_prefix(1);
-            size_t len = 0;
-            auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), len);
-            if (ec != std::errc{} || len != body_out.size())
-                return fail(ErrorKind::transient,
-                            r.label + ": body length differs from Content-Length");
-        } else if (iequals_prefix(h, "transfer-encoding:")) {
-            return fail(ErrorKind::transient, r.label + ": chunked replies are not supported");
-        }
         pos = next;
+        size_t colon = h.find(':');
+        if (colon == std::string_view::npos) continue;
+        std::string_view name = h.substr(0, colon + 1), value = trim(h.substr(colon + 1));
+        if (iequals_prefix(name, "location:") && name.size() == 9) {
+            location = std::string(value.substr(0, 200));
+        } else if (!ok) {
+            continue;
+        } else if (iequals_prefix(name, "content-type:") && name.size() == 13) {
+            type_ok = iequals_prefix(value, r.expect_type);
+        } else if (iequals_prefix(name, "content-length:") && name.size() == 15) {
+            size_t len = 0;
+            auto [p, ec] = std::from_chars(value.data(), value.data() + value.size(), len);
+            if (value.empty() || ec != std::errc{} || p != value.data() + value.size())
+                return fail(ErrorKind::transient,
+                            r.label + ": bad Content-Length \"" + std::string(value) + "\"");
+            content_length = len;
+        } else if (iequals_prefix(name, "transfer-encoding:") && name.size() == 18) {
+            // pecd sends no TE header, so chunked is the only coding a server may use.
+            if (!iequals_prefix(value, "chunked") || value.size() != 7)
+                return fail(ErrorKind::transient, r.label + ": transfer coding \"" +
+                                                      std::string(value) + "\" not supported");
+            chunked = true;
+        }
+    }
+    if (!ok) {
+        std::string what = r.label + ": " + std::string(status_line);
+        if (!location.empty()) what += " (to " + location + "; redirections are not followed)";
+        return fail(ErrorKind::transient, what);
+    }
+    std::string body_out;
+    if (chunked) {  // the coding delimits the body; a Content-Length beside it is ignored
+        auto decoded = dechunk(body, r.label);
+        if (!decoded) return std::unexpected(decoded.error());
+        body_out = std::move(*decoded);
+    } else {
+        if (content_length && *content_length != body.size())
+            return fail(ErrorKind::transient, r.label +
+                                                  ": body length differs from Content-Length (" +
+                                                  std::to_string(body.size()) + " bytes, " +
+                                                  std::to_string(*content_length) + " announced)");
+        body_out = std::string(body);
     }
     if (!r.expect_type.empty() && !type_ok)
         return fail(ErrorKind::transient, r.label + ": reply is not " + r.expect_type);

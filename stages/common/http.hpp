@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstddef>
 #include <string>
+#include <string_view>
 
 #include "stages/common/result.hpp"
 
@@ -33,5 +34,10 @@ struct Request {
 
 // The reply body when the status is 200 (and the type matches `expect_type`).
 Result<std::string> request(const Request& r);
+
+// The body of a whole HTTP/1.x reply, as read up to the server's close: status 200, the type
+// `r.expect_type`, the length its Content-Length announces, or the chunked coding decoded.
+// What `request` does with the bytes it read; on its own for the tests.
+Result<std::string> parse_reply(std::string_view reply, const Request& r);
 
 }  // namespace pecd::http

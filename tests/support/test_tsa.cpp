@@ -2,10 +2,12 @@
 // HTTP/1.1 server on 127.0.0.1. POST application/timestamp-query -> application/timestamp-reply.
 //
 //   test_tsa --cert tsa.crt --key tsa.key --chain ca.crt --port-file FILE [--port N]
-//   [--wrong-imprint]
+//   [--wrong-imprint] [--chunked]
 //
 // The bound port is written to FILE (temporary + rename) once the server listens, so that tests can
-// start it on a free port. --wrong-imprint stamps a different digest (a lying TSA). Stopped by PID.
+// start it on a free port. --wrong-imprint stamps a different digest (a lying TSA). --chunked sends
+// the reply in the chunked transfer coding, as TSAs behind Java servlet containers do. Stopped by
+// PID.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
@@ -98,12 +100,29 @@ bool send_all(int fd, std::string_view data) {
     return true;
 }
 
+bool g_chunked = false;
+
 void reply(int fd, const char* status, std::string_view type, std::string_view body) {
-    std::string head =
-        std::string("HTTP/1.1 ") + status + "\r\nContent-Type: " + std::string(type) +
-        "\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n";
+    std::string head = std::string("HTTP/1.1 ") + status + "\r\nContent-Type: " + std::string(type);
+    if (!g_chunked) {
+        head +=
+            "\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n";
+        send_all(fd, head);
+        send_all(fd, body);
+        return;
+    }
+    // Chunks of 250 bytes, sizes in hex, one with an extension; a trailer field at the end.
+    head += "\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
     send_all(fd, head);
-    send_all(fd, body);
+    for (size_t off = 0; off < body.size(); off += 250) {
+        std::string_view piece = body.substr(off, 250);
+        char size[32];
+        std::snprintf(size, sizeof size, "%zx%s\r\n", piece.size(), off == 0 ? ";part=1" : "");
+        send_all(fd, size);
+        send_all(fd, piece);
+        send_all(fd, "\r\n");
+    }
+    send_all(fd, "0\r\nX-Served-By: test_tsa\r\n\r\n");
 }
 
 void serve(int fd, TS_RESP_CTX* ctx, bool wrong_imprint) {
@@ -164,10 +183,12 @@ int main(int argc, char** argv) {
             port = std::atoi(argv[++i]);
         else if (a == "--wrong-imprint")
             wrong_imprint = true;
+        else if (a == "--chunked")
+            g_chunked = true;
         else {
             std::fprintf(stderr,
                          "usage: test_tsa --cert C --key K --chain CA --port-file F [--port N] "
-                         "[--wrong-imprint]\n");
+                         "[--wrong-imprint] [--chunked]\n");
             return 2;
         }
     }

@@ -105,7 +105,8 @@ fs::path closed_file(const fs::path& dir, int n) {
 
 class TestTsa {
   public:
-    explicit TestTsa(const fs::path& work, int port = 0, bool wrong_imprint = false) {
+    // `flags`: test_tsa's --wrong-imprint, --chunked.
+    explicit TestTsa(const fs::path& work, int port = 0, std::vector<std::string> flags = {}) {
         const auto& pki = pecd::test::test_pki();
         fs::path port_file = work / ("tsa-port-" + std::to_string(port));
         std::vector<std::string> argv{kTestTsa,
@@ -119,7 +120,7 @@ class TestTsa {
                                       port_file.string(),
                                       "--port",
                                       std::to_string(port)};
-        if (wrong_imprint) argv.push_back("--wrong-imprint");
+        argv.insert(argv.end(), flags.begin(), flags.end());
         guard_ = pecd::testing::ProcessGuard(pecd::testing::spawn(argv));
         // Readiness, not timing: the server writes its port file once it listens.
         for (int i = 0; i < 1000 && !fs::exists(port_file); ++i)
@@ -545,6 +546,22 @@ TEST(LegalLog, SealWithTestTsaVerifiesWithOpensslTs) {
     EXPECT_TRUE(seal_pending(seal_options(logdir, tsa.url()))->sealed.empty());
 }
 
+// A TSA behind a servlet container answers in the chunked transfer coding (HTTP/1.1 clients must
+// read it): the seal is the same.
+TEST(LegalLog, SealWithATsaThatRepliesInChunks) {
+    TempDir dir("legallog");
+    TestTsa tsa(dir.path(), 0, {"--chunked"});
+    ASSERT_GT(tsa.port(), 0);
+    fs::path logdir = dir.path() / "log";
+    fs::path file = closed_file(logdir, 4);
+    auto report = seal_pending(seal_options(logdir, tsa.url()));
+    ASSERT_TRUE(report) << report.error().message;
+    ASSERT_EQ(report->sealed.size(), 1u) << report->last_error;
+    auto v = must_verify(logdir, pecd::test::test_pki() / "ca.crt");
+    EXPECT_TRUE(v.ok());
+    EXPECT_EQ(v.sealed, 1u);
+}
+
 TEST(LegalLog, FileModifiedAfterSealingOrSwappedTokenIsCaught) {
     TempDir dir("legallog");
     TestTsa tsa(dir.path());
@@ -598,7 +615,7 @@ TEST(LegalLog, FileModifiedAfterSealingOrSwappedTokenIsCaught) {
 
 TEST(LegalLog, TokenForOtherDataIsRefusedOnReceipt) {
     TempDir dir("legallog");
-    TestTsa liar(dir.path(), 0, /*wrong_imprint=*/true);
+    TestTsa liar(dir.path(), 0, {"--wrong-imprint"});
     fs::path logdir = dir.path() / "log";
     fs::path file = closed_file(logdir, 2);
     auto report = seal_pending(seal_options(logdir, liar.url(), /*with_ca=*/false));
