@@ -162,6 +162,12 @@ bool iequals_prefix(std::string_view text, std::string_view prefix) {
 
 }  // namespace
 
+Status check_url(std::string_view url, const std::string& label) {
+    auto u = parse_url(url, label);
+    if (!u) return std::unexpected(u.error());
+    return {};
+}
+
 Result<std::string> request(const Request& r) {
     auto u = parse_url(r.url, r.label);
     if (!u) return std::unexpected(u.error());

@@ -32,6 +32,10 @@ struct Request {
     EVP_PKEY* client_key = nullptr;
 };
 
+// Whether `url` is one `request` can use (scheme, host or bracketed IPv6 address, port); the
+// error (config) says what is wrong. For check-config, before any request is made.
+Status check_url(std::string_view url, const std::string& label);
+
 // The reply body when the status is 200 (and the type matches `expect_type`).
 Result<std::string> request(const Request& r);
 

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <map>
 
+#include "stages/common/http.hpp"
 #include "stages/legallog/seal.hpp"
 #include "stages/pec/types.hpp"
 
@@ -871,6 +872,11 @@ Result<Settings> settings(const Config& config) {
     Settings s;
     s.directory = config.get_path("legallog", "directory", "/var/lib/pecd/legallog");
     s.tsa_url = config.get("legallog", "tsa_url");
+    if (auto v = config.find("legallog", "tsa_url"); v && !v->value.empty()) {
+        if (auto ok = http::check_url(v->value, "TSA"); !ok)
+            return fail(ErrorKind::config, config.source() + ":" + std::to_string(v->line) + ": " +
+                                               ok.error().message);
+    }
     s.tsa_ca = config.get_path("legallog", "tsa_ca");
     s.node = config.get("legallog", "node");
     if (s.node.empty()) {

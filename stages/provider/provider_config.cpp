@@ -7,6 +7,7 @@
 #include <set>
 #include <sstream>
 
+#include "stages/common/http.hpp"
 #include "stages/pec/templates.hpp"
 #include "stages/provider/embedded.hpp"
 #include "stages/provider/real_services.hpp"
@@ -190,6 +191,8 @@ ProviderSettings read_all(Reader& r) {
     for (const auto& url : s.crl_urls)
         if (!url.starts_with("http://"))
             r.problem("trust", "crl_urls", url + " is not an http:// URL");
+        else if (auto ok = http::check_url(url, "CRL"); !ok)
+            r.problem("trust", "crl_urls", ok.error().message);
     if (s.trust.ca_files.empty() && s.trust.ca_dirs.empty())
         r.problem("trust", "ca_files", "is required (the trust anchors of the PEC providers)");
     if (auto crl = c.get_bool("trust", "check_crl", true); crl)
@@ -222,6 +225,8 @@ ProviderSettings read_all(Reader& r) {
         s.index_url = c.get("index", "url");
         if (!s.index_url.empty() && !s.index_url.starts_with("https://"))
             r.problem("index", "url", "must be https:// (IGPEC is served over TLS only)");
+        else if (auto ok = http::check_url(s.index_url, "index"); !s.index_url.empty() && !ok)
+            r.problem("index", "url", ok.error().message);
         // What comes from the network is taken only signed, by the directory's own signer.
         else if (!s.index_url.empty() && (s.ldif.extension() != ".p7m" || s.ldif_signers.empty()))
             r.problem("index", "url",

@@ -397,6 +397,11 @@ TEST(LegalLog, SettingsFromPecdConf) {
     ASSERT_FALSE(bad);
     EXPECT_EQ(bad.error().kind, ErrorKind::config);
     EXPECT_NE(bad.error().message.find("pecd.conf:3"), std::string::npos) << bad.error().message;
+    bad = settings(*Config::parse("[legallog]\ntsa_url = http://tsa.example:31x8/\n", "pecd.conf"));
+    ASSERT_FALSE(bad);
+    EXPECT_EQ(bad.error().kind, ErrorKind::config);
+    EXPECT_NE(bad.error().message.find("pecd.conf:2: bad TSA URL"), std::string::npos)
+        << bad.error().message;
 }
 
 TEST(LegalLog, PecqReadsTheDirectoryFromTheConfig) {

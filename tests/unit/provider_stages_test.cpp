@@ -294,6 +294,32 @@ TEST(ProviderConfig, ReloadSwapsWithoutTouchingSnapshots) {
     EXPECT_EQ(net.alpha.handle->current()->identity().name, "Gestore Alpha Nuovo S.p.A.");
 }
 
+// URLs are checked when the configuration is, not first when the scheduler's task runs.
+TEST(ProviderConfig, MalformedUrlsAreReportedWithTheirLines) {
+    TempDir dir("pecd-provider-config");
+    const auto& pki = test_pki();
+    write_file(dir.path() / "index.ldif", test_ldif());
+    write_file(dir.path() / "a.crl", "");
+    write_file(dir.path() / "b.crl", "");
+    std::string conf =
+        "[provider]\nname = Gestore Alpha S.p.A.\nmail_domain = pec.alpha.test\n"
+        "[keys]\ncert = " +
+        (pki / "alpha.crt").string() + "\nkey = " + (pki / "alpha.key").string() +
+        "\n[trust]\nca_files = " + (pki / "ca.crt").string() +     // 7, 8
+        "\ncrl_files = a.crl, b.crl\n"                             // 9
+        "crl_urls = http://ca.example/a.crl, http://[::1/b.crl\n"  // 10
+        "[index]\nldif = index.ldif\n"                             // 11, 12
+        "url = https://igpec.example:0/index.p7m\n";               // 13
+    write_file(dir.path() / "pecd.conf", conf);
+    auto config = Config::load(dir.path() / "pecd.conf");
+    ASSERT_TRUE(config.has_value());
+    std::map<int, std::string> by_line;
+    for (const auto& p : provider::check(*config)) by_line[p.line] += p.message + "|";
+    EXPECT_NE(by_line[10].find("http://[::1/b.crl: unclosed ["), std::string::npos) << by_line[10];
+    EXPECT_EQ(by_line[10].find("ca.example"), std::string::npos) << by_line[10];
+    EXPECT_NE(by_line[13].find("port \"0\""), std::string::npos) << by_line[13];
+}
+
 TEST(ProviderConfig, CheckReportsEveryProblemWithItsLine) {
     TempDir dir("pecd-provider-config");
     const auto& pki = test_pki();
