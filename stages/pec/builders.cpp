@@ -434,8 +434,12 @@ Result<BuiltMessage> MessageBuilder::busta_anomalia(const Transaction& t, std::s
                                                     std::string_view error) const {
     if (auto ok = check_transaction(t, false); !ok) return std::unexpected(ok.error());
     std::string bytes = ensure_final_crlf(received);
-    auto raw = raw::split(bytes);
-    if (!raw) return context(raw.error(), "anomalia: received message");
+    // A received message whose header block RFC 5322 does not allow (a line that is no field)
+    // is still mail for a certified mailbox: it is wrapped as it is, and the anomaly's own
+    // fields come from the envelope instead of its header.
+    auto split = raw::split(bytes);
+    const raw::Message fields = split ? std::move(*split) : raw::Message{};
+    const raw::Message* raw = &fields;
 
     Spec spec;
     spec.type = MessageType::busta_anomalia;

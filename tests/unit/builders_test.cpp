@@ -693,6 +693,27 @@ TEST_F(Builders, BustaAnomalia) {
     EXPECT_NE(body.find("non risulta attendibile"), std::string::npos);
 }
 
+// A received header block with a line that is no field (8-bit junk): the message is still wrapped
+// as it is, the anomaly's To, Reply-To and Message-ID taken from the envelope.
+TEST_F(Builders, BustaAnomaliaOfAMessageWithAMalformedHeaderLine) {
+    Transaction t = transaction();
+    t.identificativo.clear();
+    std::string received =
+        "From: someone@esterno.example\r\n\xff\xfe not a field\r\n"
+        "Subject: x\r\n\r\ncorpo\r\n";
+    auto built = builder().busta_anomalia(t, received, "messaggio non firmato");
+    ASSERT_TRUE(built) << built.error().describe();
+    EXPECT_EQ(built->type, MessageType::busta_anomalia);
+    EXPECT_FALSE(built->message_id.empty());
+    Parsed p = parse(built->bytes);
+    EXPECT_EQ(raw_postacert(built->bytes, p), received);  // unchanged
+    std::string head = built->bytes.substr(0, built->bytes.find("\r\n\r\n") + 2);
+    EXPECT_NE(head.find("\r\nTo: anna.bianchi@pec.provatest.it"), std::string::npos) << head;
+    EXPECT_NE(head.find("\r\nReply-To: " + t.original.sender + "\r\n"), std::string::npos) << head;
+    EXPECT_NE(head.find("\r\nMessage-ID: <" + built->message_id + ">\r\n"), std::string::npos)
+        << head;
+}
+
 // ---------------------------------------------------------------------------------------------
 // #3-#6, #8-#11: receipts and notices without the original
 
