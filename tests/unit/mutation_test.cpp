@@ -198,6 +198,35 @@ TEST(Mutation, TheMessageLibraryReadsAndVerifiesDamagedMessagesWithoutFailingUns
     std::cout << "damaged real messages: " << read << " read, " << refused << " refused\n";
 }
 
+// daticert.xml from the real messages, damaged: refused with a reason, or read into values that
+// write_daticert writes back to the same values (nothing read that pecd could not reproduce).
+TEST(Mutation, DamagedDaticertIsRefusedOrReadConsistently) {
+    std::vector<std::string> xmls;
+    for (const auto& m : real_messages())
+        if (auto info = pec::read_pec_message(m); info && info->daticert_xml)
+            xmls.push_back(*info->daticert_xml);
+    ASSERT_GE(xmls.size(), 5u);
+    size_t read = 0, refused = 0;
+    uint32_t seed = 5000;
+    for (const auto& xml : xmls)
+        for (uint32_t i = 0; i < mutations(200); ++i, ++seed) {
+            auto d = pec::parse_daticert(Mutator(seed)(xml));
+            if (!d) {
+                ++refused;
+                EXPECT_EQ(d.error().kind, ErrorKind::corrupt) << "seed " << seed;
+                EXPECT_FALSE(d.error().message.empty()) << "seed " << seed;
+                continue;
+            }
+            ++read;
+            auto again = pec::parse_daticert(pec::write_daticert(*d));
+            ASSERT_TRUE(again) << "seed " << seed << ": " << again.error().message;
+            EXPECT_EQ(*again, *d) << "seed " << seed;
+        }
+    EXPECT_GT(read, 0u);
+    EXPECT_GT(refused, 0u);
+    std::cout << "damaged daticert: " << read << " read, " << refused << " refused\n";
+}
+
 // Damaged buste from alpha arrive at beta: each becomes a busta (the damage missed what is
 // signed and checked), a busta di anomalia, or a quarantined file with its reason.
 TEST(Mutation, DamagedBusteAtTheReceiptPointAreEachAccountedFor) {
@@ -251,6 +280,58 @@ TEST(Mutation, DamagedBusteAtTheReceiptPointAreEachAccountedFor) {
     expect_only_quarantine_left(net);
     std::cout << inputs.size() << " damaged inputs at beta: " << buste << " buste, " << anomalies
               << " anomalies, " << quarantined << " quarantined\n";
+}
+
+// Damaged receipts from beta (avvenuta consegna to mario, presa in carico to alpha's service
+// mailbox) arrive at alpha: each lands in its mailbox as the receipt or as an anomaly.
+TEST(Mutation, DamagedReceiptsAtTheSendersProviderAreEachAccountedFor) {
+    TwoProviders net;
+    const std::string mario = net.alpha.address("mario"), anna = net.beta.address("anna");
+    net.submit("mario", {anna}, client_message(mario, anna, "", "Ordine", "Ordine n. 7."));
+    // Relay everything but what beta sends back: its receipts are the models.
+    net.run([](const spool::Envelope& env) { return !env.sender.ends_with("@pec.beta.test"); });
+    auto names = durable::list_dir(net.beta.spool.outbox_dir());
+    ASSERT_TRUE(names.has_value());
+    std::vector<std::pair<spool::Envelope, std::string>> models;
+    for (const auto& n : *names) {
+        if (!spool::is_valid_queue_id(n)) continue;
+        fs::path file = net.beta.spool.outbox_dir() / n;
+        auto header = spool::read_header(file);
+        ASSERT_TRUE(header.has_value());
+        models.emplace_back(header->env,
+                            read_file(file).substr(header->body_offset(), header->body_size));
+        fs::remove(file);
+    }
+    ASSERT_EQ(models.size(), 2u);  // the presa in carico and the avvenuta consegna
+    size_t inputs = 0;
+    uint32_t seed = 7000;
+    for (const auto& [env, body] : models)
+        for (uint32_t i = 0; i < mutations(40); ++i, ++seed, ++inputs)
+            net.enqueue(net.alpha, env.sender, env.recipients, "", Mutator(seed)(body));
+    net.run();
+
+    size_t receipts = 0, anomalies = 0, accettazioni = 0;
+    for (const auto& who : {mario, net.alpha.service()})
+        for (const auto& r : net.mailbox(net.alpha, who)) {
+            EXPECT_TRUE(r.report.ok())
+                << pec::to_string(r.report.failure) << ": " << r.report.reason;
+            if (r.info.type == MessageType::accettazione) {
+                ++accettazioni;  // of the model message itself
+            } else if (r.info.type == MessageType::busta_anomalia) {
+                ++anomalies;
+            } else {
+                EXPECT_TRUE(r.info.type == MessageType::avvenuta_consegna ||
+                            r.info.type == MessageType::presa_in_carico)
+                    << pec::to_string(r.info.type);
+                ++receipts;
+            }
+        }
+    EXPECT_EQ(accettazioni, 1u);
+    EXPECT_EQ(receipts + anomalies, inputs) << net.describe();
+    EXPECT_EQ(quarantined_with_reasons(net, net.alpha), 0u) << net.describe();
+    expect_only_quarantine_left(net);
+    std::cout << inputs << " damaged receipts at alpha: " << receipts << " receipts, " << anomalies
+              << " anomalies\n";
 }
 
 // Damaged submissions at alpha's access point: each gives mario exactly one accettazione or
