@@ -17,6 +17,7 @@
 #include "spool-layout/queue_admin.hpp"
 #include "spool-layout/spool.hpp"
 #include "stages/common/config.hpp"
+#include "stages/common/http.hpp"
 #include "stages/common/log.hpp"
 #include "stages/provider/refresh.hpp"
 #include "stages/provider/timeouts.hpp"
@@ -41,8 +42,15 @@ int check_config(const Config& config) {
     };
     if (auto s = runner::spool_settings(config); !s) report(s.error());
     if (auto r = runner::runner_options(config); !r) report(r.error());
-    if (legal_log_configured(config))
+    if (legal_log_configured(config)) {
         if (auto l = legallog::settings(config); !l) report(l.error());
+        // Checked here, not by settings(): a typo in the TSA's URL must not stop the stages from
+        // logging, only the seal (which then fails and says why).
+        if (auto v = config.find("legallog", "tsa_url"); v && !v->value.empty())
+            if (auto ok = http::check_url(v->value, "TSA"); !ok)
+                report(Error{ErrorKind::config, config.source() + ":" + std::to_string(v->line) +
+                                                    ": [legallog] tsa_url: " + ok.error().message});
+    }
     // The provider sections: every problem with its line, then whether everything loads.
     for (const auto& p : check_stage_config(config)) {
         std::fprintf(stderr, "%s:%d: %s\n", config.source().c_str(), p.line, p.message.c_str());

@@ -126,6 +126,9 @@ Result<std::unique_ptr<SSL, SslFree>> tls_connect(int sock, const Url& u, const 
     if (r.client_cert && (SSL_CTX_use_certificate(ctx.get(), r.client_cert) != 1 ||
                           SSL_CTX_use_PrivateKey(ctx.get(), r.client_key) != 1))
         return fail(ErrorKind::config, tls_errors(r.label + ": client certificate"));
+    for (int i = 0; r.client_cert && r.client_chain && i < sk_X509_num(r.client_chain); ++i)
+        if (SSL_CTX_add1_chain_cert(ctx.get(), sk_X509_value(r.client_chain, i)) != 1)
+            return fail(ErrorKind::config, tls_errors(r.label + ": client certificate chain"));
     std::unique_ptr<SSL, SslFree> ssl(SSL_new(ctx.get()));
     if (!ssl || SSL_set_fd(ssl.get(), sock) != 1)
         return fail(ErrorKind::transient, tls_errors("SSL_new"));
@@ -287,7 +290,8 @@ Result<std::string> dechunk(std::string_view in, const std::string& label) {
     while (true) {
         size_t eol = in.find("\r\n");
         if (eol == std::string_view::npos) return bad("cut off before its last chunk");
-        std::string_view digits = trim(in.substr(0, std::min(eol, in.find(';'))));
+        std::string_view line = in.substr(0, eol);  // searched within the line only: linear
+        std::string_view digits = trim(line.substr(0, line.find(';')));
         uint64_t size = 0;
         auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), size, 16);
         if (digits.empty() || digits.size() > 15 || ec != std::errc{} ||
@@ -312,13 +316,27 @@ Result<std::string> dechunk(std::string_view in, const std::string& label) {
 }  // namespace
 
 Result<std::string> parse_reply(std::string_view reply, const Request& r) {
+    auto refuse = [&](const std::string& why) {
+        return fail(ErrorKind::transient, r.label + ": " + why);
+    };
     size_t end = reply.find("\r\n\r\n");
-    if (end == std::string_view::npos)
-        return fail(ErrorKind::transient, r.label + ": truncated HTTP reply");
+    std::string_view status_line = reply.substr(0, reply.find("\r\n"));
+    // 1xx replies are interim (RFC 9110 §15.2): the final one follows.
+    while (end != std::string_view::npos && status_line.starts_with("HTTP/1.") &&
+           status_line.size() >= 12 && status_line[9] == '1' && status_line[8] == ' ') {
+        reply.remove_prefix(end + 4);
+        end = reply.find("\r\n\r\n");
+        status_line = reply.substr(0, reply.find("\r\n"));
+    }
+    if (end == std::string_view::npos) return refuse("truncated HTTP reply");
     std::string_view head = reply.substr(0, end);
     std::string_view body = reply.substr(end + 4);
-    std::string_view status_line = head.substr(0, head.find("\r\n"));
-    bool ok = head.starts_with("HTTP/1.") && head.size() >= 12 && head.substr(9, 3) == "200";
+    // "HTTP/1.x 200" and then the end of the line or a space before the reason phrase.
+    const bool ok = status_line.starts_with("HTTP/1.") && status_line.size() >= 12 &&
+                    status_line[8] == ' ' && status_line.substr(9, 3) == "200" &&
+                    (status_line.size() == 12 || status_line[12] == ' ');
+    const bool redirected =
+        status_line.size() >= 12 && status_line[8] == ' ' && status_line[9] == '3';
     bool type_ok = false, chunked = false;
     std::optional<size_t> content_length;
     std::string location;
@@ -331,31 +349,44 @@ Result<std::string> parse_reply(std::string_view reply, const Request& r) {
         size_t colon = h.find(':');
         if (colon == std::string_view::npos) continue;
         std::string_view name = h.substr(0, colon + 1), value = trim(h.substr(colon + 1));
-        if (iequals_prefix(name, "location:") && name.size() == 9) {
-            location = std::string(value.substr(0, 200));
+        // A blank before the colon makes a field a server must not send (RFC 9112 §5.1): read
+        // past, it could hide a Transfer-Encoding.
+        if (colon > 0 && (h[colon - 1] == ' ' || h[colon - 1] == '\t'))
+            return refuse("header field with a blank before its colon");
+        auto is = [&](std::string_view field) {
+            return name.size() == field.size() && iequals_prefix(name, field);
+        };
+        if (is("location:")) {
+            // Into an error message and the log: one line of printable text.
+            location.clear();
+            for (char c : value.substr(0, 200))
+                location += static_cast<unsigned char>(c) < 0x20 || c == 0x7f ? '?' : c;
         } else if (!ok) {
             continue;
-        } else if (iequals_prefix(name, "content-type:") && name.size() == 13) {
-            type_ok = iequals_prefix(value, r.expect_type);
-        } else if (iequals_prefix(name, "content-length:") && name.size() == 15) {
+        } else if (is("content-type:")) {
+            type_ok = iequals_prefix(value, r.expect_type) &&
+                      (value.size() == r.expect_type.size() || value[r.expect_type.size()] == ';' ||
+                       value[r.expect_type.size()] == ' ');
+        } else if (is("content-length:")) {
             size_t len = 0;
             auto [p, ec] = std::from_chars(value.data(), value.data() + value.size(), len);
             if (value.empty() || ec != std::errc{} || p != value.data() + value.size())
-                return fail(ErrorKind::transient,
-                            r.label + ": bad Content-Length \"" + std::string(value) + "\"");
+                return refuse("bad Content-Length \"" + std::string(value) + "\"");
+            if (content_length && *content_length != len)
+                return refuse("two Content-Length fields that differ");
             content_length = len;
-        } else if (iequals_prefix(name, "transfer-encoding:") && name.size() == 18) {
+        } else if (is("transfer-encoding:")) {
             // pecd sends no TE header, so chunked is the only coding a server may use.
             if (!iequals_prefix(value, "chunked") || value.size() != 7)
-                return fail(ErrorKind::transient, r.label + ": transfer coding \"" +
-                                                      std::string(value) + "\" not supported");
+                return refuse("transfer coding \"" + std::string(value) + "\" not supported");
             chunked = true;
         }
     }
     if (!ok) {
-        std::string what = r.label + ": " + std::string(status_line);
-        if (!location.empty()) what += " (to " + location + "; redirections are not followed)";
-        return fail(ErrorKind::transient, what);
+        std::string what = std::string(status_line.substr(0, 200));
+        if (redirected && !location.empty())
+            what += " (to " + location + "; redirections are not followed)";
+        return refuse(what);
     }
     std::string body_out;
     if (chunked) {  // the coding delimits the body; a Content-Length beside it is ignored
@@ -364,14 +395,12 @@ Result<std::string> parse_reply(std::string_view reply, const Request& r) {
         body_out = std::move(*decoded);
     } else {
         if (content_length && *content_length != body.size())
-            return fail(ErrorKind::transient, r.label +
-                                                  ": body length differs from Content-Length (" +
-                                                  std::to_string(body.size()) + " bytes, " +
-                                                  std::to_string(*content_length) + " announced)");
+            return refuse("body length differs from Content-Length (" +
+                          std::to_string(body.size()) + " bytes, " +
+                          std::to_string(*content_length) + " announced)");
         body_out = std::string(body);
     }
-    if (!r.expect_type.empty() && !type_ok)
-        return fail(ErrorKind::transient, r.label + ": reply is not " + r.expect_type);
+    if (!r.expect_type.empty() && !type_ok) return refuse("reply is not " + r.expect_type);
     return body_out;
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <openssl/types.h>
+#include <openssl/x509.h>
 
 #include <chrono>
 #include <cstddef>
@@ -26,10 +27,12 @@ struct Request {
     std::chrono::milliseconds total_timeout{0};  // the whole reply; 0: only `timeout` per read
     // https://: the server's certificate must chain to `ca_file` (empty: the system's store) and
     // name the URL's host (DNS name or IP address); TLS 1.2 at least. `client_cert` and
-    // `client_key` (both or neither, not owned) authenticate us to the server.
+    // `client_key` (both or neither, not owned) authenticate us to the server, sent with the
+    // intermediate certificates in `client_chain` (may be null).
     std::string ca_file;
     X509* client_cert = nullptr;
     EVP_PKEY* client_key = nullptr;
+    STACK_OF(X509) * client_chain = nullptr;
 };
 
 // Whether `url` is one `request` can use (scheme, host or bracketed IPv6 address, port); the

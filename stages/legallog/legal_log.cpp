@@ -11,7 +11,6 @@
 #include <chrono>
 #include <map>
 
-#include "stages/common/http.hpp"
 #include "stages/legallog/seal.hpp"
 #include "stages/pec/types.hpp"
 
@@ -872,11 +871,6 @@ Result<Settings> settings(const Config& config) {
     Settings s;
     s.directory = config.get_path("legallog", "directory", "/var/lib/pecd/legallog");
     s.tsa_url = config.get("legallog", "tsa_url");
-    if (auto v = config.find("legallog", "tsa_url"); v && !v->value.empty()) {
-        if (auto ok = http::check_url(v->value, "TSA"); !ok)
-            return fail(ErrorKind::config, config.source() + ":" + std::to_string(v->line) + ": " +
-                                               ok.error().message);
-    }
     s.tsa_ca = config.get_path("legallog", "tsa_ca");
     s.node = config.get("legallog", "node");
     if (s.node.empty()) {

@@ -128,6 +128,51 @@ TEST(HttpReply, LengthStatusAndTypeProblemsAreRefused) {
     EXPECT_EQ(*body, "hello");
 }
 
+TEST(HttpReply, FramingAndStatusAreReadStrictly) {
+    // Two lengths that disagree: which body is meant cannot be known (RFC 9112 §6.3).
+    EXPECT_NE(refusal("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 2\r\n\r\nhi")
+                  .find("two Content-Length fields that differ"),
+              std::string::npos);
+    auto same =
+        parse_reply("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi", typed());
+    ASSERT_TRUE(same) << same.error().message;
+    EXPECT_EQ(*same, "hi");
+    // A blank before the colon could hide a Transfer-Encoding: refused, not read past.
+    EXPECT_NE(refusal("HTTP/1.1 200 OK\r\nTransfer-Encoding : chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n")
+                  .find("blank before its colon"),
+              std::string::npos);
+    // 200 is three digits, then the end of the line or a space.
+    EXPECT_NE(refusal("HTTP/1.1 2000 OK\r\n\r\nhi").find("HTTP/1.1 2000 OK"), std::string::npos);
+    auto bare = parse_reply("HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nhi", typed());
+    ASSERT_TRUE(bare) << bare.error().message;
+    // Interim 1xx replies come before the final one and are skipped.
+    auto interim = parse_reply(
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\nX: y\r\n\r\n"
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+        typed());
+    ASSERT_TRUE(interim) << interim.error().message;
+    EXPECT_EQ(*interim, "hi");
+    // The type is the announced one, parameters allowed, not a longer name that begins alike.
+    auto typed_reply =
+        parse_reply("HTTP/1.1 200 OK\r\nContent-Type: application/timestamp-reply; q=1\r\n\r\nx",
+                    typed("application/timestamp-reply"));
+    EXPECT_TRUE(typed_reply) << typed_reply.error().message;
+    EXPECT_NE(refusal("HTTP/1.1 200 OK\r\nContent-Type: application/timestamp-replyX\r\n\r\nx",
+                      typed("application/timestamp-reply"))
+                  .find("reply is not"),
+              std::string::npos);
+}
+
+TEST(HttpReply, LocationIsQuotedOnlyForRedirectionsAndAsOneLine) {
+    std::string moved = refusal("HTTP/1.1 302 Found\r\nLocation: /x\nFAKE LOG LINE\x7f\r\n\r\n");
+    EXPECT_NE(moved.find("(to /x?FAKE LOG LINE?; redirections are not followed)"),
+              std::string::npos)
+        << moved;
+    EXPECT_EQ(moved.find('\n'), std::string::npos) << moved;
+    std::string created = refusal("HTTP/1.1 201 Created\r\nLocation: /new\r\n\r\n");
+    EXPECT_EQ(created.find("redirections"), std::string::npos) << created;
+}
+
 // A one-shot server on a loopback address: takes one connection, keeps the request's head and
 // sends `reply`, then closes. Gives up after 10 s so that a failing client never hangs the test.
 class OneShotServer {
@@ -217,6 +262,17 @@ TEST(HttpRequest, ChunkedReplyOverTheLoopbackWithTheHostAndPort) {
         << head;
 }
 
+// A query right after the authority still gets its path.
+TEST(HttpRequest, AQueryWithoutAPathAsksForTheRoot) {
+    OneShotServer server(AF_INET, kChunkedIndex);
+    ASSERT_GT(server.port(), 0);
+    Request r;
+    r.url = "http://127.0.0.1:" + std::to_string(server.port()) + "?index";
+    auto body = pecd::http::request(r);
+    ASSERT_TRUE(body) << body.error().message;
+    EXPECT_TRUE(server.head().starts_with("GET /?index HTTP/1.1\r\n")) << server.head();
+}
+
 TEST(HttpRequest, BracketedIpv6LiteralIsReachedAndNamedInHost) {
     OneShotServer server(AF_INET6, kChunkedIndex);
     if (server.port() == 0) GTEST_SKIP() << "no IPv6 loopback on this machine";
@@ -226,7 +282,7 @@ TEST(HttpRequest, BracketedIpv6LiteralIsReachedAndNamedInHost) {
     auto body = pecd::http::request(r);
     ASSERT_TRUE(body) << body.error().message;
     EXPECT_EQ(*body, "dn: o=postacert\r\n");
-    EXPECT_NE(server.head().find("\r\nHost: [::1]:" + std::to_string(server.port())),
+    EXPECT_NE(server.head().find("\r\nHost: [::1]:" + std::to_string(server.port()) + "\r\n"),
               std::string::npos)
         << server.head();
 }

@@ -149,9 +149,10 @@ TEST(ProviderPecd, CheckConfigListsEveryProblem) {
     EXPECT_EQ(good, 0) << log_of(out);
 
     std::string text = read_file(net.alpha.conf);
-    write_file(
-        net.alpha.conf,
-        text + "[limits]\nmax_size_times_recipients = big\n[policy]\nordinary_mail = drop\n");
+    write_file(net.alpha.conf,
+               text +
+                   "[limits]\nmax_size_times_recipients = big\n[policy]\nordinary_mail = drop\n"
+                   "[legallog]\ntsa_url = http://[::1:318/tsa\n");
     fs::path bad_out = net.root() / "check-bad.out";
     int bad = pecd::testing::run(
         {(kBin / "pecd").string(), "-c", net.alpha.conf.string(), "check-config"},
@@ -163,6 +164,10 @@ TEST(ProviderPecd, CheckConfigListsEveryProblem) {
     EXPECT_NE(report.find("pecd.conf:" + std::to_string(lines + 2) + ":"), std::string::npos)
         << report;
     EXPECT_NE(report.find("pecd.conf:" + std::to_string(lines + 4) + ":"), std::string::npos)
+        << report;
+    EXPECT_NE(report.find("pecd.conf:" + std::to_string(lines + 6) +
+                          ": [legallog] tsa_url: bad TSA URL http://[::1:318/tsa: unclosed ["),
+              std::string::npos)
         << report;
 }
 
