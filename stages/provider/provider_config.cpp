@@ -203,9 +203,9 @@ ProviderSettings read_all(Reader& r) {
     if (s.trust.check_crl && s.trust.crl_files.empty() && s.trust.ca_dirs.empty())
         r.problem("trust", "crl_files", "is required while check_crl = yes");
 
-    r.only_known("index",
-                 {"source", "ldif", "ldif_signer", "url", "url_ca_file", "url_client_auth", "uri",
-                  "base", "bind_dn", "bind_password_file", "cache_file", "timeout"});
+    r.only_known("index", {"source", "ldif", "ldif_signer", "url", "url_ca_file", "url_client_auth",
+                           "url_client_cert", "url_client_key", "uri", "base", "bind_dn",
+                           "bind_password_file", "cache_file", "timeout"});
     std::string source = c.get("index", "source", "ldif");
     if (source == "ldif") {
         s.index_source = ProviderSettings::IndexSource::ldif;
@@ -236,6 +236,20 @@ ProviderSettings read_all(Reader& r) {
             s.index_url_client_auth = *auth;
         else
             r.problem("index", "url_client_auth", "must be yes or no");
+        // A TLS client certificate of its own, for a directory server that wants one fit for
+        // client authentication (the PEC certificate's extended key usage is e-mail protection).
+        s.index_url_client_cert = r.existing("index", "url_client_cert", false);
+        s.index_url_client_key = r.existing("index", "url_client_key", false);
+        if (s.index_url_client_cert.empty() != s.index_url_client_key.empty())
+            r.problem("index",
+                      s.index_url_client_cert.empty() ? "url_client_key" : "url_client_cert",
+                      "url_client_cert and url_client_key go together");
+        else if (!s.index_url_client_cert.empty() && !s.index_url_client_auth)
+            r.problem("index", "url_client_cert", "is set while url_client_auth = no");
+        else if (!s.index_url_client_cert.empty() && fs::is_regular_file(s.index_url_client_cert) &&
+                 fs::is_regular_file(s.index_url_client_key))
+            if (auto id = load_index_client_identity(s); !id)
+                r.problem("index", "url_client_cert", id.error().message);
     } else if (source == "ldap") {
         s.index_source = ProviderSettings::IndexSource::ldap;
         if (!c.get("index", "url").empty())
@@ -344,6 +358,36 @@ Result<std::shared_ptr<const pec::SigningKey>> load_signing_key(const ProviderSe
     if (!s.pkcs11_uri.empty())
         return pec::load_pkcs11_key(s.pkcs11_uri, s.pkcs11_module, s.pin_file, s.cert);
     return pec::load_pem_key(s.cert, s.key, s.chain);
+}
+
+Result<TlsClientIdentity> load_index_client_identity(const ProviderSettings& s) {
+    TlsClientIdentity id;
+    id.chain.reset(sk_X509_new_null());
+    if (!id.chain) return fail(ErrorKind::transient, "out of memory");
+    auto add_to_chain = [&](X509* cert) {
+        return X509_up_ref(cert) == 1 && sk_X509_push(id.chain.get(), cert) > 0;
+    };
+    if (s.index_url_client_cert.empty()) {
+        auto key = load_signing_key(s);
+        if (!key) return std::unexpected(key.error());
+        id.key = *key;
+        for (int i = 0; i < sk_X509_num(id.key->chain()); ++i)
+            if (!add_to_chain(sk_X509_value(id.key->chain(), i)))
+                return fail(ErrorKind::transient, "out of memory");
+    } else {
+        auto key = pec::load_pem_key(s.index_url_client_cert, s.index_url_client_key, {});
+        if (!key) return std::unexpected(key.error());
+        id.key = *key;
+        auto certs = pec::read_pem_certificates(s.index_url_client_cert);
+        if (!certs) return std::unexpected(certs.error());
+        for (int i = 1; i < sk_X509_num(certs->get()); ++i)  // the first is the leaf
+            if (!add_to_chain(sk_X509_value(certs->get(), i)))
+                return fail(ErrorKind::transient, "out of memory");
+    }
+    auto pkey = id.key->private_key();
+    if (!pkey) return std::unexpected(pkey.error());
+    id.private_key = *pkey;
+    return id;
 }
 
 Status check_service_address(X509* cert, const std::string& mail_domain) {

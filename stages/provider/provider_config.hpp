@@ -54,10 +54,12 @@ struct ProviderSettings {
     std::vector<std::string> ldif_signers;  // [index] ldif_signer: SHA-1 of each certificate
     // [index] url: where `pecd refresh-index` downloads the ldif file from (https://), checking
     // the server against url_ca_file (empty: the system's store) and, unless url_client_auth =
-    // no, presenting the [keys] certificate.
+    // no, presenting url_client_cert (PEM, the leaf first, then its intermediates) with
+    // url_client_key, or without them the [keys] certificate.
     std::string index_url;
     fs::path index_url_ca;
     bool index_url_client_auth = true;
+    fs::path index_url_client_cert, index_url_client_key;
     pec::LdapIndexOptions ldap;
 
     uint64_t max_size_times_recipients = 30ull * 1024 * 1024;  // [limits]
@@ -94,6 +96,16 @@ Status check_service_address(X509* cert, const std::string& mail_domain);
 
 // The provider's signing key of [keys]: PEM files or a PKCS#11 token.
 Result<std::shared_ptr<const pec::SigningKey>> load_signing_key(const ProviderSettings& s);
+
+// Who `pecd refresh-index` says it is to the directory server: [index] url_client_cert and
+// url_client_key (the certificate file holds the leaf first, then its intermediates), or without
+// them the [keys] key and chain. ErrorKind::config when they do not load or do not match.
+struct TlsClientIdentity {
+    std::shared_ptr<const pec::SigningKey> key;  // keeps the certificate
+    std::shared_ptr<EVP_PKEY> private_key;       // for this use (a PKCS#11 key stays open)
+    pec::ossl::X509Stack chain;                  // sent after the leaf
+};
+Result<TlsClientIdentity> load_index_client_identity(const ProviderSettings& s);
 
 class Provider {
   public:

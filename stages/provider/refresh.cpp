@@ -88,17 +88,14 @@ Result<pec::IndexSnapshot> download_index(const ProviderSettings& s) {
     request.label = "index " + s.index_url;
     request.max_reply = 64u << 20;
     request.ca_file = s.index_url_ca.string();
-    std::shared_ptr<const pec::SigningKey> key;
-    std::shared_ptr<EVP_PKEY> private_key;
+    TlsClientIdentity identity;
     if (s.index_url_client_auth) {
-        auto loaded = load_signing_key(s);
+        auto loaded = load_index_client_identity(s);
         if (!loaded) return std::unexpected(loaded.error());
-        key = *loaded;
-        auto pkey = key->private_key();
-        if (!pkey) return std::unexpected(pkey.error());
-        private_key = *pkey;
-        request.client_cert = key->certificate();
-        request.client_key = private_key.get();
+        identity = std::move(*loaded);
+        request.client_cert = identity.key->certificate();
+        request.client_key = identity.private_key.get();
+        request.client_chain = identity.chain.get();
     }
     auto body = http::request(request);
     if (!body) return std::unexpected(body.error());

@@ -305,4 +305,62 @@ TEST_F(IndexDownload, WhatDoesNotHoldLeavesTheIndexInPlace) {
     }
 }
 
+// A directory server that wants a certificate fit for TLS client authentication refuses the PEC
+// certificate (extended key usage: e-mail protection); [index] url_client_cert and
+// url_client_key give pecd one of its own.
+TEST_F(IndexDownload, AClientCertificateOfItsOwnForAServerThatChecksItsPurpose) {
+    const fs::path& pki = pecd::test::test_pki();
+    fs::path d = dir_.path();
+    write_file(d / "client.ext",
+               "[v3]\nkeyUsage = critical,digitalSignature\nextendedKeyUsage = clientAuth\n");
+    auto made = run("openssl req -new -newkey rsa:2048 -nodes -keyout " + quote(d / "client.key") +
+                    " -subj '/O=Gestore Alpha/CN=igpec client' 2>/dev/null | openssl x509 -req "
+                    "-CA " +
+                    quote(pki / "ca.crt") + " -CAkey " + quote(pki / "ca.key") +
+                    " -set_serial 9191 -days 30 -extfile " + quote(d / "client.ext") +
+                    " -extensions v3 -out " + quote(d / "client.crt") + " 2>&1");
+    ASSERT_EQ(made.status, 0) << made.output;
+    auto port = pecd::test::free_loopback_port();
+    ASSERT_TRUE(port) << port.error().message;
+    pecd::testing::ProcessGuard strict(pecd::testing::spawn(
+        {"/bin/sh", "-c",
+         "cd " + quote(d / "www") +
+             " && exec openssl s_server -accept 127.0.0.1:" + std::to_string(*port) +
+             " -WWW -cert " + quote(d / "srv.crt") + " -key " + quote(d / "srv.key") +
+             " -Verify 1 -verify_return_error -purpose sslclient -CAfile " + quote(pki / "ca.crt")},
+        {.env = {}, .stdin_path = "", .stdout_path = "/dev/null", .stderr_path = "/dev/null"}));
+    ASSERT_TRUE(pecd::test::wait_for_loopback_port(*port)) << "s_server did not start";
+    port_ = *port;
+    const std::string before = in_place();
+    const std::string ca = "url_ca_file = " + (pki / "ca.crt").string() + "\n";
+
+    auto pec_cert = refresh("/igpec.p7m", ca);
+    EXPECT_EQ(pec_cert.status, 75) << pec_cert.output;
+    EXPECT_EQ(in_place(), before);
+
+    const std::string own = ca + "url_client_cert = " + (d / "client.crt").string() +
+                            "\nurl_client_key = " + (d / "client.key").string() + "\n";
+    auto r = refresh("/igpec.p7m", own);
+    EXPECT_EQ(r.status, 0) << r.output;
+    EXPECT_EQ(in_place(), read_file(d / "www/igpec.p7m"));
+
+    // check-config: the two go together, match each other, and need url_client_auth.
+    struct Case {
+        std::string extra, says;
+    };
+    for (const Case& c : {
+             Case{ca + "url_client_cert = " + (d / "client.crt").string() + "\n",
+                  "url_client_cert and url_client_key go together"},
+             Case{ca + "url_client_cert = " + (d / "client.crt").string() +
+                      "\nurl_client_key = " + (pki / "alpha.key").string() + "\n",
+                  "does not match"},
+             Case{own + "url_client_auth = no\n", "is set while url_client_auth = no"},
+         }) {
+        refresh("/igpec.p7m", c.extra);  // writes the configuration
+        auto check = run(kPecd + " -c " + quote(d / "pecd.conf") + " check-config 2>&1");
+        EXPECT_EQ(check.status, 1) << c.extra << check.output;
+        EXPECT_NE(check.output.find(c.says), std::string::npos) << check.output;
+    }
+}
+
 }  // namespace
