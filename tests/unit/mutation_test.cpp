@@ -227,6 +227,36 @@ TEST(Mutation, DamagedDaticertIsRefusedOrReadConsistently) {
     std::cout << "damaged daticert: " << read << " read, " << refused << " refused\n";
 }
 
+// A damaged providers index (a cache file hit by a disk fault, a hand edit gone wrong): refused
+// with a reason, or read into records that pecd writes back as LDIF that reads the same.
+TEST(Mutation, DamagedIndexLdifIsRefusedOrReadConsistently) {
+    const std::string ldif = test_ldif();
+    size_t read = 0, refused = 0;
+    for (uint32_t seed = 9000; seed < 9000 + mutations(400); ++seed) {
+        auto index = pec::parse_ldif(Mutator(seed)(ldif));
+        if (!index) {
+            ++refused;
+            EXPECT_FALSE(index.error().message.empty()) << "seed " << seed;
+            continue;
+        }
+        ++read;
+        for (const auto& record : index->providers) {
+            auto again = pec::parse_ldif(pec::provider_record_ldif(record));
+            ASSERT_TRUE(again) << "seed " << seed << ": " << again.error().message;
+            ASSERT_EQ(again->providers.size(), 1u) << "seed " << seed;
+            EXPECT_EQ(again->providers[0].name, record.name) << "seed " << seed;
+            EXPECT_EQ(again->providers[0].cert_hashes, record.cert_hashes) << "seed " << seed;
+            EXPECT_EQ(again->providers[0].certificates, record.certificates) << "seed " << seed;
+            EXPECT_EQ(again->providers[0].managed_domains, record.managed_domains)
+                << "seed " << seed;
+            EXPECT_EQ(again->providers[0].mail_receipt, record.mail_receipt) << "seed " << seed;
+        }
+    }
+    EXPECT_GT(read, 0u);
+    EXPECT_GT(refused, 0u);
+    std::cout << "damaged index: " << read << " read, " << refused << " refused\n";
+}
+
 // Damaged buste from alpha arrive at beta: each becomes a busta (the damage missed what is
 // signed and checked), a busta di anomalia, or a quarantined file with its reason.
 TEST(Mutation, DamagedBusteAtTheReceiptPointAreEachAccountedFor) {
