@@ -435,10 +435,9 @@ Result<BuiltMessage> MessageBuilder::busta_anomalia(const Transaction& t, std::s
     if (auto ok = check_transaction(t, false); !ok) return std::unexpected(ok.error());
     std::string bytes = ensure_final_crlf(received);
     // A received message whose header block RFC 5322 does not allow (a line that is no field)
-    // is still mail for a certified mailbox: it is wrapped as it is, and the anomaly's own
-    // fields come from the envelope instead of its header.
-    auto split = raw::split(bytes);
-    const raw::Message fields = split ? std::move(*split) : raw::Message{};
+    // is still mail for a certified mailbox: it is wrapped as it is, the anomaly's own fields
+    // taken from the fields before that line, the rest from the envelope.
+    const raw::Message fields = raw::leading_fields(bytes);
     const raw::Message* raw = &fields;
 
     Spec spec;

@@ -131,8 +131,12 @@ std::string raw::Message::assemble() const {
     return out;
 }
 
-Result<raw::Message> raw::split(std::string_view crlf) {
-    Message msg;
+namespace {
+
+// raw::split and raw::leading_fields: `lenient` ends the header block at a line that is neither
+// a field nor a continuation instead of refusing the message.
+Result<raw::Message> split_fields(std::string_view crlf, bool lenient) {
+    raw::Message msg;
     size_t pos = 0;
     while (pos < crlf.size()) {
         size_t eol = crlf.find("\r\n", pos);
@@ -144,14 +148,17 @@ Result<raw::Message> raw::split(std::string_view crlf) {
             return msg;
         }
         if (line.front() == ' ' || line.front() == '\t') {
-            if (msg.headers.empty())
+            if (msg.headers.empty()) {
+                if (lenient) return msg;
                 return fail(ErrorKind::permanent, "message starts with a continuation line");
+            }
             msg.headers.back().raw += line;
         } else {
             size_t colon = line.find(':');
             std::string name(line.substr(0, colon == std::string_view::npos ? 0 : colon));
             bool ok = !name.empty();
             for (char c : name) ok = ok && c > 32 && c < 127;
+            if (!ok && lenient) return msg;
             if (!ok)
                 return fail(ErrorKind::permanent,
                             "malformed header line: '" + trim(line.substr(0, 60)) + "'");
@@ -160,6 +167,17 @@ Result<raw::Message> raw::split(std::string_view crlf) {
         pos = next;
     }
     return msg;  // header block only, no body
+}
+
+}  // namespace
+
+Result<raw::Message> raw::split(std::string_view crlf) {
+    return split_fields(crlf, false);
+}
+
+raw::Message raw::leading_fields(std::string_view crlf) {
+    auto msg = split_fields(crlf, true);
+    return msg ? std::move(*msg) : raw::Message{};
 }
 
 Result<PostacertCopy> rewrite_message_id(std::string_view original,

@@ -44,6 +44,9 @@ struct Message {
 // Splits a CRLF message into header fields and body. ErrorKind::permanent on a line in the header
 // block that is neither a field nor a continuation.
 Result<Message> split(std::string_view crlf);
+// The fields up to the first line that is neither a field nor a continuation (all of them for a
+// well-formed message); `has_body` false and no body when the block ended that way.
+Message leading_fields(std::string_view crlf);
 
 }  // namespace raw
 

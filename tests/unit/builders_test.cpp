@@ -694,12 +694,14 @@ TEST_F(Builders, BustaAnomalia) {
 }
 
 // A received header block with a line that is no field (8-bit junk): the message is still wrapped
-// as it is, the anomaly's To, Reply-To and Message-ID taken from the envelope.
+// as it is, the anomaly's fields taken from before that line, To, Reply-To and Message-ID from
+// the envelope when they come after it.
 TEST_F(Builders, BustaAnomaliaOfAMessageWithAMalformedHeaderLine) {
     Transaction t = transaction();
     t.identificativo.clear();
     std::string received =
-        "From: someone@esterno.example\r\n\xff\xfe not a field\r\n"
+        "Received: from mx.esterno.example\r\nFrom: someone@esterno.example\r\n"
+        "\xff\xfe not a field\r\nMessage-ID: <after.bad@esterno.example>\r\n"
         "Subject: x\r\n\r\ncorpo\r\n";
     auto built = builder().busta_anomalia(t, received, "messaggio non firmato");
     ASSERT_TRUE(built) << built.error().describe();
@@ -712,6 +714,9 @@ TEST_F(Builders, BustaAnomaliaOfAMessageWithAMalformedHeaderLine) {
     EXPECT_NE(head.find("\r\nReply-To: " + t.original.sender + "\r\n"), std::string::npos) << head;
     EXPECT_NE(head.find("\r\nMessage-ID: <" + built->message_id + ">\r\n"), std::string::npos)
         << head;
+    // The fields before the bad line still count (the trace); those after it do not.
+    EXPECT_NE(head.find("Received: from mx.esterno.example\r\n"), std::string::npos) << head;
+    EXPECT_NE(built->message_id, "after.bad@esterno.example");
 }
 
 // ---------------------------------------------------------------------------------------------
