@@ -257,6 +257,41 @@ TEST(Mutation, DamagedIndexLdifIsRefusedOrReadConsistently) {
     std::cout << "damaged index: " << read << " read, " << refused << " refused\n";
 }
 
+// A damaged pecd.conf (a typo, a bad paste, a half-written file): check-config's reading reports
+// problems with their lines, or finds a configuration that loads; it never fails otherwise.
+TEST(Mutation, DamagedConfigurationIsReportedLineByLine) {
+    TwoProviders net;
+    const std::string conf = read_file(net.alpha.conf);
+    size_t clean = 0, reported = 0;
+    for (uint32_t seed = 11000; seed < 11000 + mutations(150); ++seed) {
+        std::string damaged = Mutator(seed)(conf);
+        write_file(net.alpha.conf, damaged);
+        auto config = Config::load(net.alpha.conf);
+        if (!config) {
+            ++reported;
+            EXPECT_FALSE(config.error().message.empty()) << "seed " << seed;
+            continue;
+        }
+        auto problems = provider::check(*config);
+        for (const auto& p : config->problems()) problems.push_back(p);
+        if (problems.empty()) {
+            ++clean;
+            continue;
+        }
+        ++reported;
+        const size_t lines =
+            static_cast<size_t>(std::count(damaged.begin(), damaged.end(), '\n')) + 1;
+        for (const auto& p : problems) {
+            EXPECT_FALSE(p.message.empty()) << "seed " << seed;
+            EXPECT_GE(p.line, 0) << "seed " << seed;
+            EXPECT_LE(static_cast<size_t>(p.line), lines) << "seed " << seed << ": " << p.message;
+        }
+    }
+    write_file(net.alpha.conf, conf);
+    EXPECT_GT(reported, 0u);
+    std::cout << "damaged pecd.conf: " << clean << " load, " << reported << " reported\n";
+}
+
 // Damaged buste from alpha arrive at beta: each becomes a busta (the damage missed what is
 // signed and checked), a busta di anomalia, or a quarantined file with its reason.
 TEST(Mutation, DamagedBusteAtTheReceiptPointAreEachAccountedFor) {
