@@ -175,7 +175,7 @@ TEST(Mutation, TheMessageLibraryReadsAndVerifiesDamagedMessagesWithoutFailingUns
     size_t read = 0, refused = 0, verified_ok = 0;
     uint32_t seed = 1;
     for (const auto& original : real_messages()) {
-        for (int i = 0; i < 150; ++i, ++seed) {
+        for (uint32_t i = 0; i < mutations(150); ++i, ++seed) {
             std::string damaged = Mutator(seed)(original);
             auto info = pec::read_pec_message(damaged);
             if (info) {
