@@ -246,10 +246,6 @@ ProviderSettings read_all(Reader& r) {
                       "url_client_cert and url_client_key go together");
         else if (!s.index_url_client_cert.empty() && !s.index_url_client_auth)
             r.problem("index", "url_client_cert", "is set while url_client_auth = no");
-        else if (!s.index_url_client_cert.empty() && fs::is_regular_file(s.index_url_client_cert) &&
-                 fs::is_regular_file(s.index_url_client_key))
-            if (auto id = load_index_client_identity(s); !id)
-                r.problem("index", "url_client_cert", id.error().message);
     } else if (source == "ldap") {
         s.index_source = ProviderSettings::IndexSource::ldap;
         if (!c.get("index", "url").empty())
@@ -451,6 +447,10 @@ std::vector<ConfigProblem> check(const Config& config) {
     if (!s.templates.empty())
         if (auto t = pec::TemplateSet::load(s.templates); !t)
             loaded("provider", "templates", t.error());
+    // Only refresh-index uses the index's own TLS client key: loaded here, not by every stage.
+    if (sound({"index"}) && !s.index_url_client_cert.empty())
+        if (auto id = load_index_client_identity(s); !id)
+            loaded("index", "url_client_key", id.error());
     if (sound({"trust"}))
         if (auto v = pec::SmimeVerifier::create(s.trust); !v)
             loaded("trust", "ca_files", v.error());
