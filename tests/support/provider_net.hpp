@@ -218,6 +218,18 @@ class TwoProviders {
         return moved;
     }
 
+    // The queue files a relay filter kept in `node`'s outbox, by name.
+    std::vector<fs::path> held_in_outbox(const Node& node) const {
+        std::vector<fs::path> out;
+        auto names = durable::list_dir(node.spool.outbox_dir());
+        EXPECT_TRUE(names.has_value());
+        if (!names) return out;
+        for (const auto& n : *names)
+            if (spool::is_valid_queue_id(n)) out.push_back(node.spool.outbox_dir() / n);
+        std::sort(out.begin(), out.end());
+        return out;
+    }
+
     Received read(const Node& reader, std::string raw) const {
         Received r;
         r.raw = std::move(raw);

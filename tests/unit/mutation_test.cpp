@@ -303,13 +303,9 @@ TEST(Mutation, DamagedBusteAtTheReceiptPointAreEachAccountedFor) {
     net.run([](const spool::Envelope& env) {
         return env.sender.empty() || env.sender.starts_with("posta-");
     });
-    auto names = durable::list_dir(net.alpha.spool.outbox_dir());
-    ASSERT_TRUE(names.has_value());
-    std::vector<std::string> held;
-    for (const auto& n : *names)
-        if (spool::is_valid_queue_id(n)) held.push_back(n);
+    auto held = net.held_in_outbox(net.alpha);
     ASSERT_EQ(held.size(), 1u);
-    fs::path file = net.alpha.spool.outbox_dir() / held[0];
+    fs::path file = held[0];
     auto header = spool::read_header(file);
     ASSERT_TRUE(header.has_value());
     std::string busta = read_file(file).substr(header->body_offset(), header->body_size);
@@ -355,12 +351,8 @@ TEST(Mutation, DamagedReceiptsAtTheSendersProviderAreEachAccountedFor) {
     net.submit("mario", {anna}, client_message(mario, anna, "", "Ordine", "Ordine n. 7."));
     // Relay everything but what beta sends back: its receipts are the models.
     net.run([](const spool::Envelope& env) { return !env.sender.ends_with("@pec.beta.test"); });
-    auto names = durable::list_dir(net.beta.spool.outbox_dir());
-    ASSERT_TRUE(names.has_value());
     std::vector<std::pair<spool::Envelope, std::string>> models;
-    for (const auto& n : *names) {
-        if (!spool::is_valid_queue_id(n)) continue;
-        fs::path file = net.beta.spool.outbox_dir() / n;
+    for (const fs::path& file : net.held_in_outbox(net.beta)) {
         auto header = spool::read_header(file);
         ASSERT_TRUE(header.has_value());
         models.emplace_back(header->env,

@@ -302,13 +302,9 @@ TEST(ProviderFlow, TamperedBustaBecomesAnomalyWithBadSignature) {
     net.run([](const spool::Envelope& env) {
         return env.sender.empty() || env.sender.starts_with("posta-");
     });
-    auto names = durable::list_dir(net.alpha.spool.outbox_dir());
-    ASSERT_TRUE(names.has_value());
-    std::vector<std::string> held;
-    for (const auto& n : *names)
-        if (spool::is_valid_queue_id(n)) held.push_back(n);
+    auto held = net.held_in_outbox(net.alpha);
     ASSERT_EQ(held.size(), 1u);
-    fs::path file = net.alpha.spool.outbox_dir() / held[0];
+    fs::path file = held[0];
     std::string bytes = read_file(file);
     size_t at = bytes.find("Importo: 100 euro.");
     ASSERT_NE(at, std::string::npos);
